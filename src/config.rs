@@ -1,0 +1,76 @@
+//! One typed configuration: command-line flags, each with an environment
+//! variable, over defaults. Loaded and validated at boot.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the data lives: shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct StorageConfig {
+    /// PostgreSQL URL. Unset: a private cluster is started under the data
+    /// directory from the system's PostgreSQL binaries.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Directory for the embedded PostgreSQL cluster and the generated key
+    /// pepper.
+    #[arg(long, env = "TENLYR_DATA_DIR", default_value = ".tenlyr")]
+    pub data_dir: PathBuf,
+
+    /// Secret mixed into every API key digest (HMAC-SHA256). Unset: one is
+    /// generated once into `<data dir>/key-pepper`. Replicas must share it.
+    #[arg(long, env = "TENLYR_KEY_PEPPER", hide_env_values = true)]
+    pub key_pepper: Option<String>,
+
+    /// Connections in the application pool.
+    #[arg(long, env = "TENLYR_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address for gRPC, gRPC-Web and REST, all on one port.
+    #[arg(long, env = "TENLYR_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Redis URL; optional (in-process equivalents serve a single node).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Largest accepted REST request body, in bytes.
+    #[arg(long, env = "TENLYR_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "TENLYR_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
+    #[command(flatten)]
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogConfig {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        env = "TENLYR_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "TENLYR_LOG", default_value = "info", global = true)]
+    pub log: String,
+}

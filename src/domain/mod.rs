@@ -1,0 +1,3 @@
+//! Domain types and rules; no transport or storage imports.
+
+pub mod keys;

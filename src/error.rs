@@ -1,0 +1,333 @@
+//! One error model, two mappings.
+//!
+//! Domain code returns [`ApiError`]; [`ErrorCode`] maps it once to a gRPC
+//! code and once to an HTTP status (DESIGN.md §3). The gRPC `Status` carries
+//! `google.rpc.ErrorInfo` (the reason, which tells 400 from 422 apart on the
+//! way back to REST), `BadRequest` field violations and `RetryInfo`.
+
+use std::{collections::HashMap, time::Duration};
+
+use http::StatusCode;
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Domain of the `google.rpc.ErrorInfo` detail on every Tenlyr error.
+pub const ERROR_DOMAIN: &str = "tenlyr.dev";
+
+/// The error classes of DESIGN.md §3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Malformed JSON, wrong types, body contradicting the path: 400.
+    BadRequest,
+    /// A well-formed body that failed validation (fields listed): 422.
+    Validation,
+    /// Missing, malformed, unknown or revoked key; tenant not active: 401.
+    Unauthenticated,
+    /// Valid key, wrong scope: 403.
+    PermissionDenied,
+    NotFound,
+    /// Duplicate `ownerEmail`, slug …: 409.
+    AlreadyExists,
+    /// State precondition (already suspended, downgrade, plan limit): 400.
+    FailedPrecondition,
+    /// Rate limit or throttle: 429 with `Retry-After`.
+    ResourceExhausted,
+    /// Body larger than the configured limit: 413.
+    PayloadTooLarge,
+    Unimplemented,
+    /// REST only: the path exists with other HTTP methods: 405.
+    MethodNotAllowed,
+    /// Postgres unreachable: 503.
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn grpc_code(self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Self::BadRequest | Self::Validation => Code::InvalidArgument,
+            Self::Unauthenticated => Code::Unauthenticated,
+            Self::PermissionDenied => Code::PermissionDenied,
+            Self::NotFound => Code::NotFound,
+            Self::AlreadyExists => Code::AlreadyExists,
+            Self::FailedPrecondition => Code::FailedPrecondition,
+            Self::ResourceExhausted | Self::PayloadTooLarge => Code::ResourceExhausted,
+            Self::Unimplemented | Self::MethodNotAllowed => Code::Unimplemented,
+            Self::Unavailable => Code::Unavailable,
+            Self::Internal => Code::Internal,
+        }
+    }
+
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            Self::BadRequest | Self::FailedPrecondition => StatusCode::BAD_REQUEST,
+            Self::Validation => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::PermissionDenied => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::AlreadyExists => StatusCode::CONFLICT,
+            Self::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `ErrorInfo.reason` that travels with the gRPC status.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::BadRequest => "MALFORMED_REQUEST",
+            Self::Validation => "VALIDATION_FAILED",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::NotFound => "NOT_FOUND",
+            Self::AlreadyExists => "ALREADY_EXISTS",
+            Self::FailedPrecondition => "FAILED_PRECONDITION",
+            Self::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::Unimplemented => "UNIMPLEMENTED",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// The inverse of [`grpc_code`](Self::grpc_code) and
+    /// [`reason`](Self::reason), for statuses coming back from a service.
+    pub fn from_status(code: tonic::Code, reason: Option<&str>) -> Self {
+        use tonic::Code;
+        match (code, reason) {
+            (Code::InvalidArgument, Some("VALIDATION_FAILED")) => Self::Validation,
+            (Code::InvalidArgument | Code::OutOfRange, _) => Self::BadRequest,
+            (Code::ResourceExhausted, Some("PAYLOAD_TOO_LARGE")) => Self::PayloadTooLarge,
+            (Code::ResourceExhausted, _) => Self::ResourceExhausted,
+            (Code::Unauthenticated, _) => Self::Unauthenticated,
+            (Code::PermissionDenied, _) => Self::PermissionDenied,
+            (Code::NotFound, _) => Self::NotFound,
+            (Code::AlreadyExists | Code::Aborted, _) => Self::AlreadyExists,
+            (Code::FailedPrecondition, _) => Self::FailedPrecondition,
+            (Code::Unimplemented, _) => Self::Unimplemented,
+            (Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled, _) => Self::Unavailable,
+            _ => Self::Internal,
+        }
+    }
+}
+
+/// A field that failed parsing or validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// JSON path of the field, e.g. `ownerEmail` or `events[3].value`.
+    pub field: String,
+    pub description: String,
+}
+
+/// An error a client sees: code, message, optional reason and field list.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Overrides [`ErrorCode::reason`], e.g. `PLAN_LIMIT_EXCEEDED`.
+    pub reason: Option<&'static str>,
+    pub violations: Vec<FieldViolation>,
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            reason: None,
+            violations: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+
+    /// A parse error naming the field: 400 with one violation.
+    pub fn bad_field(field: impl Into<String>, description: impl Into<String>) -> Self {
+        let (field, description) = (field.into(), description.into());
+        let message = if field.is_empty() {
+            description.clone()
+        } else {
+            format!("invalid field `{field}`: {description}")
+        };
+        Self::bad_request(message).with_violation(field, description)
+    }
+
+    /// Validation failures: 422 listing every field.
+    pub fn validation(violations: Vec<FieldViolation>) -> Self {
+        let names: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+        let message = format!("validation failed: {}", names.join(", "));
+        Self {
+            violations,
+            ..Self::new(ErrorCode::Validation, message)
+        }
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthenticated, message)
+    }
+
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::PermissionDenied, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
+    }
+
+    /// An internal failure: the client sees a generic message; the cause is
+    /// logged here, where it is handled.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(ErrorCode::Internal, "internal error")
+    }
+
+    pub fn with_violation(
+        mut self,
+        field: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Self {
+        self.violations.push(FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        });
+        self
+    }
+
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    pub fn reason(&self) -> &'static str {
+        self.reason.unwrap_or_else(|| self.code.reason())
+    }
+
+    /// Rebuilds the error from a gRPC status produced by [`From<ApiError>`]
+    /// (or by tonic itself, which carries no details).
+    pub fn from_status(status: &tonic::Status) -> Self {
+        let details = status.get_error_details();
+        let reason = details.error_info().map(|info| info.reason.as_str());
+        let code = ErrorCode::from_status(status.code(), reason);
+        let violations = details
+            .bad_request()
+            .map(|bad| {
+                bad.field_violations
+                    .iter()
+                    .map(|v| FieldViolation {
+                        field: v.field.clone(),
+                        description: v.description.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let retry_after = details.retry_info().and_then(|info| info.retry_delay);
+        let message = match code {
+            // tonic's own messages for these may describe internals.
+            ErrorCode::Internal if reason.is_none() => "internal error".to_owned(),
+            _ => status.message().to_owned(),
+        };
+        Self {
+            code,
+            message,
+            reason: reason.map(static_reason),
+            violations,
+            retry_after,
+        }
+    }
+}
+
+/// Reasons are a small closed set of static strings; map a received one back
+/// to its static spelling, or to the generic reason of its code.
+fn static_reason(reason: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "MALFORMED_REQUEST",
+        "VALIDATION_FAILED",
+        "UNAUTHENTICATED",
+        "PERMISSION_DENIED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "FAILED_PRECONDITION",
+        "RESOURCE_EXHAUSTED",
+        "PAYLOAD_TOO_LARGE",
+        "UNIMPLEMENTED",
+        "METHOD_NOT_ALLOWED",
+        "UNAVAILABLE",
+        "INTERNAL",
+        "PLAN_LIMIT_EXCEEDED",
+        "ROUTE_NOT_FOUND",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == reason)
+        .copied()
+        .unwrap_or("UNKNOWN")
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(err: ApiError) -> Self {
+        let mut details = ErrorDetails::new();
+        details.set_error_info(err.reason(), ERROR_DOMAIN, HashMap::<String, String>::new());
+        for v in &err.violations {
+            details.add_bad_request_violation(&v.field, &v.description);
+        }
+        if let Some(delay) = err.retry_after {
+            details.set_retry_info(Some(delay));
+        }
+        tonic::Status::with_error_details(err.code.grpc_code(), err.message, details)
+    }
+}
+
+impl From<sea_orm::DbErr> for ApiError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        if crate::storage::is_connection_error(&err) {
+            tracing::warn!(error = %err, "database unavailable");
+            return Self::unavailable("database unavailable");
+        }
+        Self::internal(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trip_keeps_code_reason_and_fields() {
+        let err = ApiError::validation(vec![FieldViolation {
+            field: "ownerEmail".into(),
+            description: "not a valid email".into(),
+        }]);
+        let back = ApiError::from_status(&tonic::Status::from(err));
+        assert_eq!(back.code, ErrorCode::Validation);
+        assert_eq!(back.code.http_status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(back.violations[0].field, "ownerEmail");
+        assert_eq!(back.message, "validation failed: ownerEmail");
+    }
+
+    #[test]
+    fn plain_invalid_argument_is_400_and_unimplemented_is_501() {
+        let bad = ApiError::from_status(&tonic::Status::invalid_argument("x"));
+        assert_eq!(bad.code.http_status(), StatusCode::BAD_REQUEST);
+        let todo = ApiError::from_status(&tonic::Status::unimplemented("not yet"));
+        assert_eq!(todo.code.http_status(), StatusCode::NOT_IMPLEMENTED);
+    }
+
+    #[test]
+    fn internal_messages_from_tonic_are_not_leaked() {
+        let err = ApiError::from_status(&tonic::Status::internal("pool timed out at db.rs:12"));
+        assert_eq!(err.message, "internal error");
+    }
+}

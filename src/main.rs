@@ -1,0 +1,96 @@
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tenlyr::{
+    app::{self, Database},
+    config::{LogConfig, ServeConfig, StorageConfig},
+    storage::{Db, admin_keys, migrate},
+    telemetry,
+};
+
+/// Tenlyr: the multi-tenant control plane.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    log: LogConfig,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC, gRPC-Web and REST on one port (migrates first).
+    Serve(ServeConfig),
+    /// Apply pending database migrations and exit.
+    Migrate(StorageConfig),
+    /// Admin key management.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an admin key and print it (only it) on stdout.
+    CreateKey {
+        /// What the key is for, e.g. `ops-laptop`.
+        #[arg(long)]
+        label: String,
+        #[command(flatten)]
+        storage: StorageConfig,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(&cli.log)?;
+    match cli.command {
+        Command::Serve(config) => app::serve(config).await,
+        Command::Migrate(storage) => {
+            with_database(&storage, |url| async move {
+                let applied = migrate::run(&url).await?;
+                tracing::info!(applied, "migrations up to date");
+                Ok(())
+            })
+            .await
+        }
+        Command::Admin {
+            command: AdminCommand::CreateKey { label, storage },
+        } => {
+            anyhow::ensure!(
+                (1..=100).contains(&label.chars().count()),
+                "--label must be 1 to 100 characters"
+            );
+            let hasher = app::key_hasher(&storage)?;
+            with_database(&storage, |url| async move {
+                migrate::run(&url).await?;
+                let db = Db::connect(&url, 1)?;
+                let key = admin_keys::create(db.app(), &hasher, &label)
+                    .await
+                    .context("creating the admin key")?;
+                db.close().await;
+                println!("{key}");
+                Ok(())
+            })
+            .await
+        }
+    }
+}
+
+/// Runs `work` against the configured database, starting (and afterwards
+/// stopping) the embedded cluster if that is what is configured and it is
+/// not already running.
+async fn with_database<F, Fut>(storage: &StorageConfig, work: F) -> anyhow::Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let database = Database::open(storage, false).await?;
+    let result = work(database.url.clone()).await;
+    database.close().await;
+    result
+}

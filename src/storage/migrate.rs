@@ -1,0 +1,97 @@
+//! SQL migrations from `migrations/`, embedded in the binary.
+//!
+//! Applied in order, each in its own transaction, under a Postgres advisory
+//! lock so that replicas starting together apply each exactly once. A
+//! migration whose text changed after it was applied is an error.
+
+use sqlx::{Connection, Executor, PgConnection, Row};
+
+struct Migration {
+    version: i32,
+    name: &'static str,
+    sql: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "foundation",
+    sql: include_str!("../../migrations/0001_foundation.sql"),
+}];
+
+/// Advisory-lock key: "tenlyr.migrate" as a fixed integer.
+const LOCK_KEY: i64 = 0x7465_6e6c_796d_6967;
+
+/// Applies pending migrations; returns how many were applied.
+pub async fn run(database_url: &str) -> anyhow::Result<usize> {
+    let mut conn = PgConnection::connect(database_url).await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut conn)
+        .await?;
+    let result = apply_pending(&mut conn).await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    result
+}
+
+async fn apply_pending(conn: &mut PgConnection) -> anyhow::Result<usize> {
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS tenlyr_schema_migrations (
+            version integer PRIMARY KEY,
+            name text NOT NULL,
+            checksum bytea NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .await?;
+    let applied = sqlx::query("SELECT version, checksum FROM tenlyr_schema_migrations")
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut count = 0;
+    for migration in MIGRATIONS {
+        let checksum = ring::digest::digest(&ring::digest::SHA256, migration.sql.as_bytes());
+        let row = applied
+            .iter()
+            .find(|r| r.get::<i32, _>("version") == migration.version);
+        if let Some(row) = row {
+            if row.get::<Vec<u8>, _>("checksum") != checksum.as_ref() {
+                anyhow::bail!(
+                    "migration {:04}_{} changed after it was applied; add a new migration instead",
+                    migration.version,
+                    migration.name
+                );
+            }
+            continue;
+        }
+        let mut tx = conn.begin().await?;
+        sqlx::raw_sql(migration.sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| {
+                anyhow::anyhow!(
+                    "migration {:04}_{} failed: {err}",
+                    migration.version,
+                    migration.name
+                )
+            })?;
+        sqlx::query(
+            "INSERT INTO tenlyr_schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+        )
+        .bind(migration.version)
+        .bind(migration.name)
+        .bind(checksum.as_ref())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applied migration"
+        );
+        count += 1;
+    }
+    Ok(count)
+}

@@ -1,0 +1,72 @@
+//! Postgres access: the application pool, migrations, the embedded cluster
+//! and one repository module per table group.
+//!
+//! Architecture Invariant: every request runs as `tenlyr_app`, a role that
+//! owns nothing and lacks BYPASSRLS (DESIGN.md §5); only migrations run as
+//! the connecting (owner) user.
+
+pub mod admin_keys;
+pub mod embedded;
+pub mod entities;
+pub mod migrate;
+
+use std::{str::FromStr, time::Duration};
+
+use sea_orm::{DatabaseConnection, DbErr, RuntimeErr, SqlxPostgresConnector};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// The role requests run as.
+pub const APP_ROLE: &str = "tenlyr_app";
+
+#[derive(Clone, Debug)]
+pub struct Db {
+    app: DatabaseConnection,
+}
+
+impl Db {
+    /// Connects the application pool; every connection starts as
+    /// [`APP_ROLE`]. Lazy, so the server can start while Postgres is down
+    /// (readiness reports it).
+    pub fn connect(database_url: &str, pool_size: u32) -> anyhow::Result<Self> {
+        let options = PgConnectOptions::from_str(database_url)
+            .map_err(|err| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL: {err}"))?
+            .options([("role", APP_ROLE)])
+            .application_name("tenlyr");
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        Ok(Self {
+            app: SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
+        })
+    }
+
+    pub fn app(&self) -> &DatabaseConnection {
+        &self.app
+    }
+
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        self.app.ping().await
+    }
+
+    pub async fn close(&self) {
+        if let Err(err) = self.app.close_by_ref().await {
+            tracing::warn!(error = %err, "closing the database pool failed");
+        }
+    }
+}
+
+/// Whether an error means "Postgres unreachable" (503) rather than a bug.
+pub fn is_connection_error(err: &DbErr) -> bool {
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            matches!(
+                **e,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            )
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,221 @@
+//! Authentication and scope, in one place for gRPC, gRPC-Web and REST.
+//!
+//! Each RPC declares the key it accepts with the `(tenlyr.v1.access)`
+//! option; [`AccessTable`] reads those from the descriptor pool and the
+//! [`authenticate`] middleware, wrapped around every tonic service, enforces
+//! them before a handler runs. REST reaches the same middleware because it
+//! dispatches in-process through the gRPC router.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    middleware::Next,
+    response::Response,
+};
+use http::{HeaderMap, header};
+use prost_reflect::DescriptorPool;
+use uuid::Uuid;
+
+use crate::{
+    domain::keys::{self, KeyHasher, KeyKind},
+    error::ApiError,
+    proto::v1::Access,
+    storage::{Db, admin_keys},
+};
+
+const ACCESS_OPTION: &str = "tenlyr.v1.access";
+
+/// Who is calling; inserted into the request extensions for handlers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Admin {
+        key_id: Uuid,
+    },
+    Tenant {
+        tenant_id: Uuid,
+        key_id: Uuid,
+    },
+    /// A public method (the request authenticates itself, e.g. by signature).
+    Anonymous,
+}
+
+/// The declared access of every RPC, by gRPC path.
+#[derive(Debug, Clone)]
+pub struct AccessTable(Arc<HashMap<String, Access>>);
+
+impl AccessTable {
+    /// Reads `(tenlyr.v1.access)` of every method of `package`; a method
+    /// without it is a start-up error.
+    pub fn from_pool(pool: &DescriptorPool, package: &str) -> Result<Self, Vec<String>> {
+        let Some(ext) = pool.get_extension_by_name(ACCESS_OPTION) else {
+            return Err(vec![format!(
+                "extension {ACCESS_OPTION} is not in the descriptor pool"
+            )]);
+        };
+        let mut table = HashMap::new();
+        let mut problems = Vec::new();
+        for service in pool.services().filter(|s| s.package_name() == package) {
+            for method in service.methods() {
+                let access = method
+                    .options()
+                    .get_extension(&ext)
+                    .as_enum_number()
+                    .and_then(|n| Access::try_from(n).ok())
+                    .unwrap_or(Access::Unspecified);
+                if access == Access::Unspecified {
+                    problems.push(format!(
+                        "{}: no (tenlyr.v1.access) option",
+                        method.full_name()
+                    ));
+                }
+                table.insert(
+                    format!("/{}/{}", service.full_name(), method.name()),
+                    access,
+                );
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self(Arc::new(table)))
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn get(&self, grpc_path: &str) -> Option<Access> {
+        self.0.get(grpc_path).copied()
+    }
+}
+
+/// Resolves keys to principals.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    db: Db,
+    hasher: Arc<KeyHasher>,
+}
+
+impl Authenticator {
+    pub fn new(db: Db, hasher: Arc<KeyHasher>) -> Self {
+        Self { db, hasher }
+    }
+
+    /// Checks the key in `headers` against the method's declared access.
+    pub async fn check(&self, access: Access, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        if access == Access::Public {
+            return Ok(Principal::Anonymous);
+        }
+        let key = bearer(headers)?;
+        let kind = keys::parse(key)
+            .map_err(|err| ApiError::unauthenticated(format!("invalid API key: {err}")))?;
+        let principal = match kind {
+            KeyKind::Admin => self.admin(key).await?,
+            // Tenant keys resolve once tenants exist (TenantService).
+            KeyKind::Tenant => return Err(ApiError::unauthenticated("unknown API key")),
+        };
+        match (access, &principal) {
+            (Access::Admin | Access::AdminOrTenant, Principal::Admin { .. }) => Ok(principal),
+            (Access::Tenant | Access::AdminOrTenant, Principal::Tenant { .. }) => Ok(principal),
+            (Access::Admin, _) => Err(ApiError::permission_denied(
+                "this method requires an admin key",
+            )),
+            (Access::Tenant, _) => Err(ApiError::permission_denied(
+                "this method requires a tenant key",
+            )),
+            _ => Err(ApiError::permission_denied(
+                "this key cannot call this method",
+            )),
+        }
+    }
+
+    async fn admin(&self, key: &str) -> Result<Principal, ApiError> {
+        let digest = self.hasher.digest(key);
+        let row = admin_keys::find_active(&self.db, &digest)
+            .await?
+            .filter(|row| self.hasher.verify(key, &row.key_digest))
+            .ok_or_else(|| ApiError::unauthenticated("unknown or revoked API key"))?;
+        Ok(Principal::Admin { key_id: row.id })
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthenticated("missing API key: send `Authorization: Bearer <key>`")
+    })?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthenticated("malformed Authorization header"))?;
+    let (scheme, key) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") || key.trim().is_empty() {
+        return Err(ApiError::unauthenticated(
+            "malformed Authorization header: expected `Bearer <key>`",
+        ));
+    }
+    Ok(key.trim())
+}
+
+#[derive(Clone)]
+pub struct AuthState {
+    pub table: AccessTable,
+    pub authenticator: Authenticator,
+}
+
+/// Middleware around the tonic services: rejects with a gRPC status (which
+/// gRPC-Web and REST translate) or passes the [`Principal`] on.
+pub async fn authenticate(
+    State(state): State<AuthState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(access) = state.table.get(request.uri().path()) else {
+        return next.run(request).await; // reflection, health
+    };
+    match state.authenticator.check(access, request.headers()).await {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(err) => {
+            tracing::debug!(reason = err.reason(), message = %err.message, "request rejected");
+            tonic::Status::from(err).into_http::<Body>()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto;
+
+    #[test]
+    fn every_rpc_declares_its_access() {
+        let table = AccessTable::from_pool(proto::pool(), proto::PACKAGE)
+            .unwrap_or_else(|p| panic!("{p:#?}"));
+        assert_eq!(
+            table.get("/tenlyr.v1.TenantService/CreateTenant"),
+            Some(Access::Admin)
+        );
+        assert_eq!(
+            table.get("/tenlyr.v1.MeteringService/Track"),
+            Some(Access::Tenant)
+        );
+        assert_eq!(
+            table.get("/tenlyr.v1.WebhookService/ReceiveWebhookBySlug"),
+            Some(Access::Public)
+        );
+        assert_eq!(table.get("/grpc.health.v1.Health/Check"), None);
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut headers = HeaderMap::new();
+        assert!(bearer(&headers).is_err());
+        headers.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert!(bearer(&headers).is_err());
+        headers.insert(
+            header::AUTHORIZATION,
+            "bearer  tenlyr_live_x ".parse().unwrap(),
+        );
+        assert_eq!(bearer(&headers).unwrap(), "tenlyr_live_x");
+    }
+}

@@ -1,0 +1,216 @@
+//! Everything that knows about HTTP, gRPC, gRPC-Web, JSON or protobuf.
+//!
+//! One listener carries all three protocols: requests whose content type is
+//! `application/grpc-web*` go through tonic-web to the gRPC router,
+//! `application/grpc*` go to it directly, everything else is REST and goes
+//! through the transcoder — which calls the same gRPC router in-process.
+//!
+//! Architecture Invariant: authentication, scope and request spans run in
+//! one place for all protocols (the gRPC router's middleware and the outer
+//! trace layer); REST never calls a service implementation directly.
+
+pub mod auth;
+pub mod grpc;
+pub mod rest;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::anyhow;
+use axum::{
+    Router,
+    body::Body,
+    extract::{Request, State},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use http::{HeaderName, StatusCode, header};
+use tower::ServiceExt as _;
+use tower_http::{
+    cors::{Any, CorsLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+use tracing::Span;
+
+use self::{
+    auth::{AccessTable, AuthState, Authenticator},
+    rest::{Transcoder, json::JsonCodec, routes::RouteTable},
+};
+use crate::{app::AppState, proto};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What the listener serves, built once at start-up.
+pub struct Transport {
+    pub router: Router,
+    pub health: tonic_health::server::HealthReporter,
+}
+
+/// Builds the one router for gRPC, gRPC-Web, REST and the probes. Fails if
+/// any annotation in the contract is invalid.
+pub fn build(state: &AppState) -> anyhow::Result<Transport> {
+    let pool = proto::pool();
+    let problems = |p: Vec<String>| anyhow!("invalid API annotations:\n  {}", p.join("\n  "));
+    let access = AccessTable::from_pool(pool, proto::PACKAGE).map_err(problems)?;
+    let routes = RouteTable::from_pool(pool, proto::PACKAGE).map_err(problems)?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let auth = AuthState {
+        table: access,
+        authenticator: Authenticator::new(state.db.clone(), state.hasher.clone()),
+    };
+    let grpc_router = grpc::routes(state)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .prepare()
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::authenticate,
+        ));
+    let grpc_web = grpc_router.clone().layer(tonic_web::GrpcWebLayer::new());
+    let transcoder = Arc::new(Transcoder::new(
+        routes,
+        JsonCodec::new(pool),
+        grpc_router.clone(),
+        state.max_body_bytes,
+    ));
+    let protocols = Protocols {
+        grpc: grpc_router,
+        grpc_web,
+        transcoder,
+    };
+
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz).with_state(state.clone()))
+        .fallback(dispatch)
+        .with_state(protocols)
+        .layer(cors())
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(make_span)
+                .on_request(())
+                .on_response(on_response)
+                .on_failure(()),
+        )
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
+    Ok(Transport { router, health })
+}
+
+#[derive(Clone)]
+struct Protocols {
+    grpc: Router,
+    grpc_web: Router,
+    transcoder: Arc<Transcoder>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Grpc,
+    GrpcWeb,
+    Rest,
+}
+
+fn protocol(request: &Request) -> Protocol {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.starts_with("application/grpc-web") {
+        Protocol::GrpcWeb
+    } else if content_type.starts_with("application/grpc") {
+        Protocol::Grpc
+    } else {
+        Protocol::Rest
+    }
+}
+
+async fn dispatch(State(protocols): State<Protocols>, request: Request) -> Response {
+    match protocol(&request) {
+        Protocol::GrpcWeb => protocols.grpc_web.oneshot(request).await.into_response(),
+        Protocol::Grpc => protocols.grpc.oneshot(request).await.into_response(),
+        Protocol::Rest => protocols.transcoder.handle(request).await,
+    }
+}
+
+/// Process is up.
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Postgres is reachable.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), state.db.ping()).await {
+        Ok(Ok(())) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        Ok(Err(err)) => not_ready(&err.to_string()),
+        Err(_) => not_ready("database ping timed out"),
+    }
+}
+
+fn not_ready(cause: &str) -> Response {
+    tracing::warn!(cause, "not ready");
+    let body = serde_json::json!({
+        "message": "database unavailable",
+        "error": "Service Unavailable",
+        "statusCode": 503,
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+}
+
+/// gRPC-Web from browsers needs CORS, including the gRPC status headers.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods(Any)
+        .allow_headers(Any)
+        .expose_headers([
+            HeaderName::from_static("grpc-status"),
+            HeaderName::from_static("grpc-message"),
+            HeaderName::from_static("grpc-status-details-bin"),
+            HeaderName::from_static("x-next-cursor"),
+            header::CONTENT_DISPOSITION,
+            header::RETRY_AFTER,
+            REQUEST_ID,
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
+fn make_span(request: &Request<Body>) -> Span {
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = request.uri().path(),
+        protocol = ?protocol(request),
+        request_id,
+        status = tracing::field::Empty,
+        grpc_status = tracing::field::Empty,
+    )
+}
+
+fn on_response(response: &Response, latency: Duration, span: &Span) {
+    span.record("status", response.status().as_u16());
+    if let Some(code) = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+    {
+        span.record("grpc_status", code);
+    }
+    tracing::info!(latency_ms = latency.as_secs_f64() * 1000.0, "response");
+}

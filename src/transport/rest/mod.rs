@@ -1,0 +1,443 @@
+//! REST/JSON transcoding, driven by the `google.api.http` annotations.
+//!
+//! A request is matched against the [`RouteTable`], turned into the RPC's
+//! request message (body, path variables, query parameters), dispatched
+//! in-process to the tonic services ([`bridge`]) and the response message
+//! turned back into JSON (or raw bytes for `google.api.HttpBody`).
+
+pub mod bridge;
+pub mod json;
+pub mod routes;
+pub mod template;
+
+use std::sync::Arc;
+
+use axum::{
+    body::Body,
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use futures_util::{StreamExt as _, stream};
+use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use prost::Message as _;
+use prost_reflect::{
+    DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value,
+};
+use serde_json::{Value as Json, json};
+
+use self::{
+    bridge::MessageReader,
+    json::JsonCodec,
+    routes::{BodyRule, HTTP_BODY, Route, RouteMatch, RouteTable},
+};
+use crate::error::{ApiError, ErrorCode};
+
+/// Response metadata that services may set and REST passes on as headers.
+const FORWARDED_HEADERS: &[&str] = &[
+    "content-disposition",
+    "x-next-cursor",
+    "location",
+    "cache-control",
+    "retry-after",
+];
+
+/// Metadata key a service sets to choose a non-200 success status (202).
+pub const HTTP_STATUS_METADATA: &str = "x-http-status";
+
+pub struct Transcoder {
+    routes: RouteTable,
+    codec: JsonCodec,
+    grpc: axum::Router,
+    max_body_bytes: usize,
+}
+
+impl Transcoder {
+    pub fn new(
+        routes: RouteTable,
+        codec: JsonCodec,
+        grpc: axum::Router,
+        max_body_bytes: usize,
+    ) -> Self {
+        Self {
+            routes,
+            codec,
+            grpc,
+            max_body_bytes,
+        }
+    }
+
+    pub async fn handle(self: Arc<Self>, request: Request<Body>) -> Response {
+        match self.transcode(request).await {
+            Ok(response) => response,
+            Err(err) => error_response(&err),
+        }
+    }
+
+    async fn transcode(&self, request: Request<Body>) -> Result<Response, ApiError> {
+        let (parts, body) = request.into_parts();
+        let (route, bindings) = match self.routes.find(&parts.method, parts.uri.path()) {
+            RouteMatch::Found(route, bindings) => (route, bindings),
+            RouteMatch::MethodNotAllowed(allowed) => {
+                let allowed: Vec<&str> = allowed.iter().map(http::Method::as_str).collect();
+                return Err(ApiError::new(
+                    ErrorCode::MethodNotAllowed,
+                    format!(
+                        "method {} is not allowed here; allowed: {}",
+                        parts.method,
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+            RouteMatch::NotFound => {
+                return Err(ApiError::not_found(format!(
+                    "no route for {} {}",
+                    parts.method,
+                    parts.uri.path()
+                ))
+                .with_reason("ROUTE_NOT_FOUND"));
+            }
+        };
+        let bytes = read_body(body, self.max_body_bytes).await?;
+        let message =
+            self.request_message(route, &parts.headers, &bytes, bindings, parts.uri.query())?;
+
+        let response = bridge::call(
+            self.grpc.clone(),
+            &route.grpc_path,
+            &parts.headers,
+            parts.extensions,
+            message.encode_to_vec(),
+        )
+        .await
+        .map_err(|status| ApiError::from_status(&status))?;
+        let (head, body) = response.into_parts();
+        let mut reader = MessageReader::new(body);
+        let status = success_status(&head.headers);
+        let mut builder = Response::builder().status(status);
+        for name in FORWARDED_HEADERS {
+            if let Some(value) = head.headers.get(*name) {
+                builder = builder.header(*name, value);
+            }
+        }
+        let output = route.method.output();
+        if route.raw_response() {
+            return self.raw_response(route, output, reader, builder).await;
+        }
+        let bytes = reader
+            .single()
+            .await
+            .map_err(|s| ApiError::from_status(&s))?;
+        let decoded = DynamicMessage::decode(output, bytes).map_err(ApiError::internal)?;
+        let json = match &route.response_body {
+            Some(field) => self.encode_field(&decoded, field),
+            None => self.codec.encode(&decoded),
+        };
+        let body = serde_json::to_vec(&json).map_err(ApiError::internal)?;
+        builder
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .map_err(ApiError::internal)
+    }
+
+    /// Builds the RPC's request message from body, path and query.
+    fn request_message(
+        &self,
+        route: &Route,
+        headers: &HeaderMap,
+        body: &Bytes,
+        bindings: Vec<template::Binding>,
+        query: Option<&str>,
+    ) -> Result<DynamicMessage, ApiError> {
+        let input = route.method.input();
+        let mut message = match &route.body {
+            BodyRule::Whole => self.codec.decode(&input, &parse_json(body)?)?,
+            BodyRule::Field(field) => {
+                let mut message = DynamicMessage::new(input.clone());
+                let value = match field.kind() {
+                    Kind::Message(m) if m.full_name() == HTTP_BODY => {
+                        Value::Message(http_body(&m, headers, body))
+                    }
+                    kind => {
+                        self.codec
+                            .decode_value(&kind, &parse_json(body)?, field.json_name())?
+                    }
+                };
+                message.set_field(field, value);
+                message
+            }
+            BodyRule::None => {
+                if !body.iter().all(u8::is_ascii_whitespace) {
+                    return Err(ApiError::bad_request(format!(
+                        "{} {} takes no request body",
+                        route.http_method, route.template
+                    )));
+                }
+                DynamicMessage::new(input.clone())
+            }
+        };
+        let mut bound: Vec<FieldDescriptor> = Vec::new();
+        for (path, text) in bindings {
+            let field = routes::resolve(&input, &path).map_err(ApiError::internal)?;
+            let name = json_path(&input, &path);
+            let value = self.codec.decode_text(&field.kind(), &text, &name)?;
+            let target = leaf_message(&mut message, &path);
+            if target.has_field(&field) && *target.get_field(&field) != value {
+                return Err(ApiError::bad_field(
+                    name,
+                    "the body contradicts the value in the path",
+                ));
+            }
+            target.set_field(&field, value);
+            bound.push(field);
+        }
+        if let Some(query) = query.filter(|q| !q.is_empty()) {
+            for (key, text) in form_urlencoded::parse(query.as_bytes()) {
+                self.set_query_param(route, &mut message, &bound, &key, &text)?;
+            }
+        }
+        Ok(message)
+    }
+
+    fn set_query_param(
+        &self,
+        route: &Route,
+        message: &mut DynamicMessage,
+        bound: &[FieldDescriptor],
+        key: &str,
+        text: &str,
+    ) -> Result<(), ApiError> {
+        let unknown = || ApiError::bad_field(key, "unknown query parameter");
+        if matches!(route.body, BodyRule::Whole) {
+            return Err(unknown());
+        }
+        let mut path = Vec::new();
+        let mut desc = message.descriptor();
+        let names: Vec<&str> = key.split('.').collect();
+        let mut field = None;
+        for (i, name) in names.iter().enumerate() {
+            let f = desc
+                .get_field_by_json_name(name)
+                .or_else(|| desc.get_field_by_name(name))
+                .ok_or_else(unknown)?;
+            if i + 1 < names.len() {
+                match f.kind() {
+                    Kind::Message(m) if !f.is_list() && !f.is_map() => desc = m,
+                    _ => return Err(unknown()),
+                }
+            }
+            path.push(f.name().to_owned());
+            field = Some(f);
+        }
+        let field = field.ok_or_else(unknown)?;
+        if bound.contains(&field)
+            || matches!(&route.body, BodyRule::Field(b) if path[0] == b.name())
+        {
+            return Err(ApiError::bad_field(
+                key,
+                "already bound by the path or body",
+            ));
+        }
+        if field.is_map() {
+            return Err(ApiError::bad_field(
+                key,
+                "map fields cannot be set from the query",
+            ));
+        }
+        let value = self.codec.decode_text(&field.kind(), text, key)?;
+        let target = leaf_message(message, &path);
+        if field.is_list() {
+            match target.get_field_mut(&field) {
+                Value::List(items) => items.push(value),
+                _ => return Err(ApiError::internal("repeated field without a list value")),
+            }
+        } else {
+            if target.has_field(&field) {
+                return Err(ApiError::bad_field(key, "given more than once"));
+            }
+            target.set_field(&field, value);
+        }
+        Ok(())
+    }
+
+    fn encode_field(&self, message: &DynamicMessage, field: &FieldDescriptor) -> Json {
+        let value = message.get_field(field);
+        match value.as_ref() {
+            Value::List(items) => Json::Array(
+                items
+                    .iter()
+                    .filter_map(|v| v.as_message().map(|m| self.codec.encode(m)))
+                    .collect(),
+            ),
+            Value::Message(m) if message.has_field(field) => self.codec.encode(m),
+            _ => Json::Null,
+        }
+    }
+
+    /// Streams `google.api.HttpBody` messages (one for unary methods) as the
+    /// raw response body; the first one decides the Content-Type.
+    async fn raw_response(
+        &self,
+        route: &Route,
+        output: MessageDescriptor,
+        mut reader: MessageReader,
+        builder: http::response::Builder,
+    ) -> Result<Response, ApiError> {
+        let response_body = route.response_body.clone();
+        let chunk = move |bytes: Bytes| -> Result<(String, Bytes), ApiError> {
+            let message =
+                DynamicMessage::decode(output.clone(), bytes).map_err(ApiError::internal)?;
+            let body = match &response_body {
+                Some(field) => message
+                    .get_field(field)
+                    .as_message()
+                    .cloned()
+                    .unwrap_or_else(|| DynamicMessage::new(output.clone())),
+                None => message,
+            };
+            let text = |name| {
+                body.get_field_by_name(name)
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            };
+            let data = body
+                .get_field_by_name("data")
+                .and_then(|v| v.as_bytes().cloned())
+                .unwrap_or_default();
+            Ok((text("content_type"), data))
+        };
+        let first = reader.next().await.map_err(|s| ApiError::from_status(&s))?;
+        let (content_type, data) = match first {
+            Some(bytes) => chunk(bytes)?,
+            None => (String::new(), Bytes::new()),
+        };
+        let rest = stream::unfold((reader, chunk), |(mut reader, chunk)| async move {
+            match reader.next().await {
+                Ok(Some(bytes)) => {
+                    let item = chunk(bytes)
+                        .map(|(_, data)| data)
+                        .map_err(|e| std::io::Error::other(e.message));
+                    Some((item, (reader, chunk)))
+                }
+                Ok(None) => None,
+                Err(status) => {
+                    // Headers are sent: a failed stream can only be cut short.
+                    tracing::warn!(code = ?status.code(), message = status.message(), "streamed response failed");
+                    Some((
+                        Err(std::io::Error::other(status.message().to_owned())),
+                        (reader, chunk),
+                    ))
+                }
+            }
+        });
+        let body = stream::once(async move { Ok::<_, std::io::Error>(data) }).chain(rest);
+        let content_type = if content_type.is_empty() {
+            "application/octet-stream".to_owned()
+        } else {
+            content_type
+        };
+        builder
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from_stream(body))
+            .map_err(ApiError::internal)
+    }
+}
+
+fn success_status(headers: &HeaderMap) -> StatusCode {
+    headers
+        .get(HTTP_STATUS_METADATA)
+        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .filter(StatusCode::is_success)
+        .unwrap_or(StatusCode::OK)
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is larger than {limit} bytes"),
+        )),
+        Err(err) => Err(ApiError::bad_request(format!(
+            "could not read the request body: {err}"
+        ))),
+    }
+}
+
+fn parse_json(body: &Bytes) -> Result<Json, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|err| {
+        ApiError::bad_request(format!("malformed JSON body: {err}"))
+            .with_violation("", err.to_string())
+    })
+}
+
+fn http_body(desc: &MessageDescriptor, headers: &HeaderMap, body: &Bytes) -> DynamicMessage {
+    let mut message = DynamicMessage::new(desc.clone());
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    message.set_field_by_name("content_type", Value::String(content_type.to_owned()));
+    message.set_field_by_name("data", Value::Bytes(body.clone()));
+    message
+}
+
+/// The message that holds the last field of `path`, creating the
+/// intermediate messages.
+fn leaf_message<'a>(message: &'a mut DynamicMessage, path: &[String]) -> &'a mut DynamicMessage {
+    let mut current = message;
+    for name in &path[..path.len() - 1] {
+        current = match current.get_field_by_name_mut(name) {
+            Some(Value::Message(m)) => m,
+            _ => unreachable!("validated as a singular message field"),
+        };
+    }
+    current
+}
+
+/// The JSON spelling of a proto field path, for error messages.
+fn json_path(desc: &MessageDescriptor, path: &[String]) -> String {
+    let mut names = Vec::with_capacity(path.len());
+    let mut current = desc.clone();
+    for name in path {
+        let Some(field) = current.get_field_by_name(name) else {
+            break;
+        };
+        names.push(field.json_name().to_owned());
+        if let Kind::Message(m) = field.kind() {
+            current = m;
+        }
+    }
+    names.join(".")
+}
+
+/// The documented error body: `{message, error, statusCode}` plus `reason`
+/// and, when fields are named, `details`.
+pub fn error_response(err: &ApiError) -> Response {
+    let status = err.code.http_status();
+    let mut body = json!({
+        "message": err.message,
+        "error": status.canonical_reason().unwrap_or("Error"),
+        "statusCode": status.as_u16(),
+        "reason": err.reason(),
+    });
+    if !err.violations.is_empty() {
+        body["details"] = err
+            .violations
+            .iter()
+            .map(|v| json!({"field": v.field, "description": v.description}))
+            .collect();
+    }
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(delay) = err.retry_after {
+        let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    response
+}
