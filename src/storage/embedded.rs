@@ -93,15 +93,14 @@ impl EmbeddedPostgres {
             .fetch_optional(&mut conn)
             .await?
             .map(|row| row.get::<i32, _>("one"));
-        if exists.is_none() {
-            if let Err(err) = sqlx::query("CREATE DATABASE tenlyr")
+        if exists.is_none()
+            && let Err(err) = sqlx::query("CREATE DATABASE tenlyr")
                 .execute(&mut conn)
                 .await
-            {
-                // Another process may have created it a moment ago.
-                if !err.to_string().contains("already exists") {
-                    return Err(err.into());
-                }
+        {
+            // Another process may have created it a moment ago.
+            if !err.to_string().contains("already exists") {
+                return Err(err.into());
             }
         }
         conn.close().await?;
@@ -220,10 +219,11 @@ fn unprivileged_user() -> anyhow::Result<Option<(u32, u32)>> {
     for wanted in ["postgres", "nobody"] {
         for line in passwd.lines() {
             let fields: Vec<&str> = line.split(':').collect();
-            if fields.len() > 3 && fields[0] == wanted {
-                if let (Ok(uid), Ok(gid)) = (fields[2].parse(), fields[3].parse()) {
-                    return Ok(Some((uid, gid)));
-                }
+            if fields.len() > 3
+                && fields[0] == wanted
+                && let (Ok(uid), Ok(gid)) = (fields[2].parse(), fields[3].parse())
+            {
+                return Ok(Some((uid, gid)));
             }
         }
     }

@@ -21,6 +21,21 @@ const MIGRATIONS: &[Migration] = &[Migration {
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.
 const LOCK_KEY: i64 = 0x7465_6e6c_796d_6967;
 
+/// A digest of every migration's text: changes whenever one is added or
+/// edited (tests key their migrated template database on it).
+pub fn fingerprint() -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for migration in MIGRATIONS {
+        ctx.update(migration.sql.as_bytes());
+    }
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Applies pending migrations; returns how many were applied.
 pub async fn run(database_url: &str) -> anyhow::Result<usize> {
     let mut conn = PgConnection::connect(database_url).await?;

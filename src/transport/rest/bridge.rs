@@ -64,10 +64,10 @@ pub async fn call(
         .oneshot(request)
         .await
         .unwrap_or_else(|never| match never {});
-    if let Some(status) = tonic::Status::from_header_map(response.headers()) {
-        if status.code() != tonic::Code::Ok {
-            return Err(status);
-        }
+    if let Some(status) = tonic::Status::from_header_map(response.headers())
+        && status.code() != tonic::Code::Ok
+    {
+        return Err(status);
     }
     Ok(response)
 }
@@ -124,10 +124,9 @@ impl MessageReader {
                         if let Some(status) = frame
                             .trailers_ref()
                             .and_then(tonic::Status::from_header_map)
+                            && status.code() != tonic::Code::Ok
                         {
-                            if status.code() != tonic::Code::Ok {
-                                return Err(status);
-                            }
+                            return Err(status);
                         }
                     }
                 },

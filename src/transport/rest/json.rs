@@ -144,15 +144,15 @@ impl JsonCodec {
             if value.is_null() && !is_json_value(&field) {
                 continue; // null means "not set"
             }
-            if let Some(oneof) = field.containing_oneof() {
-                if let Some(other) = oneof.fields().find(|f| f != &field && message.has_field(f)) {
-                    let msg = format!(
-                        "only one of `{}` and `{}` may be set",
-                        other.json_name(),
-                        field.json_name()
-                    );
-                    return Err(ApiError::bad_field(field_path, msg));
-                }
+            if let Some(oneof) = field.containing_oneof()
+                && let Some(other) = oneof.fields().find(|f| f != &field && message.has_field(f))
+            {
+                let msg = format!(
+                    "only one of `{}` and `{}` may be set",
+                    other.json_name(),
+                    field.json_name()
+                );
+                return Err(ApiError::bad_field(field_path, msg));
             }
             let decoded = if field.is_map() {
                 self.decode_map(&field, value, &field_path)?

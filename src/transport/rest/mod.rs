@@ -79,7 +79,8 @@ impl Transcoder {
         let (route, bindings) = match self.routes.find(&parts.method, parts.uri.path()) {
             RouteMatch::Found(route, bindings) => (route, bindings),
             RouteMatch::MethodNotAllowed(allowed) => {
-                let allowed: Vec<&str> = allowed.iter().map(http::Method::as_str).collect();
+                let mut allowed: Vec<&str> = allowed.iter().map(http::Method::as_str).collect();
+                allowed.sort_unstable();
                 return Err(ApiError::new(
                     ErrorCode::MethodNotAllowed,
                     format!(

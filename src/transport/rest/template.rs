@@ -62,12 +62,12 @@ impl PathTemplate {
             }
         };
         let segments = parser.segments;
-        if let Some(pos) = segments.iter().position(|s| *s == Segment::Multi) {
-            if pos + 1 != segments.len() {
-                return Err(format!(
-                    "template `{template}`: `**` must be the last segment"
-                ));
-            }
+        if let Some(pos) = segments.iter().position(|s| *s == Segment::Multi)
+            && pos + 1 != segments.len()
+        {
+            return Err(format!(
+                "template `{template}`: `**` must be the last segment"
+            ));
         }
         let mut names: Vec<&Vec<String>> = parser.variables.iter().map(|v| &v.field_path).collect();
         names.sort();

@@ -1,0 +1,104 @@
+//! Keys are checked in one place for all protocols: 401 for missing,
+//! malformed, unknown or revoked keys; 403 for the wrong kind of key.
+
+use reqwest::Method;
+use tenlyr::{
+    domain::keys::{KeyKind, NewKey},
+    proto::v1::{
+        GetMetricsRequest, ListTenantsRequest, metering_service_client::MeteringServiceClient,
+        tenant_service_client::TenantServiceClient,
+    },
+};
+use tonic_types::StatusExt;
+
+use crate::helpers::{TestApp, assert_error_body, json, with_key};
+
+async fn rest_status(app: &TestApp, key: Option<&str>) -> (u16, serde_json::Value) {
+    let mut request = app.http.request(Method::GET, app.url("/api/v1/tenants"));
+    if let Some(key) = key {
+        request = request.header("authorization", key);
+    }
+    json(request.send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn bad_keys_get_401_on_rest_and_grpc() {
+    let app = TestApp::spawn().await;
+    let unknown = NewKey::generate(KeyKind::Admin).plaintext;
+    let mut typo = app.admin_key.clone();
+    typo.replace_range(20..21, if &typo[20..21] == "a" { "b" } else { "a" });
+    let cases: Vec<(Option<String>, &str)> = vec![
+        (None, "missing API key"),
+        (Some("Basic abc".into()), "malformed Authorization"),
+        (Some("Bearer nope".into()), "invalid API key"),
+        (Some(format!("Bearer {typo}")), "checksum"),
+        (Some(format!("Bearer {unknown}")), "unknown or revoked"),
+        (
+            Some(format!(
+                "Bearer {}",
+                NewKey::generate(KeyKind::Tenant).plaintext
+            )),
+            "unknown API key",
+        ),
+    ];
+    let mut grpc = TenantServiceClient::new(app.channel().await);
+    for (header, needle) in cases {
+        let (status, body) = rest_status(&app, header.as_deref()).await;
+        assert_eq!(status, 401, "{header:?}: {body}");
+        assert_error_body(&body, 401, "Unauthorized");
+        assert!(body["message"].as_str().unwrap().contains(needle), "{body}");
+
+        let mut request = tonic::Request::new(ListTenantsRequest::default());
+        if let Some(h) = &header {
+            request
+                .metadata_mut()
+                .insert("authorization", h.parse().unwrap());
+        }
+        let status = grpc.list_tenants(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            status.message(),
+            body["message"].as_str().unwrap(),
+            "same message on both protocols"
+        );
+        assert_eq!(
+            status.get_details_error_info().unwrap().reason,
+            "UNAUTHENTICATED"
+        );
+    }
+}
+
+#[tokio::test]
+async fn revoked_admin_keys_stop_working() {
+    let app = TestApp::spawn().await;
+    let (status, _) = rest_status(&app, Some(&format!("Bearer {}", app.admin_key))).await;
+    assert_eq!(status, 501, "valid key reaches the (not yet built) method");
+    let mut conn = app.db.connect().await;
+    sqlx::query("UPDATE admin_keys SET revoked_at = now()")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (status, body) = rest_status(&app, Some(&format!("Bearer {}", app.admin_key))).await;
+    assert_eq!(status, 401, "{body}");
+}
+
+#[tokio::test]
+async fn admin_key_on_tenant_method_is_403() {
+    let app = TestApp::spawn().await;
+    let (status, body) = json(
+        app.admin(Method::GET, "/api/v1/usage/metrics")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_error_body(&body, 403, "Forbidden");
+    let mut grpc = MeteringServiceClient::new(app.channel().await);
+    let status = grpc
+        .get_metrics(with_key(GetMetricsRequest {}, &app.admin_key))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(status.message(), body["message"].as_str().unwrap());
+}

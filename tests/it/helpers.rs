@@ -1,0 +1,327 @@
+//! Test fixtures: a database per test (cloned from a migrated template), a
+//! server per test on port 0, and clients for REST, gRPC and gRPC-Web.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use sqlx::{Connection, Executor, PgConnection};
+use tenlyr::{
+    app::Server,
+    config::{ServeConfig, StorageConfig},
+    domain::keys::KeyHasher,
+    storage::{Db, admin_keys, migrate},
+};
+use tokio::sync::{OnceCell, oneshot};
+
+pub const PEPPER: &str = "integration-test-pepper";
+
+/// The server the tests use: `TENLYR_TEST_DATABASE_URL` (scripts/test.sh
+/// starts a private cluster and sets it), else the local default.
+pub fn base_url() -> String {
+    std::env::var("TENLYR_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn url_for(database: &str) -> String {
+    let base = base_url();
+    let (prefix, rest) = base.rsplit_once('/').expect("URL has a database path");
+    let query = rest
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    format!("{prefix}/{database}{query}")
+}
+
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+
+/// A migrated template database, created once per migration set.
+async fn template() -> &'static str {
+    TEMPLATE
+        .get_or_init(|| async {
+            let name = format!("tenlyr_tpl_{}", migrate::fingerprint());
+            let mut conn = PgConnection::connect(&base_url())
+                .await
+                .expect("test PostgreSQL is reachable");
+            conn.execute("SELECT pg_advisory_lock(4242)").await.unwrap();
+            let exists: Option<(i32,)> =
+                sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1 AND datistemplate")
+                    .bind(&name)
+                    .fetch_optional(&mut conn)
+                    .await
+                    .unwrap();
+            if exists.is_none() {
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .await
+                .unwrap();
+                conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .await
+                    .unwrap();
+                migrate::run(&url_for(&name))
+                    .await
+                    .expect("migrations apply to the template");
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "ALTER DATABASE {name} IS_TEMPLATE true"
+                )))
+                .await
+                .unwrap();
+            }
+            conn.execute("SELECT pg_advisory_unlock(4242)")
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+            name
+        })
+        .await
+}
+
+/// A database owned by one test, dropped when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    /// A migrated database (a clone of the template).
+    pub async fn migrated() -> Self {
+        let template = template().await;
+        Self::create(&format!("TEMPLATE {template}")).await
+    }
+
+    /// An empty database, for tests of migrations themselves.
+    pub async fn empty() -> Self {
+        Self::create("").await
+    }
+
+    async fn create(suffix: &str) -> Self {
+        let name = format!("tenlyr_t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&base_url()).await.unwrap();
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {name} {suffix}"
+        )))
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+        let url = url_for(&name);
+        Self { name, url }
+    }
+
+    pub async fn connect(&self) -> PgConnection {
+        PgConnection::connect(&self.url).await.unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async; a short-lived runtime on its own thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut conn) = PgConnection::connect(&base_url()).await {
+                    let _ = conn
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn serve_config(database_url: &str) -> ServeConfig {
+    ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        redis_url: None,
+        max_body_bytes: 64 * 1024,
+        shutdown_grace_secs: 5,
+        storage: StorageConfig {
+            database_url: Some(database_url.to_owned()),
+            data_dir: PathBuf::from("/nonexistent-tenlyr-test-data-dir"),
+            key_pepper: Some(PEPPER.to_owned()),
+            db_pool_size: 4,
+        },
+    }
+}
+
+/// A running server on its own database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub admin_key: String,
+    pub http: reqwest::Client,
+    pub db: TestDb,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        let db = TestDb::migrated().await;
+        let admin_key = create_admin_key(&db.url, "test").await;
+        let server = Server::bind(&serve_config(&db.url), &db.url)
+            .await
+            .expect("server binds");
+        let addr = server.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            admin_key,
+            http: reqwest::Client::new(),
+            db,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A REST request with the admin key.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.admin_key)
+    }
+
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().unwrap().await?
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub async fn create_admin_key(database_url: &str, label: &str) -> String {
+    let db = Db::connect(database_url, 1).unwrap();
+    let key = admin_keys::create(db.app(), &KeyHasher::new(PEPPER.as_bytes()), label)
+        .await
+        .unwrap();
+    db.close().await;
+    key
+}
+
+/// A REST response: status and JSON body.
+pub async fn json(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+    (status, body)
+}
+
+/// Asserts the documented error body.
+pub fn assert_error_body(body: &serde_json::Value, status: u16, error: &str) {
+    assert_eq!(body["statusCode"], status, "{body}");
+    assert_eq!(body["error"], error, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+/// The outcome of a gRPC-Web call: status code, message and the message
+/// bytes of the response, if any.
+pub struct GrpcWebReply {
+    pub code: tonic::Code,
+    pub message: String,
+    pub body: Option<Bytes>,
+}
+
+/// Calls `path` with gRPC-Web over HTTP/1.1, as a browser would.
+pub async fn grpc_web(
+    app: &TestApp,
+    path: &str,
+    key: Option<&str>,
+    message: &[u8],
+) -> GrpcWebReply {
+    let mut frame = BytesMut::new();
+    frame.put_u8(0);
+    frame.put_u32(message.len() as u32);
+    frame.put_slice(message);
+    let mut request = app
+        .http
+        .post(app.url(path))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(frame.freeze());
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    let mut bytes = response.bytes().await.unwrap();
+    let mut body = None;
+    let mut trailers = String::new();
+    while bytes.len() >= 5 {
+        let flag = bytes.get_u8();
+        let len = bytes.get_u32() as usize;
+        let chunk = bytes.split_to(len);
+        if flag & 0x80 != 0 {
+            trailers = String::from_utf8_lossy(&chunk).into_owned();
+        } else {
+            body = Some(chunk);
+        }
+    }
+    let mut fields: Vec<(String, String)> = trailers
+        .split("\r\n")
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    for name in ["grpc-status", "grpc-message"] {
+        if let Some(v) = headers.get(name) {
+            fields.push((name.to_owned(), v.to_str().unwrap().to_owned()));
+        }
+    }
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let code = tonic::Code::from_i32(get("grpc-status").expect("grpc-status").parse().unwrap());
+    let message = percent_encoding::percent_decode_str(&get("grpc-message").unwrap_or_default())
+        .decode_utf8_lossy()
+        .into_owned();
+    GrpcWebReply {
+        code,
+        message,
+        body,
+    }
+}
+
+/// Adds `authorization: Bearer <key>` to a tonic request.
+pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
+}

@@ -1,0 +1,10 @@
+//! Integration tests: real PostgreSQL, real servers on loopback ports.
+//! Each test owns its database (see `helpers::TestDb`).
+
+mod auth;
+mod contract;
+mod helpers;
+mod operations;
+mod protocols;
+mod storage;
+mod transcoding;

@@ -1,0 +1,81 @@
+//! Migrations, the application role and the first admin key.
+
+use sqlx::Row;
+use tenlyr::storage::{Db, migrate};
+
+use crate::helpers::{TestDb, serve_config};
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_safe_for_concurrent_replicas() {
+    let db = TestDb::empty().await;
+    let (a, b, c) = tokio::join!(
+        migrate::run(&db.url),
+        migrate::run(&db.url),
+        migrate::run(&db.url)
+    );
+    let applied = a.unwrap() + b.unwrap() + c.unwrap();
+    let mut conn = db.connect().await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM tenlyr_schema_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(applied as i64, rows, "each migration applied exactly once");
+    assert_eq!(migrate::run(&db.url).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn requests_run_as_a_role_without_bypassrls() {
+    let db = TestDb::migrated().await;
+    let app = Db::connect(&db.url, 1).unwrap();
+    let row = sea_orm::ConnectionTrait::query_one_raw(
+        app.app(),
+        sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT current_user::text AS who, r.rolbypassrls, r.rolsuper FROM pg_roles r WHERE r.rolname = current_user",
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(row.try_get::<String>("", "who").unwrap(), "tenlyr_app");
+    assert!(!row.try_get::<bool>("", "rolbypassrls").unwrap());
+    assert!(!row.try_get::<bool>("", "rolsuper").unwrap());
+    app.close().await;
+
+    let mut owner = db.connect().await;
+    let owned: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE tableowner = 'tenlyr_app'")
+            .fetch_one(&mut owner)
+            .await
+            .unwrap();
+    assert_eq!(owned, 0, "the application role owns nothing");
+}
+
+#[tokio::test]
+async fn the_first_start_creates_exactly_one_admin_key_even_with_two_replicas() {
+    let db = TestDb::migrated().await;
+    let config = serve_config(&db.url);
+    let (a, b) = tokio::join!(
+        tenlyr::app::Server::bind(&config, &db.url),
+        tenlyr::app::Server::bind(&config, &db.url)
+    );
+    a.unwrap();
+    b.unwrap();
+    let mut conn = db.connect().await;
+    let rows = sqlx::query("SELECT label, prefix, key_digest FROM admin_keys")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<String, _>("label"), "bootstrap");
+    assert!(
+        rows[0]
+            .get::<String, _>("prefix")
+            .starts_with("tenlyr_live_tf_")
+    );
+    assert_eq!(
+        rows[0].get::<Vec<u8>, _>("key_digest").len(),
+        32,
+        "HMAC-SHA256 digest, not the key"
+    );
+}
