@@ -64,6 +64,9 @@ pub async fn call(
         .oneshot(request)
         .await
         .unwrap_or_else(|never| match never {});
+    if response.status() != http::StatusCode::OK {
+        return Err(http_status_to_grpc(response.status()));
+    }
     if let Some(status) = tonic::Status::from_header_map(response.headers())
         && status.code() != tonic::Code::Ok
     {
@@ -149,4 +152,17 @@ impl MessageReader {
         }
         Ok(message)
     }
+}
+
+/// The gRPC spec's mapping for an HTTP answer that carries no gRPC status.
+fn http_status_to_grpc(status: http::StatusCode) -> tonic::Status {
+    let code = match status.as_u16() {
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        404 => tonic::Code::Unimplemented,
+        429 | 502..=504 => tonic::Code::Unavailable,
+        400 => tonic::Code::Internal,
+        _ => tonic::Code::Unknown,
+    };
+    tonic::Status::new(code, format!("upstream answered HTTP {status}"))
 }

@@ -442,3 +442,240 @@ pub fn error_response(err: &ApiError) -> Response {
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, routing::post};
+    use bytes::{BufMut, BytesMut};
+    use http::{HeaderMap as Headers, Method};
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use serde_json::json;
+
+    use super::*;
+    use crate::proto;
+
+    const PACKAGE: &str = "tenlyr.testing.v1";
+
+    fn pool() -> &'static prost_reflect::DescriptorPool {
+        proto::testing::pool()
+    }
+
+    fn message(name: &str, value: serde_json::Value) -> DynamicMessage {
+        let desc = pool()
+            .get_message_by_name(&format!("{PACKAGE}.{name}"))
+            .unwrap();
+        JsonCodec::new(pool()).decode(&desc, &value).unwrap()
+    }
+
+    /// A gRPC response: `messages` framed, then an OK status in trailers.
+    fn grpc_reply(
+        messages: Vec<DynamicMessage>,
+        headers: &[(&'static str, &'static str)],
+    ) -> Response {
+        let mut frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = messages
+            .into_iter()
+            .map(|m| {
+                let bytes = m.encode_to_vec();
+                let mut frame = BytesMut::new();
+                frame.put_u8(0);
+                frame.put_u32(bytes.len() as u32);
+                frame.put_slice(&bytes);
+                Ok(Frame::data(frame.freeze()))
+            })
+            .collect();
+        let mut trailers = Headers::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        frames.push(Ok(Frame::trailers(trailers)));
+        let mut response = Response::new(Body::new(StreamBody::new(stream::iter(frames))));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, "application/grpc".parse().unwrap());
+        for (name, value) in headers {
+            response.headers_mut().insert(*name, value.parse().unwrap());
+        }
+        response
+    }
+
+    /// Fake LibraryService: ListBooks answers two books, ReadFile streams two
+    /// HttpBody chunks, GetBook echoes the request name as the title.
+    fn library() -> axum::Router {
+        axum::Router::new()
+            .route(
+                "/tenlyr.testing.v1.LibraryService/ListBooks",
+                post(|| async {
+                    let reply = message(
+                        "ListBooksResponse",
+                        json!({"books": [{"id": "1", "pages": 10, "genre": "poetry"}, {"id": "2"}]}),
+                    );
+                    grpc_reply(vec![reply], &[("x-next-cursor", "abc")])
+                }),
+            )
+            .route(
+                "/tenlyr.testing.v1.LibraryService/ReadFile",
+                post(|| async {
+                    let chunk = |data: &str| {
+                        let mut m = DynamicMessage::new(pool().get_message_by_name(HTTP_BODY).unwrap());
+                        m.set_field_by_name("content_type", Value::String("text/csv".into()));
+                        m.set_field_by_name("data", Value::Bytes(Bytes::from(data.to_owned())));
+                        m
+                    };
+                    grpc_reply(vec![chunk("a,b\n"), chunk("1,2\n")], &[("content-disposition", "attachment; filename=\"x.csv\"")])
+                }),
+            )
+    }
+
+    fn transcoder() -> Arc<Transcoder> {
+        let routes = RouteTable::from_pool(pool(), PACKAGE).unwrap();
+        Arc::new(Transcoder::new(
+            routes,
+            JsonCodec::new(pool()),
+            library(),
+            1024,
+        ))
+    }
+
+    fn build(
+        t: &Transcoder,
+        method: Method,
+        uri: &str,
+        body: &str,
+    ) -> Result<serde_json::Value, ApiError> {
+        let uri: http::Uri = uri.parse().unwrap();
+        let RouteMatch::Found(route, bindings) = t.routes.find(&method, uri.path()) else {
+            panic!("no route")
+        };
+        let mut headers = Headers::new();
+        headers.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        let message = t.request_message(
+            route,
+            &headers,
+            &Bytes::from(body.to_owned()),
+            bindings,
+            uri.query(),
+        )?;
+        Ok(t.codec.encode(&message))
+    }
+
+    #[test]
+    fn query_parameters_map_to_fields_dotted_and_repeated() {
+        let t = transcoder();
+        let uri = "/v1/shelves/s1/books?limit=5&genres=poetry&genres=GENRE_SCIENCE_FICTION&author.name=Frank&author.born_year=1920&ids=1&ids=2&since=2026-01-01T00:00:00Z";
+        let m = build(&t, Method::GET, uri, "").unwrap();
+        assert_eq!(m["shelf"], "s1");
+        assert_eq!(m["limit"], 5);
+        assert_eq!(m["genres"], json!(["poetry", "science_fiction"]));
+        assert_eq!(m["author"], json!({"name": "Frank", "bornYear": "1920"}));
+        assert_eq!(m["ids"], json!(["1", "2"]));
+        assert_eq!(m["since"], "2026-01-01T00:00:00Z");
+
+        let err = build(&t, Method::GET, "/v1/shelves/s1/books?shelf=s2", "").unwrap_err();
+        assert_eq!(err.violations[0].field, "shelf");
+        let err = build(&t, Method::GET, "/v1/shelves/s1/books?author=x", "").unwrap_err();
+        assert_eq!(err.violations[0].field, "author");
+    }
+
+    #[test]
+    fn body_field_and_nested_path_variables() {
+        let t = transcoder();
+        let m = build(
+            &t,
+            Method::POST,
+            "/v1/shelves/s1/books",
+            r#"{"title": "Dune", "pages": "412"}"#,
+        )
+        .unwrap();
+        assert_eq!(m["shelf"], "s1");
+        assert_eq!(m["book"]["title"], "Dune");
+        assert_eq!(m["book"]["pages"], "412");
+
+        let m = build(
+            &t,
+            Method::PATCH,
+            "/v1/shelves/s1/books/b1",
+            r#"{"book": {"title": "x"}, "updateMask": "title"}"#,
+        )
+        .unwrap();
+        assert_eq!(m["book"]["shelf"], "s1");
+        assert_eq!(m["book"]["id"], "b1");
+        assert_eq!(m["updateMask"], "title");
+        let err = build(
+            &t,
+            Method::PATCH,
+            "/v1/shelves/s1/books/b1",
+            r#"{"book": {"id": "b2"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.violations[0].field, "book.id");
+        let err = build(&t, Method::PATCH, "/v1/shelves/s1/books/b1?title=x", "{}").unwrap_err();
+        assert_eq!(err.violations[0].field, "title");
+    }
+
+    #[test]
+    fn raw_http_body_requests_keep_bytes_and_content_type() {
+        let t = transcoder();
+        let m = build(&t, Method::POST, "/v1/uploads/s1", "not json {").unwrap();
+        assert_eq!(m["body"]["contentType"], "text/plain");
+        assert_eq!(m["body"]["data"], "bm90IGpzb24gew==");
+        let m = build(
+            &t,
+            Method::POST,
+            "/v1/shelves/s1:archive",
+            r#"{"reason": "old"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (m["shelf"].as_str(), m["reason"].as_str()),
+            (Some("s1"), Some("old"))
+        );
+    }
+
+    async fn call(t: &Arc<Transcoder>, uri: &str) -> (StatusCode, Headers, Bytes) {
+        let request = Request::get(uri).body(Body::empty()).unwrap();
+        let response = t.clone().handle(request).await;
+        let (parts, body) = response.into_parts();
+        (
+            parts.status,
+            parts.headers,
+            body.collect().await.unwrap().to_bytes(),
+        )
+    }
+
+    #[tokio::test]
+    async fn response_body_selects_a_field_and_forwards_metadata() {
+        let t = transcoder();
+        let (status, headers, body) = call(&t, "/v1/shelves/s1/books").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-next-cursor"], "abc");
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(json.is_array(), "bare array: {json}");
+        assert_eq!(json[0]["pages"], "10");
+        assert_eq!(json[0]["genre"], "poetry");
+        assert_eq!(json[1]["returnedAt"], serde_json::Value::Null);
+    }
+
+    #[tokio::test]
+    async fn streamed_http_body_becomes_the_raw_response() {
+        let t = transcoder();
+        let (status, headers, body) = call(&t, "/v1/files/reports/q1.csv").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], "text/csv");
+        assert_eq!(
+            headers[header::CONTENT_DISPOSITION],
+            "attachment; filename=\"x.csv\""
+        );
+        assert_eq!(&body[..], b"a,b\n1,2\n");
+    }
+
+    #[tokio::test]
+    async fn missing_service_method_is_501_not_500() {
+        // GetBook is bound but the fake service does not serve it: its
+        // router answers a plain HTTP 404, which the gRPC spec maps to
+        // UNIMPLEMENTED.
+        let t = transcoder();
+        let (status, _, body) = call(&t, "/v1/books/b1").await;
+        assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["statusCode"], 501);
+    }
+}
