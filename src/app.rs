@@ -6,11 +6,13 @@ use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Duration
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{ServeConfig, StorageConfig},
     domain::keys::KeyHasher,
-    storage::{Db, admin_keys, embedded::EmbeddedPostgres, migrate},
+    service::{keys::KeyResolver, tenants::Tenants},
+    storage::{Db, admin_keys, embedded::EmbeddedPostgres, migrate, redis::Redis},
     transport,
 };
 
@@ -18,7 +20,8 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub db: Db,
-    pub hasher: Arc<KeyHasher>,
+    pub keys: Arc<KeyResolver>,
+    pub tenants: Tenants,
     pub max_body_bytes: usize,
 }
 
@@ -99,10 +102,14 @@ fn write_new_pepper(path: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// How often in-memory last-activity times are written.
+const ACTIVITY_FLUSH: Duration = Duration::from_secs(2);
+
 /// A bound server, ready to run.
 pub struct Server {
     listener: TcpListener,
     state: AppState,
+    redis: Option<Redis>,
     transport: transport::Transport,
     grace: Duration,
 }
@@ -122,9 +129,16 @@ impl Server {
             );
             println!("{key}");
         }
+        let redis = match &config.redis_url {
+            Some(url) => Some(Redis::connect(url).await?),
+            None => None,
+        };
+        let keys = Arc::new(KeyResolver::new(db.clone(), hasher, redis.clone()));
+        let tenants = Tenants::new(db.clone(), keys.clone());
         let state = AppState {
             db,
-            hasher,
+            keys,
+            tenants,
             max_body_bytes: config.max_body_bytes,
         };
         let transport = transport::build(&state)?;
@@ -134,6 +148,7 @@ impl Server {
         Ok(Self {
             listener,
             state,
+            redis,
             transport,
             grace: Duration::from_secs(config.shutdown_grace_secs),
         })
@@ -152,10 +167,24 @@ impl Server {
         let Self {
             listener,
             state,
+            redis,
             transport,
             grace,
         } = self;
         let health = transport.health.clone();
+        let workers = CancellationToken::new();
+        let flusher = tokio::spawn(
+            state
+                .keys
+                .clone()
+                .run_activity_flusher(ACTIVITY_FLUSH, workers.clone()),
+        );
+        let listener_task = tokio::spawn(
+            state
+                .keys
+                .clone()
+                .run_invalidation_listener(workers.clone()),
+        );
         health
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
@@ -189,6 +218,16 @@ impl Server {
             }
         };
         trigger.abort();
+        workers.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), flusher).await;
+        match tokio::time::timeout(Duration::from_secs(5), listener_task).await {
+            Ok(Ok(Err(err))) => tracing::warn!(error = %err, "key invalidation listener failed"),
+            Err(_) => tracing::warn!("key invalidation listener did not stop in time"),
+            _ => {}
+        }
+        if let Some(redis) = redis {
+            redis.quit().await;
+        }
         state.db.close().await;
         result
     }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod proto;
+pub mod service;
 pub mod storage;
 pub mod telemetry;
 pub mod transport;

@@ -120,6 +120,17 @@ impl KeyHasher {
     pub fn verify(&self, key: &str, digest: &[u8]) -> bool {
         hmac::verify(&self.key, key.as_bytes(), digest).is_ok()
     }
+
+    /// Constant-time comparison of two digests (the lookup found a row by
+    /// digest; this confirms it without a timing side channel).
+    pub fn verify_digest(&self, computed: &[u8], stored: &[u8]) -> bool {
+        computed.len() == stored.len()
+            && computed
+                .iter()
+                .zip(stored)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
 }
 
 impl std::fmt::Debug for KeyHasher {

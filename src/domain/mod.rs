@@ -1,3 +1,4 @@
 //! Domain types and rules; no transport or storage imports.
 
 pub mod keys;
+pub mod tenant;

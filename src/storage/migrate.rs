@@ -12,11 +12,18 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "foundation",
-    sql: include_str!("../../migrations/0001_foundation.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "foundation",
+        sql: include_str!("../../migrations/0001_foundation.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "tenants",
+        sql: include_str!("../../migrations/0002_tenants.sql"),
+    },
+];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.
 const LOCK_KEY: i64 = 0x7465_6e6c_796d_6967;

@@ -9,6 +9,9 @@ pub mod admin_keys;
 pub mod embedded;
 pub mod entities;
 pub mod migrate;
+pub mod redis;
+pub mod scope;
+pub mod tenants;
 
 use std::{str::FromStr, time::Duration};
 

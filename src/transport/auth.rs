@@ -8,6 +8,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use crate::{error::ApiError, proto::v1::Access, service::keys::KeyResolver};
 use axum::{
     body::Body,
     extract::{Request, State},
@@ -16,30 +17,10 @@ use axum::{
 };
 use http::{HeaderMap, header};
 use prost_reflect::DescriptorPool;
-use uuid::Uuid;
-
-use crate::{
-    domain::keys::{self, KeyHasher, KeyKind},
-    error::ApiError,
-    proto::v1::Access,
-    storage::{Db, admin_keys},
-};
 
 const ACCESS_OPTION: &str = "tenlyr.v1.access";
 
-/// Who is calling; inserted into the request extensions for handlers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    Admin {
-        key_id: Uuid,
-    },
-    Tenant {
-        tenant_id: Uuid,
-        key_id: Uuid,
-    },
-    /// A public method (the request authenticates itself, e.g. by signature).
-    Anonymous,
-}
+pub use crate::service::Principal;
 
 /// The declared access of every RPC, by gRPC path.
 #[derive(Debug, Clone)]
@@ -88,31 +69,24 @@ impl AccessTable {
     }
 }
 
-/// Resolves keys to principals.
+/// Checks keys against each method's declared access.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
-    db: Db,
-    hasher: Arc<KeyHasher>,
+    keys: Arc<KeyResolver>,
 }
 
 impl Authenticator {
-    pub fn new(db: Db, hasher: Arc<KeyHasher>) -> Self {
-        Self { db, hasher }
+    pub fn new(keys: Arc<KeyResolver>) -> Self {
+        Self { keys }
     }
 
-    /// Checks the key in `headers` against the method's declared access.
+    /// 401 for a missing, malformed, unknown or revoked key (or a tenant
+    /// that is not active); 403 for the wrong kind of key.
     pub async fn check(&self, access: Access, headers: &HeaderMap) -> Result<Principal, ApiError> {
         if access == Access::Public {
             return Ok(Principal::Anonymous);
         }
-        let key = bearer(headers)?;
-        let kind = keys::parse(key)
-            .map_err(|err| ApiError::unauthenticated(format!("invalid API key: {err}")))?;
-        let principal = match kind {
-            KeyKind::Admin => self.admin(key).await?,
-            // Tenant keys resolve once tenants exist (TenantService).
-            KeyKind::Tenant => return Err(ApiError::unauthenticated("unknown API key")),
-        };
+        let principal = self.keys.authenticate(bearer(headers)?).await?;
         match (access, &principal) {
             (Access::Admin | Access::AdminOrTenant, Principal::Admin { .. }) => Ok(principal),
             (Access::Tenant | Access::AdminOrTenant, Principal::Tenant { .. }) => Ok(principal),
@@ -126,15 +100,6 @@ impl Authenticator {
                 "this key cannot call this method",
             )),
         }
-    }
-
-    async fn admin(&self, key: &str) -> Result<Principal, ApiError> {
-        let digest = self.hasher.digest(key);
-        let row = admin_keys::find_active(&self.db, &digest)
-            .await?
-            .filter(|row| self.hasher.verify(key, &row.key_digest))
-            .ok_or_else(|| ApiError::unauthenticated("unknown or revoked API key"))?;
-        Ok(Principal::Admin { key_id: row.id })
     }
 }
 

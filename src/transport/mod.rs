@@ -71,7 +71,7 @@ pub fn build(state: &AppState) -> anyhow::Result<Transport> {
 
     let auth = AuthState {
         table: access,
-        authenticator: Authenticator::new(state.db.clone(), state.hasher.clone()),
+        authenticator: Authenticator::new(state.keys.clone()),
     };
     let grpc_router = grpc::routes(state)
         .add_service(health_service)

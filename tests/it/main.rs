@@ -7,4 +7,5 @@ mod helpers;
 mod operations;
 mod protocols;
 mod storage;
+mod tenants;
 mod transcoding;

@@ -19,12 +19,27 @@ async fn one_rpc_three_protocols_same_outcome() {
     };
     let path = "/tenlyr.v1.TenantService/ListTenants";
 
-    // Authorized: the method is not built yet, everywhere.
+    let body =
+        serde_json::json!({"name": "Acme Corp", "ownerEmail": "ops@acme.test", "plan": "growth"});
+    let (status, created) = json(
+        app.admin(reqwest::Method::POST, "/api/v1/tenants")
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+
+    // Authorized: the same tenant, the same fields, on all three.
     let grpc = TenantServiceClient::new(app.channel().await)
         .list_tenants(with_key(request.clone(), &app.admin_key))
         .await
-        .unwrap_err();
+        .unwrap()
+        .into_inner();
     let web = grpc_web(&app, path, Some(&app.admin_key), &request.encode_to_vec()).await;
+    assert_eq!(web.code, tonic::Code::Ok);
+    let web = tenlyr::proto::v1::ListTenantsResponse::decode(web.body.unwrap()).unwrap();
     let (status, rest) = json(
         app.admin(reqwest::Method::GET, "/api/v1/tenants?limit=5")
             .send()
@@ -32,11 +47,35 @@ async fn one_rpc_three_protocols_same_outcome() {
             .unwrap(),
     )
     .await;
-    assert_eq!(grpc.code(), tonic::Code::Unimplemented);
-    assert_eq!(web.code, tonic::Code::Unimplemented);
-    assert_eq!(status, 501);
-    assert_eq!(grpc.message(), web.message);
-    assert_eq!(rest["message"], grpc.message());
+    assert_eq!(status, 200);
+    assert_eq!(grpc, web);
+    assert_eq!(grpc.data.len(), 1);
+    assert_eq!(rest["data"][0]["id"], grpc.data[0].id.as_str());
+    assert_eq!(rest["data"][0]["plan"], "growth");
+    assert_eq!(
+        rest["data"][0]["apiKeyPrefix"],
+        grpc.data[0].api_key_prefix.as_str()
+    );
+    assert_eq!(rest["nextCursor"], serde_json::Value::Null);
+    assert_eq!(rest["data"][0], created["tenant"]);
+
+    // Not built yet: UNIMPLEMENTED everywhere.
+    let (status, rest) = json(
+        app.admin(reqwest::Method::GET, "/api/v1/health/overview")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let web = grpc_web(
+        &app,
+        "/tenlyr.v1.HealthService/GetOverview",
+        Some(&app.admin_key),
+        &[],
+    )
+    .await;
+    assert_eq!((status, web.code), (501, tonic::Code::Unimplemented));
+    assert_eq!(rest["message"], web.message.as_str());
 
     // Unauthenticated: rejected by the same layer, same message.
     let grpc = TenantServiceClient::new(app.channel().await)

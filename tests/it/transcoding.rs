@@ -64,15 +64,17 @@ async fn body_contradicting_the_path_is_400() {
     .await;
     assert_eq!(status, 400, "{reply}");
     assert_eq!(reply["details"][0]["field"], "id");
-    // The same value in both places is fine (reaches the service: 501).
-    let (status, _) = send(
+    // The same value in both places is fine (reaches the service, which
+    // knows no such tenant).
+    let (status, reply) = send(
         &app,
         Method::PATCH,
         path,
         "{\"id\": \"51fad484-7f82-4c97-a3e1-b0c29d4f8201\"}",
     )
     .await;
-    assert_eq!(status, 501);
+    assert_eq!(status, 404);
+    assert_eq!(reply["message"], "Tenant not found");
 }
 
 #[tokio::test]
@@ -84,8 +86,11 @@ async fn query_parameters_are_typed_and_known() {
     let (status, reply) = send(&app, Method::GET, "/api/v1/tenants?colour=red", "").await;
     assert_eq!(status, 400);
     assert_eq!(reply["details"][0]["field"], "colour");
-    let (status, _) = send(&app, Method::GET, "/api/v1/tenants?limit=10&cursor=abc", "").await;
-    assert_eq!(status, 501);
+    let (status, _) = send(&app, Method::GET, "/api/v1/tenants?limit=10", "").await;
+    assert_eq!(status, 200);
+    let (status, reply) = send(&app, Method::GET, "/api/v1/tenants?cursor=abc", "").await;
+    assert_eq!(status, 400);
+    assert_eq!(reply["details"][0]["field"], "cursor");
     let (status, reply) = send(&app, Method::GET, "/api/v1/tenants/x/export?format=xml", "").await;
     assert_eq!(status, 400, "{reply}");
     assert!(

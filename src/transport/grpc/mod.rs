@@ -2,7 +2,40 @@
 //! UNIMPLEMENTED (REST 501) through tonic's generated default methods until
 //! then, so every documented route exists from the start.
 
-use crate::{app::AppState, proto::v1};
+pub mod tenant;
+
+use tonic::Request;
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    error::ApiError,
+    proto::v1,
+    service::{Actor, Principal},
+};
+
+/// The caller, as the auth layer resolved it, and its request id.
+pub fn actor<T>(request: &Request<T>) -> Actor {
+    Actor {
+        principal: request
+            .extensions()
+            .get::<Principal>()
+            .cloned()
+            .unwrap_or(Principal::Anonymous),
+        request_id: request
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    }
+}
+
+/// A UUID from a request field, or 400 naming the field.
+pub fn parse_id(field: &str, value: &str) -> Result<Uuid, ApiError> {
+    value
+        .parse()
+        .map_err(|_| ApiError::bad_field(field, "must be a UUID"))
+}
 
 macro_rules! unimplemented_services {
     ($($api:ident => $server:ident :: $trait_:ident, $ctor:ident;)*) => {
@@ -19,7 +52,8 @@ macro_rules! unimplemented_services {
 
         /// Every tenlyr.v1 service, ready to add to the router.
         pub fn routes(state: &AppState) -> tonic::service::Routes {
-            let mut routes = tonic::service::Routes::default();
+            let mut routes = tonic::service::Routes::default()
+                .add_service(v1::tenant_service_server::TenantServiceServer::new(tenant::TenantApi { state: state.clone() }));
             $(
                 routes = routes.add_service(v1::$server::$ctor::new($api { state: state.clone() }));
             )*
@@ -29,7 +63,6 @@ macro_rules! unimplemented_services {
 }
 
 unimplemented_services! {
-    TenantApi => tenant_service_server::TenantService, TenantServiceServer;
     MeteringApi => metering_service_server::MeteringService, MeteringServiceServer;
     IsolationApi => isolation_service_server::IsolationService, IsolationServiceServer;
     HealthApi => health_service_server::HealthService, HealthServiceServer;

@@ -1,0 +1,45 @@
+//! Use cases: validation, scoped transactions, audit and cache
+//! invalidation, over `storage`. No transport types here.
+
+pub mod keys;
+pub mod tenants;
+
+use uuid::Uuid;
+
+/// Who is calling; the auth layer puts it in the request extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Admin {
+        key_id: Uuid,
+    },
+    Tenant {
+        tenant_id: Uuid,
+        key_id: Uuid,
+    },
+    /// A public method (the request authenticates itself, e.g. by signature).
+    Anonymous,
+}
+
+/// The principal of a request plus what the audit log records about it.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub principal: Principal,
+    pub request_id: Option<String>,
+}
+
+impl Actor {
+    pub fn kind(&self) -> &'static str {
+        match self.principal {
+            Principal::Admin { .. } => "admin",
+            Principal::Tenant { .. } => "tenant",
+            Principal::Anonymous => "system",
+        }
+    }
+
+    pub fn key_id(&self) -> Option<Uuid> {
+        match self.principal {
+            Principal::Admin { key_id } | Principal::Tenant { key_id, .. } => Some(key_id),
+            Principal::Anonymous => None,
+        }
+    }
+}

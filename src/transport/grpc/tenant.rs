@@ -1,0 +1,481 @@
+//! TenantService: proto ⇄ service conversions; the logic is in
+//! `service::tenants`.
+
+use bytes::Bytes;
+use futures_util::stream;
+use prost_types::Timestamp;
+use tonic::{Request, Response, Status, codegen::BoxStream};
+use uuid::Uuid;
+
+use super::{actor, parse_id};
+use crate::{
+    app::AppState,
+    domain::tenant::{self as rules, Plan, TenantStatus, Transition},
+    error::ApiError,
+    proto::{google::api::HttpBody, v1},
+    service::{
+        Principal,
+        tenants::{NewTenantInput, TenantChanges},
+    },
+    storage::entities::{api_key, tenant},
+};
+
+#[derive(Clone)]
+pub struct TenantApi {
+    pub state: AppState,
+}
+
+fn timestamp(at: chrono::DateTime<chrono::Utc>) -> Timestamp {
+    Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn plan_to_proto(plan: &str) -> i32 {
+    (match Plan::parse(plan) {
+        Some(Plan::Starter) => v1::Plan::Starter,
+        Some(Plan::Growth) => v1::Plan::Growth,
+        Some(Plan::Scale) => v1::Plan::Scale,
+        Some(Plan::Enterprise) => v1::Plan::Enterprise,
+        None => v1::Plan::Unspecified,
+    }) as i32
+}
+
+fn plan_from_proto(plan: i32) -> Result<Option<Plan>, ApiError> {
+    match v1::Plan::try_from(plan) {
+        Ok(v1::Plan::Unspecified) => Ok(None),
+        Ok(v1::Plan::Starter) => Ok(Some(Plan::Starter)),
+        Ok(v1::Plan::Growth) => Ok(Some(Plan::Growth)),
+        Ok(v1::Plan::Scale) => Ok(Some(Plan::Scale)),
+        Ok(v1::Plan::Enterprise) => Ok(Some(Plan::Enterprise)),
+        Err(_) => Err(ApiError::bad_field(
+            "plan",
+            "expected one of: starter, growth, scale, enterprise",
+        )),
+    }
+}
+
+fn status_to_proto(status: &str) -> i32 {
+    (match TenantStatus::parse(status) {
+        Some(TenantStatus::Pending) => v1::TenantStatus::Pending,
+        Some(TenantStatus::Active) => v1::TenantStatus::Active,
+        Some(TenantStatus::Suspended) => v1::TenantStatus::Suspended,
+        Some(TenantStatus::Terminated) => v1::TenantStatus::Terminated,
+        None => v1::TenantStatus::Unspecified,
+    }) as i32
+}
+
+fn isolation_to_proto(level: &str) -> i32 {
+    (match rules::IsolationLevel::parse(level) {
+        Some(rules::IsolationLevel::SharedSchema) => v1::IsolationLevel::SharedSchema,
+        Some(rules::IsolationLevel::DedicatedSchema) => v1::IsolationLevel::DedicatedSchema,
+        Some(rules::IsolationLevel::DedicatedDatabase) => v1::IsolationLevel::DedicatedDatabase,
+        None => v1::IsolationLevel::Unspecified,
+    }) as i32
+}
+
+pub fn tenant_to_proto(t: &tenant::Model) -> v1::Tenant {
+    v1::Tenant {
+        id: t.id.to_string(),
+        name: t.name.clone(),
+        owner_email: t.owner_email.clone(),
+        plan: plan_to_proto(&t.plan),
+        status: status_to_proto(&t.status),
+        region: t.region.clone(),
+        isolation_level: isolation_to_proto(&t.isolation_level),
+        api_key_prefix: t.api_key_prefix.clone(),
+        last_active_at: t.last_active_at.map(timestamp),
+        created_at: Some(timestamp(t.created_at)),
+        slug: t.slug.clone(),
+        time_zone: t.time_zone.clone(),
+        suspended_reason: t.suspended_reason.clone(),
+        updated_at: Some(timestamp(t.updated_at)),
+    }
+}
+
+fn limits(t: &tenant::Model) -> rules::PlanLimits {
+    let plan = Plan::parse(&t.plan).map(Plan::limits).unwrap_or_default();
+    rules::PlanLimits {
+        api_calls: t.api_call_limit.or(plan.api_calls),
+        storage_gb: t.storage_gb_limit.or(plan.storage_gb),
+        seats: t.seats_limit.or(plan.seats),
+    }
+}
+
+/// Usage, health and billing read zero / `unknown` until those services
+/// fill them.
+fn dashboard_row(t: &tenant::Model) -> v1::DashboardTenant {
+    let limits = limits(t);
+    v1::DashboardTenant {
+        id: t.id.to_string(),
+        name: t.name.clone(),
+        owner_email: t.owner_email.clone(),
+        plan: plan_to_proto(&t.plan),
+        status: status_to_proto(&t.status),
+        region: t.region.clone(),
+        isolation_level: isolation_to_proto(&t.isolation_level),
+        health_status: v1::HealthStatus::Unknown as i32,
+        mrr_cents: Plan::parse(&t.plan).map_or(0, Plan::mrr_cents),
+        api_call_limit: limits.api_calls,
+        storage_gb_limit: limits.storage_gb,
+        seats_limit: limits.seats,
+        slug: t.slug.clone(),
+        created_at: Some(timestamp(t.created_at)),
+        ..Default::default()
+    }
+}
+
+fn key_to_proto(k: &api_key::Model) -> v1::ApiKey {
+    v1::ApiKey {
+        id: k.id.to_string(),
+        tenant_id: k.tenant_id.to_string(),
+        label: k.label.clone(),
+        prefix: k.prefix.clone(),
+        created_at: Some(timestamp(k.created_at)),
+        last_used_at: k.last_used_at.map(timestamp),
+        revoked_at: k.revoked_at.map(timestamp),
+        primary: k.is_primary,
+    }
+}
+
+/// A tenant key may act on its own tenant only.
+fn own_tenant<T>(request: &Request<T>, tenant_id: Uuid) -> Result<(), ApiError> {
+    match request.extensions().get::<Principal>() {
+        Some(Principal::Tenant { tenant_id: own, .. }) if *own != tenant_id => Err(
+            ApiError::permission_denied("a tenant key can only access its own tenant"),
+        ),
+        _ => Ok(()),
+    }
+}
+
+type ApiResult<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl v1::tenant_service_server::TenantService for TenantApi {
+    async fn create_tenant(
+        &self,
+        request: Request<v1::CreateTenantRequest>,
+    ) -> ApiResult<v1::CreateTenantResponse> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let input = NewTenantInput {
+            plan: plan_from_proto(r.plan)?,
+            name: r.name,
+            owner_email: r.owner_email,
+            region: Some(r.region).filter(|s| !s.is_empty()),
+            slug: Some(r.slug).filter(|s| !s.is_empty()),
+            time_zone: Some(r.time_zone).filter(|s| !s.is_empty()),
+        };
+        let (tenant, api_key) = self.state.tenants.create(&actor, input).await?;
+        Ok(Response::new(v1::CreateTenantResponse {
+            tenant: Some(tenant_to_proto(&tenant)),
+            api_key,
+        }))
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<v1::ListTenantsRequest>,
+    ) -> ApiResult<v1::ListTenantsResponse> {
+        let r = request.into_inner();
+        let (rows, next_cursor) = self.state.tenants.list(&r.cursor, r.limit).await?;
+        Ok(Response::new(v1::ListTenantsResponse {
+            data: rows.iter().map(tenant_to_proto).collect(),
+            next_cursor,
+        }))
+    }
+
+    async fn list_dashboard_tenants(
+        &self,
+        request: Request<v1::ListDashboardTenantsRequest>,
+    ) -> ApiResult<v1::ListDashboardTenantsResponse> {
+        let r = request.into_inner();
+        let (rows, next_cursor) = self.state.tenants.list(&r.cursor, r.limit).await?;
+        Ok(Response::new(v1::ListDashboardTenantsResponse {
+            data: rows.iter().map(dashboard_row).collect(),
+            next_cursor,
+        }))
+    }
+
+    async fn get_tenant(&self, request: Request<v1::GetTenantRequest>) -> ApiResult<v1::Tenant> {
+        let id = parse_id("id", &request.get_ref().id)?;
+        Ok(Response::new(tenant_to_proto(
+            &self.state.tenants.get(id).await?,
+        )))
+    }
+
+    async fn update_tenant(
+        &self,
+        request: Request<v1::UpdateTenantRequest>,
+    ) -> ApiResult<v1::Tenant> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let id = parse_id("id", &r.id)?;
+        let masked = |field: &str| {
+            r.update_mask
+                .as_ref()
+                .is_none_or(|m| m.paths.iter().any(|p| p == field))
+        };
+        if let Some(mask) = &r.update_mask
+            && let Some(unknown) = mask
+                .paths
+                .iter()
+                .find(|p| !["name", "region", "time_zone"].contains(&p.as_str()))
+        {
+            return Err(ApiError::bad_field(
+                "updateMask",
+                format!("`{unknown}` cannot be updated"),
+            )
+            .into());
+        }
+        let changes = TenantChanges {
+            name: r.name.clone().filter(|_| masked("name")),
+            region: r.region.clone().filter(|_| masked("region")),
+            time_zone: r.time_zone.clone().filter(|_| masked("time_zone")),
+        };
+        Ok(Response::new(tenant_to_proto(
+            &self.state.tenants.update(&actor, id, changes).await?,
+        )))
+    }
+
+    async fn suspend_tenant(
+        &self,
+        request: Request<v1::SuspendTenantRequest>,
+    ) -> ApiResult<v1::Tenant> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let id = parse_id("id", &r.id)?;
+        let reason = Some(r.reason).filter(|s| !s.is_empty());
+        Ok(Response::new(tenant_to_proto(
+            &self
+                .state
+                .tenants
+                .transition(&actor, id, Transition::Suspend, reason)
+                .await?,
+        )))
+    }
+
+    async fn reactivate_tenant(
+        &self,
+        request: Request<v1::ReactivateTenantRequest>,
+    ) -> ApiResult<v1::Tenant> {
+        let actor = actor(&request);
+        let id = parse_id("id", &request.get_ref().id)?;
+        Ok(Response::new(tenant_to_proto(
+            &self
+                .state
+                .tenants
+                .transition(&actor, id, Transition::Reactivate, None)
+                .await?,
+        )))
+    }
+
+    async fn terminate_tenant(
+        &self,
+        request: Request<v1::TerminateTenantRequest>,
+    ) -> ApiResult<v1::Tenant> {
+        let actor = actor(&request);
+        let id = parse_id("id", &request.get_ref().id)?;
+        Ok(Response::new(tenant_to_proto(
+            &self
+                .state
+                .tenants
+                .transition(&actor, id, Transition::Terminate, None)
+                .await?,
+        )))
+    }
+
+    async fn rotate_tenant_key(
+        &self,
+        request: Request<v1::RotateTenantKeyRequest>,
+    ) -> ApiResult<v1::RotateTenantKeyResponse> {
+        let actor = actor(&request);
+        let id = parse_id("id", &request.get_ref().id)?;
+        let (tenant, api_key) = self.state.tenants.rotate_key(&actor, id).await?;
+        Ok(Response::new(v1::RotateTenantKeyResponse {
+            tenant: Some(tenant_to_proto(&tenant)),
+            api_key,
+        }))
+    }
+
+    async fn change_tenant_plan(
+        &self,
+        request: Request<v1::ChangeTenantPlanRequest>,
+    ) -> ApiResult<v1::Tenant> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let id = parse_id("id", &r.id)?;
+        let plan = plan_from_proto(r.plan)?.ok_or_else(|| {
+            ApiError::validation(vec![crate::error::FieldViolation {
+                field: "plan".into(),
+                description: "is required".into(),
+            }])
+        })?;
+        Ok(Response::new(tenant_to_proto(
+            &self.state.tenants.change_plan(&actor, id, plan).await?,
+        )))
+    }
+
+    async fn delete_tenant(
+        &self,
+        request: Request<v1::DeleteTenantRequest>,
+    ) -> ApiResult<v1::DeleteTenantResponse> {
+        let actor = actor(&request);
+        let id = parse_id("id", &request.get_ref().id)?;
+        self.state.tenants.delete(&actor, id).await?;
+        Ok(Response::new(v1::DeleteTenantResponse {}))
+    }
+
+    async fn export_tenant(
+        &self,
+        request: Request<v1::ExportTenantRequest>,
+    ) -> ApiResult<BoxStream<v1::ExportTenantResponse>> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let id = parse_id("id", &r.id)?;
+        let csv = match v1::ExportFormat::try_from(r.format) {
+            Ok(v1::ExportFormat::Csv) => true,
+            Ok(_) => false,
+            Err(_) => {
+                return Err(ApiError::bad_field("format", "expected one of: json, csv").into());
+            }
+        };
+        let (tenant, keys) = self.state.tenants.export(&actor, id).await?;
+        let (content_type, extension, body) = if csv {
+            ("text/csv", "csv", export_csv(&tenant, &keys))
+        } else {
+            ("application/json", "json", export_json(&tenant, &keys))
+        };
+        let chunks: Vec<Result<v1::ExportTenantResponse, Status>> = Bytes::from(body)
+            .chunks(64 * 1024)
+            .map(|chunk| {
+                Ok(v1::ExportTenantResponse {
+                    chunk: Some(HttpBody {
+                        content_type: content_type.to_owned(),
+                        data: Bytes::copy_from_slice(chunk).into(),
+                        extensions: vec![],
+                    }),
+                })
+            })
+            .collect();
+        let mut response =
+            Response::new(Box::pin(stream::iter(chunks)) as BoxStream<v1::ExportTenantResponse>);
+        let disposition = format!(
+            "attachment; filename=\"tenant-{}-export.{extension}\"",
+            tenant.slug
+        );
+        if let Ok(value) = disposition.parse() {
+            response.metadata_mut().insert("content-disposition", value);
+        }
+        Ok(response)
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<v1::CreateApiKeyRequest>,
+    ) -> ApiResult<v1::CreateApiKeyResponse> {
+        let actor = actor(&request);
+        let tenant_id = parse_id("tenantId", &request.get_ref().tenant_id)?;
+        own_tenant(&request, tenant_id)?;
+        let (key, api_key) = self
+            .state
+            .tenants
+            .create_key(&actor, tenant_id, &request.get_ref().label)
+            .await?;
+        Ok(Response::new(v1::CreateApiKeyResponse {
+            key: Some(key_to_proto(&key)),
+            api_key,
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<v1::ListApiKeysRequest>,
+    ) -> ApiResult<v1::ListApiKeysResponse> {
+        let actor = actor(&request);
+        let tenant_id = parse_id("tenantId", &request.get_ref().tenant_id)?;
+        own_tenant(&request, tenant_id)?;
+        let keys = self.state.tenants.list_keys(&actor, tenant_id).await?;
+        Ok(Response::new(v1::ListApiKeysResponse {
+            data: keys.iter().map(key_to_proto).collect(),
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<v1::RevokeApiKeyRequest>,
+    ) -> ApiResult<v1::ApiKey> {
+        let actor = actor(&request);
+        let tenant_id = parse_id("tenantId", &request.get_ref().tenant_id)?;
+        let key_id = parse_id("keyId", &request.get_ref().key_id)?;
+        own_tenant(&request, tenant_id)?;
+        Ok(Response::new(key_to_proto(
+            &self
+                .state
+                .tenants
+                .revoke_key(&actor, tenant_id, key_id)
+                .await?,
+        )))
+    }
+}
+
+fn export_json(t: &tenant::Model, keys: &[api_key::Model]) -> Vec<u8> {
+    let limits = limits(t);
+    let value = serde_json::json!({
+        "tenant": {
+            "id": t.id, "name": t.name, "slug": t.slug, "ownerEmail": t.owner_email, "plan": t.plan,
+            "status": t.status, "region": t.region, "timeZone": t.time_zone, "isolationLevel": t.isolation_level,
+            "apiKeyPrefix": t.api_key_prefix, "createdAt": t.created_at, "lastActiveAt": t.last_active_at,
+        },
+        "usage": {"apiCalls": 0, "storageGb": 0.0, "seats": 0, "compute": 0,
+                  "apiCallLimit": limits.api_calls, "storageGbLimit": limits.storage_gb, "seatsLimit": limits.seats},
+        "health": {"healthStatus": "unknown", "errorRate": 0.0, "requestRate": 0.0, "slaRisk": false, "rateLimit": null},
+        "billing": {"mrrCents": Plan::parse(&t.plan).map_or(0, Plan::mrr_cents), "usageCostCents": 0},
+        "apiKeys": keys.iter().map(|k| serde_json::json!({
+            "id": k.id, "label": k.label, "prefix": k.prefix, "primary": k.is_primary,
+            "createdAt": k.created_at, "lastUsedAt": k.last_used_at, "revokedAt": k.revoked_at,
+        })).collect::<Vec<_>>(),
+        "exportedAt": chrono::Utc::now(),
+    });
+    serde_json::to_vec_pretty(&value).unwrap_or_default()
+}
+
+/// `section,field,value` rows, quoted where needed.
+fn export_csv(t: &tenant::Model, keys: &[api_key::Model]) -> Vec<u8> {
+    let json: serde_json::Value = serde_json::from_slice(&export_json(t, keys)).unwrap_or_default();
+    let mut out = String::from("section,field,value\n");
+    let quote = |s: &str| {
+        if s.contains([',', '"', '\n']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_owned()
+        }
+    };
+    for section in ["tenant", "usage", "health", "billing"] {
+        if let Some(fields) = json[section].as_object() {
+            for (field, value) in fields {
+                let text = match value {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => String::new(),
+                    other => other.to_string(),
+                };
+                out.push_str(&format!("{section},{field},{}\n", quote(&text)));
+            }
+        }
+    }
+    for key in json["apiKeys"].as_array().into_iter().flatten() {
+        let summary = format!(
+            "{} {} {}",
+            key["label"].as_str().unwrap_or(""),
+            key["prefix"].as_str().unwrap_or(""),
+            key["revokedAt"].as_str().map_or("live", |_| "revoked")
+        );
+        out.push_str(&format!(
+            "apiKey,{},{}\n",
+            key["id"].as_str().unwrap_or(""),
+            quote(&summary)
+        ));
+    }
+    out.into_bytes()
+}

@@ -1,0 +1,456 @@
+//! TenantService over REST and gRPC: provisioning, lifecycle, keys,
+//! isolation between tenants.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tenlyr::proto::v1::{
+    GetTenantRequest, SuspendTenantRequest, tenant_service_client::TenantServiceClient,
+};
+
+use crate::helpers::{TestApp, assert_error_body, json, with_key};
+
+async fn create(app: &TestApp, name: &str, email: &str) -> (Value, String) {
+    let body = json!({"name": name, "ownerEmail": email, "plan": "growth"});
+    let (status, reply) = json(
+        app.admin(Method::POST, "/api/v1/tenants")
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    (
+        reply["tenant"].clone(),
+        reply["apiKey"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn as_tenant(app: &TestApp, key: &str, method: Method, path: &str) -> (u16, Value) {
+    json(
+        app.http
+            .request(method, app.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn provisioning_returns_the_documented_tenant_and_a_working_key() {
+    let app = TestApp::spawn().await;
+    let (tenant, key) = create(&app, "Café Zürich", "ops@cafe.test").await;
+    assert_eq!(tenant["status"], "active");
+    assert_eq!(tenant["plan"], "growth");
+    assert_eq!(tenant["region"], "us-east-1");
+    assert_eq!(tenant["timeZone"], "UTC");
+    assert_eq!(tenant["isolationLevel"], "shared_schema");
+    assert_eq!(tenant["slug"], "cafe-zurich");
+    assert_eq!(tenant["lastActiveAt"], Value::Null);
+    assert_eq!(tenant["apiKeyPrefix"], &key[..16]);
+    assert!(tenant["createdAt"].as_str().unwrap().ends_with('Z'));
+    let id = tenant["id"].as_str().unwrap();
+
+    let (status, keys) = as_tenant(
+        &app,
+        &key,
+        Method::GET,
+        &format!("/api/v1/tenants/{id}/api-keys"),
+    )
+    .await;
+    assert_eq!(status, 200, "{keys}");
+    assert_eq!(keys["data"][0]["label"], "primary");
+    assert!(keys["data"][0].get("apiKey").is_none());
+
+    // The plaintext is nowhere in the database.
+    let mut conn = app.db.connect().await;
+    let dump: String = sqlx::query_scalar(
+        "SELECT coalesce(string_agg(t::text, ''), '') FROM (SELECT * FROM tenants) t",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let keys_dump: String = sqlx::query_scalar("SELECT string_agg(k::text, '') FROM api_keys k")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let audit_dump: String = sqlx::query_scalar("SELECT string_agg(a::text, '') FROM audit_log a")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    for text in [&dump, &keys_dump, &audit_dump] {
+        assert!(!text.contains(&key[16..]), "plaintext key stored");
+    }
+    assert!(audit_dump.contains("tenant.create"));
+
+    // Duplicate owner (case-insensitive): 409.
+    let body = json!({"name": "Other", "ownerEmail": "OPS@cafe.test"});
+    let (status, reply) = json(
+        app.admin(Method::POST, "/api/v1/tenants")
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert_error_body(&reply, 409, "Conflict");
+    // Validation: 422 naming the fields, nothing half-provisioned.
+    let body = json!({"name": "A", "ownerEmail": "ja\u{200b}ne@x.com", "timeZone": "Mars/Base"});
+    let (status, reply) = json(
+        app.admin(Method::POST, "/api/v1/tenants")
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 422, "{reply}");
+    let fields: Vec<&str> = reply["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["name", "ownerEmail", "timeZone"]);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn lifecycle_changes_apply_to_keys_at_once() {
+    let app = TestApp::spawn().await;
+    let (tenant, key) = create(&app, "Acme", "ops@acme.test").await;
+    let id = tenant["id"].as_str().unwrap().to_owned();
+    let keys_path = format!("/api/v1/tenants/{id}/api-keys");
+    assert_eq!(
+        as_tenant(&app, &key, Method::GET, &keys_path).await.0,
+        200,
+        "key cached now"
+    );
+
+    let suspend = app
+        .admin(Method::POST, &format!("/api/v1/tenants/{id}/suspend"))
+        .json(&json!({"reason": "unpaid"}));
+    let (status, body) = json(suspend.send().await.unwrap()).await;
+    assert_eq!(
+        (
+            status,
+            body["status"].as_str(),
+            body["suspendedReason"].as_str()
+        ),
+        (200, Some("suspended"), Some("unpaid"))
+    );
+    let (status, body) = as_tenant(&app, &key, Method::GET, &keys_path).await;
+    assert_eq!(
+        status, 401,
+        "suspended tenant: 401 at once, not after the TTL: {body}"
+    );
+    // Already suspended: 400 (gRPC FAILED_PRECONDITION).
+    let err = TenantServiceClient::new(app.channel().await)
+        .suspend_tenant(with_key(
+            SuspendTenantRequest {
+                id: id.clone(),
+                reason: String::new(),
+            },
+            &app.admin_key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    let (status, _) = json(
+        app.admin(Method::POST, &format!("/api/v1/tenants/{id}/reactivate"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(as_tenant(&app, &key, Method::GET, &keys_path).await.0, 200);
+
+    // Rotate: same shape as create; the old key stops at once.
+    let (status, rotated) = json(
+        app.admin(Method::POST, &format!("/api/v1/tenants/{id}/rotate-key"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let new_key = rotated["apiKey"].as_str().unwrap();
+    assert_eq!(rotated["tenant"]["apiKeyPrefix"], &new_key[..16]);
+    assert_eq!(as_tenant(&app, &key, Method::GET, &keys_path).await.0, 401);
+    assert_eq!(
+        as_tenant(&app, new_key, Method::GET, &keys_path).await.0,
+        200
+    );
+
+    // Labeled keys: create (plaintext once), revoke, stops at once.
+    let (status, labeled) = json(
+        app.http
+            .post(app.url(&keys_path))
+            .bearer_auth(new_key)
+            .json(&json!({"label": "staging"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{labeled}");
+    let staging = labeled["apiKey"].as_str().unwrap();
+    assert_eq!(
+        as_tenant(&app, staging, Method::GET, &keys_path).await.0,
+        200
+    );
+    let key_id = labeled["key"]["id"].as_str().unwrap();
+    let (status, revoked) = as_tenant(
+        &app,
+        new_key,
+        Method::DELETE,
+        &format!("{keys_path}/{key_id}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(revoked["revokedAt"].is_string());
+    assert_eq!(
+        as_tenant(&app, staging, Method::GET, &keys_path).await.0,
+        401
+    );
+
+    // Plan change, terminate (irreversible), delete (every row goes).
+    let (status, body) = json(
+        app.admin(Method::PATCH, &format!("/api/v1/tenants/{id}/plan"))
+            .json(&json!({"plan": "scale"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body["plan"].as_str()), (200, Some("scale")));
+    let (status, _) = json(
+        app.admin(Method::POST, &format!("/api/v1/tenants/{id}/terminate"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = json(
+        app.admin(Method::POST, &format!("/api/v1/tenants/{id}/reactivate"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = json(
+        app.admin(Method::DELETE, &format!("/api/v1/tenants/{id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = json(
+        app.admin(Method::GET, &format!("/api/v1/tenants/{id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        body,
+        json!({"message": "Tenant not found", "error": "Not Found", "statusCode": 404, "reason": "NOT_FOUND"})
+    );
+    let mut conn = app.db.connect().await;
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM tenants) + (SELECT count(*) FROM api_keys) + (SELECT count(*) FROM tenant_settings)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(rows, 0);
+    let err = TenantServiceClient::new(app.channel().await)
+        .get_tenant(with_key(GetTenantRequest { id }, &app.admin_key))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (tonic::Code::NotFound, "Tenant not found")
+    );
+}
+
+#[tokio::test]
+async fn tenants_cannot_reach_each_other_and_rls_holds() {
+    let app = TestApp::spawn().await;
+    let (_, key_a) = create(&app, "Tenant A", "a@a.test").await;
+    let (b, _) = create(&app, "Tenant B", "b@b.test").await;
+    let b_id = b["id"].as_str().unwrap();
+    let (status, body) = as_tenant(
+        &app,
+        &key_a,
+        Method::GET,
+        &format!("/api/v1/tenants/{b_id}/api-keys"),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = as_tenant(
+        &app,
+        &key_a,
+        Method::GET,
+        &format!("/api/v1/tenants/{b_id}"),
+    )
+    .await;
+    assert_eq!(status, 403, "tenant key on an admin method");
+
+    // As the application role, without a tenant: no tenant-scoped rows.
+    let mut conn = app.db.connect().await;
+    sqlx::query("SET ROLE tenlyr_app")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for table in ["tenants", "api_keys", "tenant_settings", "audit_log"] {
+        let n: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(n, 0, "{table} visible without a tenant");
+    }
+    // With tenant B's scope: only B.
+    sqlx::query("SELECT set_config('app.tenant_id', $1, false)")
+        .bind(b_id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM tenants")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(ids[0].to_string(), b_id);
+}
+
+#[tokio::test]
+async fn pagination_never_skips_or_repeats_while_tenants_are_created() {
+    let app = TestApp::spawn().await;
+    let mut before = Vec::new();
+    for i in 0..12 {
+        before.push(
+            create(&app, &format!("Before {i}"), &format!("b{i}@x.test"))
+                .await
+                .0["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut extra = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/tenants?limit=5&cursor={c}"),
+            None => "/api/v1/tenants?limit=5".to_owned(),
+        };
+        let (status, page) = json(app.admin(Method::GET, &path).send().await.unwrap()).await;
+        assert_eq!(status, 200);
+        seen.extend(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_str().unwrap().to_owned()),
+        );
+        // Concurrent creations between pages.
+        if extra < 6 {
+            create(
+                &app,
+                &format!("During {extra}"),
+                &format!("d{extra}@x.test"),
+            )
+            .await;
+            extra += 1;
+        }
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "no tenant repeated");
+    for id in &before {
+        assert!(seen.contains(id), "{id} skipped");
+    }
+    let (status, body) = json(
+        app.admin(Method::GET, "/api/v1/tenants/dashboard?limit=100")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let row = &body["data"][0];
+    assert_eq!(
+        (
+            row["apiCalls"].as_str(),
+            row["healthStatus"].as_str(),
+            row["apiCallLimit"].as_str()
+        ),
+        (Some("0"), Some("unknown"), Some("100000"))
+    );
+    let (status, body) = json(
+        app.admin(Method::GET, "/api/v1/tenants?limit=101")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+}
+
+#[tokio::test]
+async fn export_is_an_attachment_in_json_or_csv() {
+    let app = TestApp::spawn().await;
+    let (tenant, _) = create(&app, "Acme", "ops@acme.test").await;
+    let id = tenant["id"].as_str().unwrap();
+    let response = app
+        .admin(
+            Method::GET,
+            &format!("/api/v1/tenants/{id}/export?format=csv"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/csv");
+    assert_eq!(
+        response.headers()["content-disposition"],
+        "attachment; filename=\"tenant-acme-export.csv\""
+    );
+    let text = response.text().await.unwrap();
+    assert!(text.starts_with("section,field,value\n"));
+    assert!(text.contains("usage,apiCallLimit,100000"));
+    let response = app
+        .admin(Method::GET, &format!("/api/v1/tenants/{id}/export"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["tenant"]["id"], id);
+    assert_eq!(body["health"]["healthStatus"], "unknown");
+}
