@@ -23,6 +23,7 @@ ensure_deps() {
         case "$need" in
             postgres) [ -n "$(pg_bindir)" ] || packages+=(postgresql) ;;
             node) command -v npx >/dev/null 2>&1 || packages+=(nodejs npm) ;;
+            redis) command -v redis-server >/dev/null 2>&1 || packages+=(redis-server) ;;
         esac
     done
     [ ${#packages[@]} -eq 0 ] && return 0

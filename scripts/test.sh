@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-ensure_deps postgres node
+ensure_deps postgres node redis
 
 BUF_VERSION=1.75.0
 buf() { npx --yes "@bufbuild/buf@$BUF_VERSION" "$@"; }
@@ -36,6 +36,7 @@ fi
 port=$(free_port)
 cleanup() {
     "${as_pg[@]}" "$bindir/pg_ctl" -D "$pgdir/data" -m immediate -w stop >/dev/null 2>&1 || true
+    if [ -f "$pgdir/redis.pid" ]; then kill "$(cat "$pgdir/redis.pid")" 2>/dev/null || true; fi
     rm -rf "$pgdir"
 }
 trap cleanup EXIT
@@ -45,6 +46,13 @@ trap cleanup EXIT
     start >/dev/null
 export TENLYR_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 echo "PostgreSQL on 127.0.0.1:$port" >&2
+
+echo "--- private Redis" >&2
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+    --daemonize yes --pidfile "$pgdir/redis.pid" --dir "$pgdir" --logfile "$pgdir/redis.log"
+export TENLYR_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+echo "Redis on 127.0.0.1:$redis_port" >&2
 
 echo "--- cargo test" >&2
 cargo test --all-targets

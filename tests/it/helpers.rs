@@ -115,6 +115,9 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        if name.is_empty() {
+            return; // a second handle on a database another TestDb owns
+        }
         // Drop runs outside async; a short-lived runtime on its own thread.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -160,13 +163,36 @@ pub struct TestApp {
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// The Redis the tests use: `TENLYR_TEST_REDIS_URL` (scripts/test.sh starts
+/// a private one), else the local default.
+pub fn redis_url() -> String {
+    std::env::var("TENLYR_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
 impl TestApp {
     pub async fn spawn() -> Self {
         let db = TestDb::migrated().await;
         let admin_key = create_admin_key(&db.url, "test").await;
-        let server = Server::bind(&serve_config(&db.url), &db.url)
-            .await
-            .expect("server binds");
+        Self::start(db, admin_key, None).await
+    }
+
+    /// Two replicas sharing one database and one Redis.
+    pub async fn spawn_pair() -> (Self, Self) {
+        let db = TestDb::migrated().await;
+        let admin_key = create_admin_key(&db.url, "test").await;
+        let second = TestDb {
+            name: String::new(),
+            url: db.url.clone(),
+        };
+        let a = Self::start(db, admin_key.clone(), Some(redis_url())).await;
+        let b = Self::start(second, admin_key, Some(redis_url())).await;
+        (a, b)
+    }
+
+    async fn start(db: TestDb, admin_key: String, redis: Option<String>) -> Self {
+        let mut config = serve_config(&db.url);
+        config.redis_url = redis;
+        let server = Server::bind(&config, &db.url).await.expect("server binds");
         let addr = server.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server.run(async move {

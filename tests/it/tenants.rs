@@ -454,3 +454,86 @@ async fn export_is_an_attachment_in_json_or_csv() {
     assert_eq!(body["tenant"]["id"], id);
     assert_eq!(body["health"]["healthStatus"], "unknown");
 }
+
+/// Two replicas sharing Postgres and Redis: a change made through one is
+/// seen by the other at once, although both had the key cached.
+#[tokio::test]
+async fn invalidation_reaches_every_replica_at_once() {
+    let (a, b) = TestApp::spawn_pair().await;
+    let (tenant, key) = create(&a, "Shared", "ops@shared.test").await;
+    let id = tenant["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/tenants/{id}/api-keys");
+    // Warm both caches (and the shared Redis entry).
+    assert_eq!(as_tenant(&a, &key, Method::GET, &path).await.0, 200);
+    assert_eq!(as_tenant(&b, &key, Method::GET, &path).await.0, 200);
+
+    let (status, labeled) = json(
+        a.http
+            .post(a.url(&path))
+            .bearer_auth(&key)
+            .json(&json!({"label": "integration-test"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let extra = labeled["apiKey"].as_str().unwrap().to_owned();
+    let extra_id = labeled["key"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(as_tenant(&b, &extra, Method::GET, &path).await.0, 200);
+
+    // Revoke through A: refused by B at once.
+    let (status, _) = as_tenant(&a, &key, Method::DELETE, &format!("{path}/{extra_id}")).await;
+    assert_eq!(status, 200);
+    eventually(|| async { as_tenant(&b, &extra, Method::GET, &path).await.0 == 401 }).await;
+
+    // Suspend through B: A refuses the primary key at once.
+    let (status, _) = json(
+        b.admin(Method::POST, &format!("/api/v1/tenants/{id}/suspend"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    eventually(|| async { as_tenant(&a, &key, Method::GET, &path).await.0 == 401 }).await;
+
+    // Reactivate and rotate through A: B refuses the old key, takes the new.
+    json(
+        a.admin(Method::POST, &format!("/api/v1/tenants/{id}/reactivate"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    eventually(|| async { as_tenant(&b, &key, Method::GET, &path).await.0 == 200 }).await;
+    let (_, rotated) = json(
+        a.admin(Method::POST, &format!("/api/v1/tenants/{id}/rotate-key"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let new_key = rotated["apiKey"].as_str().unwrap().to_owned();
+    eventually(|| async { as_tenant(&b, &key, Method::GET, &path).await.0 == 401 }).await;
+    assert_eq!(as_tenant(&b, &new_key, Method::GET, &path).await.0, 200);
+}
+
+/// Pub/sub delivery takes a moment; "at once" here means well under the
+/// 60 s cache TTL: within one second.
+async fn eventually<F, Fut>(check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..20 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("not applied within 1 s");
+}
