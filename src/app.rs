@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{ServeConfig, StorageConfig},
     domain::keys::KeyHasher,
-    service::{keys::KeyResolver, tenants::Tenants},
+    service::{admin_keys::AdminKeys, keys::KeyResolver, tenants::Tenants},
     storage::{Db, admin_keys, embedded::EmbeddedPostgres, migrate, redis::Redis},
     transport,
 };
@@ -22,6 +22,7 @@ pub struct AppState {
     pub db: Db,
     pub keys: Arc<KeyResolver>,
     pub tenants: Tenants,
+    pub admin_keys: AdminKeys,
     pub max_body_bytes: usize,
 }
 
@@ -135,10 +136,12 @@ impl Server {
         };
         let keys = Arc::new(KeyResolver::new(db.clone(), hasher, redis.clone()));
         let tenants = Tenants::new(db.clone(), keys.clone());
+        let admin_keys = AdminKeys::new(db.clone(), keys.clone());
         let state = AppState {
             db,
             keys,
             tenants,
+            admin_keys,
             max_body_bytes: config.max_body_bytes,
         };
         let transport = transport::build(&state)?;

@@ -1,6 +1,7 @@
 //! Use cases: validation, scoped transactions, audit and cache
 //! invalidation, over `storage`. No transport types here.
 
+pub mod admin_keys;
 pub mod keys;
 pub mod tenants;
 

@@ -56,3 +56,29 @@ pub async fn find_active(
         .one(db.app())
         .await
 }
+
+pub async fn list(tx: &impl ConnectionTrait) -> Result<Vec<admin_key::Model>, sea_orm::DbErr> {
+    use sea_orm::QueryOrder;
+    admin_key::Entity::find()
+        .order_by_asc(admin_key::Column::Id)
+        .all(tx)
+        .await
+}
+
+/// Revokes a live key; `None` if there is no such live key.
+pub async fn revoke(
+    tx: &impl ConnectionTrait,
+    id: Uuid,
+) -> Result<Option<admin_key::Model>, sea_orm::DbErr> {
+    use sea_orm::sea_query::Expr;
+    let rows = admin_key::Entity::update_many()
+        .col_expr(
+            admin_key::Column::RevokedAt,
+            Expr::value(chrono::Utc::now()),
+        )
+        .filter(admin_key::Column::Id.eq(id))
+        .filter(admin_key::Column::RevokedAt.is_null())
+        .exec_with_returning(tx)
+        .await?;
+    Ok(rows.into_iter().next())
+}

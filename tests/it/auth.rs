@@ -105,3 +105,73 @@ async fn admin_key_on_tenant_method_is_403() {
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert_eq!(status.message(), body["message"].as_str().unwrap());
 }
+
+#[tokio::test]
+async fn admin_keys_are_listable_and_revocable_at_once() {
+    let app = TestApp::spawn().await;
+    let (status, created) = json(
+        app.admin(Method::POST, "/api/v1/admin-keys")
+            .json(&serde_json::json!({"label": "ops-laptop"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let second = created["apiKey"].as_str().unwrap().to_owned();
+    let id = created["key"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        rest_status(&app, Some(&format!("Bearer {second}"))).await.0,
+        200,
+        "new key works (and is cached)"
+    );
+
+    let (status, list) = json(
+        app.admin(Method::GET, "/api/v1/admin-keys")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let labels: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["test", "ops-laptop"]);
+    assert!(!list.to_string().contains(&second[16..]), "never the key");
+    assert_eq!(list["data"][1]["revokedAt"], serde_json::Value::Null);
+
+    let (status, revoked) = json(
+        app.admin(Method::DELETE, &format!("/api/v1/admin-keys/{id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(revoked["revokedAt"].is_string());
+    assert_eq!(
+        rest_status(&app, Some(&format!("Bearer {second}"))).await.0,
+        401,
+        "revoked at once despite the cache"
+    );
+    let (status, _) = json(
+        app.admin(Method::DELETE, &format!("/api/v1/admin-keys/{id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "already revoked");
+
+    let mut conn = app.db.connect().await;
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM audit_log ORDER BY occurred_at")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(actions, ["admin_key.create", "admin_key.revoke"]);
+}

@@ -2,6 +2,7 @@
 //! UNIMPLEMENTED (REST 501) through tonic's generated default methods until
 //! then, so every documented route exists from the start.
 
+pub mod admin;
 pub mod tenant;
 
 use tonic::Request;
@@ -30,6 +31,14 @@ pub fn actor<T>(request: &Request<T>) -> Actor {
     }
 }
 
+/// A protobuf timestamp.
+pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
+}
+
 /// A UUID from a request field, or 400 naming the field.
 pub fn parse_id(field: &str, value: &str) -> Result<Uuid, ApiError> {
     value
@@ -53,6 +62,7 @@ macro_rules! unimplemented_services {
         /// Every tenlyr.v1 service, ready to add to the router.
         pub fn routes(state: &AppState) -> tonic::service::Routes {
             let mut routes = tonic::service::Routes::default()
+                .add_service(v1::admin_key_service_server::AdminKeyServiceServer::new(admin::AdminKeyApi { state: state.clone() }))
                 .add_service(v1::tenant_service_server::TenantServiceServer::new(tenant::TenantApi { state: state.clone() }));
             $(
                 routes = routes.add_service(v1::$server::$ctor::new($api { state: state.clone() }));

@@ -3,11 +3,10 @@
 
 use bytes::Bytes;
 use futures_util::stream;
-use prost_types::Timestamp;
 use tonic::{Request, Response, Status, codegen::BoxStream};
 use uuid::Uuid;
 
-use super::{actor, parse_id};
+use super::{actor, parse_id, timestamp};
 use crate::{
     app::AppState,
     domain::tenant::{self as rules, Plan, TenantStatus, Transition},
@@ -23,13 +22,6 @@ use crate::{
 #[derive(Clone)]
 pub struct TenantApi {
     pub state: AppState,
-}
-
-fn timestamp(at: chrono::DateTime<chrono::Utc>) -> Timestamp {
-    Timestamp {
-        seconds: at.timestamp(),
-        nanos: at.timestamp_subsec_nanos() as i32,
-    }
 }
 
 fn plan_to_proto(plan: &str) -> i32 {
