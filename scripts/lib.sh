@@ -51,3 +51,40 @@ free_port() {
     echo "no free port found" >&2
     return 1
 }
+
+# Starts a throwaway PostgreSQL and Redis on free ports (PostgreSQL as an
+# unprivileged user when root); both stop and vanish when the script exits.
+# Durability is off (fsync) for speed unless PRIVATE_PG_OPTIONS says otherwise.
+# Sets PRIVATE_PG_URL and PRIVATE_REDIS_URL.
+start_private_services() {
+    PRIVATE_BINDIR=$(pg_bindir)
+    PRIVATE_DIR=$(mktemp -d /tmp/tenlyr-private.XXXXXX)
+    chmod 755 "$PRIVATE_DIR"
+    PRIVATE_AS_PG=()
+    if [ "$(id -u)" = 0 ]; then
+        local pg_user
+        pg_user=$(id -u postgres >/dev/null 2>&1 && echo postgres || echo nobody)
+        chown "$pg_user" "$PRIVATE_DIR"
+        PRIVATE_AS_PG=(runuser -u "$pg_user" --)
+    fi
+    trap stop_private_services EXIT
+    local port redis_port
+    port=$(free_port)
+    "${PRIVATE_AS_PG[@]}" "$PRIVATE_BINDIR/initdb" -D "$PRIVATE_DIR/data" -U postgres -A trust -E UTF8 --no-instructions >/dev/null
+    "${PRIVATE_AS_PG[@]}" "$PRIVATE_BINDIR/pg_ctl" -D "$PRIVATE_DIR/data" -l "$PRIVATE_DIR/server.log" -w -o \
+        "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=300 ${PRIVATE_PG_OPTIONS-"-c fsync=off -c synchronous_commit=off -c full_page_writes=off"}" \
+        start >/dev/null
+    PRIVATE_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    echo "PostgreSQL on 127.0.0.1:$port" >&2
+    redis_port=$(free_port)
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+        --daemonize yes --pidfile "$PRIVATE_DIR/redis.pid" --dir "$PRIVATE_DIR" --logfile "$PRIVATE_DIR/redis.log"
+    PRIVATE_REDIS_URL="redis://127.0.0.1:$redis_port"
+    echo "Redis on 127.0.0.1:$redis_port" >&2
+}
+
+stop_private_services() {
+    "${PRIVATE_AS_PG[@]}" "$PRIVATE_BINDIR/pg_ctl" -D "$PRIVATE_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+    if [ -f "$PRIVATE_DIR/redis.pid" ]; then kill "$(cat "$PRIVATE_DIR/redis.pid")" 2>/dev/null || true; fi
+    rm -rf "$PRIVATE_DIR"
+}

@@ -537,3 +537,222 @@ where
     }
     panic!("not applied within 1 s");
 }
+
+#[tokio::test]
+async fn last_active_at_moves_without_a_write_per_request() {
+    let app = TestApp::spawn().await;
+    let (tenant, key) = create(&app, "Busy", "ops@busy.test").await;
+    let id = tenant["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        as_tenant(
+            &app,
+            &key,
+            Method::GET,
+            &format!("/api/v1/tenants/{id}/api-keys")
+        )
+        .await
+        .0,
+        200
+    );
+    // Seen at once on this replica (merged from memory)…
+    let (_, now) = json(
+        app.admin(Method::GET, &format!("/api/v1/tenants/{id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(now["lastActiveAt"].is_string(), "{now}");
+    // …and written in the background within the flush period.
+    let mut conn = app.db.connect().await;
+    let mut written = false;
+    for _ in 0..40 {
+        let at: Option<chrono::DateTime<chrono::Utc>> =
+            sqlx::query_scalar("SELECT last_active_at FROM tenants")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        if at.is_some() {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(written, "last_active_at flushed");
+    let used: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT last_used_at FROM api_keys")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(used.is_some());
+}
+
+#[tokio::test]
+async fn every_tenant_rpc_over_grpc() {
+    use tenlyr::proto::v1::{self, Plan};
+    let app = TestApp::spawn().await;
+    let mut grpc = TenantServiceClient::new(app.channel().await);
+    let k = &app.admin_key;
+    let created = grpc
+        .create_tenant(with_key(
+            v1::CreateTenantRequest {
+                name: "Grpc Co".into(),
+                owner_email: "ops@grpc.test".into(),
+                plan: Plan::Scale as i32,
+                time_zone: "America/New_York".into(),
+                slug: "grpc-co".into(),
+                ..Default::default()
+            },
+            k,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let tenant = created.tenant.unwrap();
+    assert_eq!(
+        (tenant.slug.as_str(), tenant.time_zone.as_str(), tenant.plan),
+        ("grpc-co", "America/New_York", Plan::Scale as i32)
+    );
+    let id = tenant.id.clone();
+
+    let dup = grpc
+        .create_tenant(with_key(
+            v1::CreateTenantRequest {
+                name: "X".repeat(3),
+                owner_email: "x@y.test".into(),
+                slug: "grpc-co".into(),
+                ..Default::default()
+            },
+            k,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), tonic::Code::AlreadyExists);
+
+    let updated = grpc
+        .update_tenant(with_key(
+            v1::UpdateTenantRequest {
+                id: id.clone(),
+                name: Some("Grpc Corp".into()),
+                region: Some("eu-west-1".into()),
+                ..Default::default()
+            },
+            k,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (updated.name.as_str(), updated.region.as_str()),
+        ("Grpc Corp", "eu-west-1")
+    );
+    let bad = grpc
+        .update_tenant(with_key(
+            v1::UpdateTenantRequest {
+                id: id.clone(),
+                time_zone: Some("Nowhere/Land".into()),
+                ..Default::default()
+            },
+            k,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+
+    let plan = grpc
+        .change_tenant_plan(with_key(
+            v1::ChangeTenantPlanRequest {
+                id: id.clone(),
+                plan: Plan::Enterprise as i32,
+            },
+            k,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(plan.plan, Plan::Enterprise as i32);
+    let dashboard = grpc
+        .list_dashboard_tenants(with_key(v1::ListDashboardTenantsRequest::default(), k))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        dashboard.data[0].api_call_limit, None,
+        "enterprise: custom, none set"
+    );
+
+    let labeled = grpc
+        .create_api_key(with_key(
+            v1::CreateApiKeyRequest {
+                tenant_id: id.clone(),
+                label: "production".into(),
+            },
+            k,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let keys = grpc
+        .list_api_keys(with_key(
+            v1::ListApiKeysRequest {
+                tenant_id: id.clone(),
+            },
+            k,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(keys.data.len(), 2);
+    let revoked = grpc
+        .revoke_api_key(with_key(
+            v1::RevokeApiKeyRequest {
+                tenant_id: id.clone(),
+                key_id: labeled.key.unwrap().id,
+            },
+            k,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(revoked.revoked_at.is_some());
+
+    let rotated = grpc
+        .rotate_tenant_key(with_key(v1::RotateTenantKeyRequest { id: id.clone() }, k))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(rotated.api_key.starts_with("tenlyr_live_"));
+    let mut export = grpc
+        .export_tenant(with_key(
+            v1::ExportTenantRequest {
+                id: id.clone(),
+                format: v1::ExportFormat::Json as i32,
+            },
+            k,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let chunk = export.message().await.unwrap().unwrap().chunk.unwrap();
+    assert_eq!(chunk.content_type, "application/json");
+
+    let terminated = grpc
+        .terminate_tenant(with_key(v1::TerminateTenantRequest { id: id.clone() }, k))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(terminated.status, v1::TenantStatus::Terminated as i32);
+    grpc.delete_tenant(with_key(v1::DeleteTenantRequest { id: id.clone() }, k))
+        .await
+        .unwrap();
+    let gone = grpc
+        .get_tenant(with_key(
+            GetTenantRequest {
+                id: "not-a-uuid".into(),
+            },
+            k,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::InvalidArgument);
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Benchmarks, against a private PostgreSQL and Redis on free ports.
+#   scripts/bench.sh tenants     # provisioning p50/p99, auth on a cache hit
+# BENCH_TENANTS (default 500) sets how many tenants are provisioned.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_deps postgres redis
+which=${1:-tenants}
+cargo build --release --quiet --example "bench_$which"
+# Durable settings: commits wait for fsync, as in production.
+PRIVATE_PG_OPTIONS="" start_private_services
+BENCH_DATABASE_URL="$PRIVATE_PG_URL" BENCH_REDIS_URL="$PRIVATE_REDIS_URL" \
+    "target/release/examples/bench_$which"
