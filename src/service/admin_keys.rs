@@ -10,12 +10,7 @@ use super::{Actor, keys::KeyResolver};
 use crate::{
     domain::tenant as rules,
     error::{ApiError, ErrorCode},
-    storage::{
-        Db, admin_keys,
-        entities::admin_key,
-        scope::Scope,
-        tenants::{self as repo, Audit},
-    },
+    storage::{Db, admin_keys, entities::admin_key, scope::Scope, tenants as repo},
 };
 
 #[derive(Clone, Debug)]
@@ -27,18 +22,6 @@ pub struct AdminKeys {
 impl AdminKeys {
     pub fn new(db: Db, keys: Arc<KeyResolver>) -> Self {
         Self { db, keys }
-    }
-
-    fn audit(actor: &Actor, action: &'static str, target: Uuid, label: &str) -> Audit {
-        Audit {
-            actor_kind: actor.kind(),
-            actor_key_id: actor.key_id(),
-            tenant_id: None,
-            action,
-            target_id: Some(target),
-            details: json!({"label": label}),
-            request_id: actor.request_id.clone(),
-        }
     }
 
     pub async fn create(
@@ -55,7 +38,16 @@ impl AdminKeys {
             .into_iter()
             .find(|k| k.key_digest == digest)
             .ok_or_else(|| ApiError::internal("created admin key not found"))?;
-        repo::audit(&tx, Self::audit(actor, "admin_key.create", row.id, &label)).await?;
+        repo::audit(
+            &tx,
+            actor.audit(
+                None,
+                "admin_key.create",
+                Some(row.id),
+                json!({"label": label}),
+            ),
+        )
+        .await?;
         tx.commit().await?;
         Ok((row, plaintext))
     }
@@ -80,7 +72,16 @@ impl AdminKeys {
                 ApiError::not_found("admin key not found")
             });
         };
-        repo::audit(&tx, Self::audit(actor, "admin_key.revoke", id, &row.label)).await?;
+        repo::audit(
+            &tx,
+            actor.audit(
+                None,
+                "admin_key.revoke",
+                Some(id),
+                json!({"label": row.label}),
+            ),
+        )
+        .await?;
         tx.commit().await?;
         self.keys.invalidate(vec![row.key_digest.clone()]).await;
         Ok(row)

@@ -7,6 +7,8 @@ pub mod tenants;
 
 use uuid::Uuid;
 
+use crate::storage::tenants::Audit;
+
 /// Who is calling; the auth layer puts it in the request extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
@@ -41,6 +43,25 @@ impl Actor {
         match self.principal {
             Principal::Admin { key_id } | Principal::Tenant { key_id, .. } => Some(key_id),
             Principal::Anonymous => None,
+        }
+    }
+
+    /// The audit entry for an action this actor took.
+    pub fn audit(
+        &self,
+        tenant_id: Option<Uuid>,
+        action: &'static str,
+        target: Option<Uuid>,
+        details: serde_json::Value,
+    ) -> Audit {
+        Audit {
+            actor_kind: self.kind(),
+            actor_key_id: self.key_id(),
+            tenant_id,
+            action,
+            target_id: target,
+            details,
+            request_id: self.request_id.clone(),
         }
     }
 }

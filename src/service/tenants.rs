@@ -19,7 +19,7 @@ use crate::{
         Db,
         entities::{api_key, tenant},
         scope::{self, Scope},
-        tenants::{self as repo, Audit, Conflict},
+        tenants::{self as repo, Conflict},
     },
 };
 
@@ -81,19 +81,7 @@ impl Tenants {
         target: Option<Uuid>,
         details: serde_json::Value,
     ) -> Result<(), ApiError> {
-        repo::audit(
-            tx,
-            Audit {
-                actor_kind: actor.kind(),
-                actor_key_id: actor.key_id(),
-                tenant_id: Some(tenant_id),
-                action,
-                target_id: target,
-                details,
-                request_id: actor.request_id.clone(),
-            },
-        )
-        .await?;
+        repo::audit(tx, actor.audit(Some(tenant_id), action, target, details)).await?;
         Ok(())
     }
 
@@ -155,25 +143,23 @@ impl Tenants {
                 }
                 Err(err) => {
                     let _ = tx.rollback().await;
-                    match err {
-                        ProvisionError::Db(err) => match repo::conflict(&err) {
-                            Some(Conflict::OwnerEmail) => {
-                                return Err(ApiError::new(
-                                    ErrorCode::AlreadyExists,
-                                    "a tenant with this ownerEmail already exists",
-                                )
-                                .with_violation("ownerEmail", "already used by another tenant"));
-                            }
-                            Some(Conflict::Slug) if chosen_slug.is_some() => {
-                                return Err(ApiError::new(
-                                    ErrorCode::AlreadyExists,
-                                    "a tenant with this slug already exists",
-                                )
-                                .with_violation("slug", "already used by another tenant"));
-                            }
-                            Some(Conflict::Slug) => continue,
-                            None => return Err(err.into()),
-                        },
+                    match repo::conflict(&err) {
+                        Some(Conflict::OwnerEmail) => {
+                            return Err(ApiError::new(
+                                ErrorCode::AlreadyExists,
+                                "a tenant with this ownerEmail already exists",
+                            )
+                            .with_violation("ownerEmail", "already used by another tenant"));
+                        }
+                        Some(Conflict::Slug) if chosen_slug.is_some() => {
+                            return Err(ApiError::new(
+                                ErrorCode::AlreadyExists,
+                                "a tenant with this slug already exists",
+                            )
+                            .with_violation("slug", "already used by another tenant"));
+                        }
+                        Some(Conflict::Slug) => continue,
+                        None => return Err(err.into()),
                     }
                 }
             }
@@ -194,7 +180,7 @@ impl Tenants {
         region: &str,
         time_zone: &str,
         slug: &str,
-    ) -> Result<(tenant::Model, String), ProvisionError> {
+    ) -> Result<(tenant::Model, String), sea_orm::DbErr> {
         let now = Utc::now();
         let id = Uuid::now_v7();
         let key = NewKey::generate(KeyKind::Tenant);
@@ -232,14 +218,13 @@ impl Tenants {
         let details = json!({"name": name, "plan": plan.as_str(), "region": region, "slug": slug});
         repo::audit(
             tx,
-            self.audit_entry(actor, id, "tenant.create", Some(id), details),
+            actor.audit(Some(id), "tenant.create", Some(id), details),
         )
         .await?;
         repo::audit(
             tx,
-            self.audit_entry(
-                actor,
-                id,
+            actor.audit(
+                Some(id),
                 "key.create",
                 Some(key_row.id),
                 json!({"label": PRIMARY_LABEL}),
@@ -247,25 +232,6 @@ impl Tenants {
         )
         .await?;
         Ok((tenant, key.plaintext))
-    }
-
-    fn audit_entry(
-        &self,
-        actor: &Actor,
-        tenant_id: Uuid,
-        action: &'static str,
-        target: Option<Uuid>,
-        details: serde_json::Value,
-    ) -> Audit {
-        Audit {
-            actor_kind: actor.kind(),
-            actor_key_id: actor.key_id(),
-            tenant_id: Some(tenant_id),
-            action,
-            target_id: target,
-            details,
-            request_id: actor.request_id.clone(),
-        }
     }
 
     fn key_row(&self, tenant_id: Uuid, label: &str, key: &NewKey, primary: bool) -> api_key::Model {
@@ -588,16 +554,6 @@ impl Tenants {
         tx.commit().await?;
         self.merge_activity(&mut tenant);
         Ok((tenant, keys))
-    }
-}
-
-enum ProvisionError {
-    Db(sea_orm::DbErr),
-}
-
-impl From<sea_orm::DbErr> for ProvisionError {
-    fn from(err: sea_orm::DbErr) -> Self {
-        Self::Db(err)
     }
 }
 
