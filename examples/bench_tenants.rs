@@ -67,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         redis_url: redis_url.clone(),
         max_body_bytes: 1 << 20,
         shutdown_grace_secs: 5,
+        usage_retention_days: 90,
         storage: StorageConfig {
             database_url: Some(url.clone()),
             data_dir: "/nonexistent".into(),

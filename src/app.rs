@@ -11,7 +11,12 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{ServeConfig, StorageConfig},
     domain::keys::KeyHasher,
-    service::{admin_keys::AdminKeys, keys::KeyResolver, tenants::Tenants},
+    service::{
+        admin_keys::AdminKeys,
+        keys::KeyResolver,
+        metering::{self, Ingest, IngestWorker, Metering},
+        tenants::Tenants,
+    },
     storage::{Db, admin_keys, embedded::EmbeddedPostgres, migrate, redis::Redis},
     transport,
 };
@@ -23,6 +28,7 @@ pub struct AppState {
     pub keys: Arc<KeyResolver>,
     pub tenants: Tenants,
     pub admin_keys: AdminKeys,
+    pub metering: Metering,
     pub max_body_bytes: usize,
 }
 
@@ -113,6 +119,8 @@ pub struct Server {
     redis: Option<Redis>,
     transport: transport::Transport,
     grace: Duration,
+    ingest: IngestWorker,
+    retention_days: u32,
 }
 
 impl Server {
@@ -137,11 +145,17 @@ impl Server {
         let keys = Arc::new(KeyResolver::new(db.clone(), hasher, redis.clone()));
         let tenants = Tenants::new(db.clone(), keys.clone());
         let admin_keys = AdminKeys::new(db.clone(), keys.clone());
+        if let Err(err) = metering::maintain(&db, config.usage_retention_days).await {
+            tracing::warn!(error = %err, "creating usage partitions failed; ingestion retries");
+        }
+        let (ingest_tx, ingest) = Ingest::new(db.clone());
+        let metering = Metering::new(db.clone(), ingest_tx, tenants.clone());
         let state = AppState {
             db,
             keys,
             tenants,
             admin_keys,
+            metering,
             max_body_bytes: config.max_body_bytes,
         };
         let transport = transport::build(&state)?;
@@ -154,6 +168,8 @@ impl Server {
             redis,
             transport,
             grace: Duration::from_secs(config.shutdown_grace_secs),
+            ingest,
+            retention_days: config.usage_retention_days,
         })
     }
 
@@ -173,6 +189,8 @@ impl Server {
             redis,
             transport,
             grace,
+            ingest,
+            retention_days,
         } = self;
         let health = transport.health.clone();
         let workers = CancellationToken::new();
@@ -188,6 +206,15 @@ impl Server {
                 .clone()
                 .run_invalidation_listener(workers.clone()),
         );
+        // The ingest pipeline stops after the listener has drained: requests
+        // in flight still wait for their commits.
+        let ingest_stop = CancellationToken::new();
+        let ingesting = tokio::spawn(ingest.run(ingest_stop.clone()));
+        let maintenance = tokio::spawn(metering::run_maintenance(
+            state.db.clone(),
+            retention_days,
+            workers.clone(),
+        ));
         health
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
@@ -221,7 +248,15 @@ impl Server {
             }
         };
         trigger.abort();
+        ingest_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(30), ingesting)
+            .await
+            .is_err()
+        {
+            tracing::warn!("usage commits did not finish in time");
+        }
         workers.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), maintenance).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), flusher).await;
         match tokio::time::timeout(Duration::from_secs(5), listener_task).await {
             Ok(Ok(Err(err))) => tracing::warn!(error = %err, "key invalidation listener failed"),

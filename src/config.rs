@@ -54,6 +54,12 @@ pub struct ServeConfig {
     #[arg(long, env = "TENLYR_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 
+    /// Days of raw usage events kept (whole day partitions are dropped);
+    /// rollups are kept.
+    #[arg(long, env = "TENLYR_USAGE_RETENTION_DAYS", default_value_t = 90,
+          value_parser = clap::value_parser!(u32).range(3..))]
+    pub usage_retention_days: u32,
+
     #[command(flatten)]
     pub storage: StorageConfig,
 }

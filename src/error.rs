@@ -124,7 +124,7 @@ pub struct FieldViolation {
 }
 
 /// An error a client sees: code, message, optional reason and field list.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
     pub code: ErrorCode,
@@ -297,6 +297,14 @@ impl From<sea_orm::DbErr> for ApiError {
             return Self::unavailable("database unavailable");
         }
         Self::internal(err)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::from(sea_orm::DbErr::Query(sea_orm::RuntimeErr::SqlxError(
+            std::sync::Arc::new(err),
+        )))
     }
 }
 

@@ -2,3 +2,4 @@
 
 pub mod keys;
 pub mod tenant;
+pub mod usage;

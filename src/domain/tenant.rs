@@ -20,6 +20,19 @@ pub struct PlanLimits {
     pub seats: Option<i64>,
 }
 
+impl PlanLimits {
+    /// The limits in force: a tenant's own (enterprise) limits where set,
+    /// else its plan's.
+    pub fn effective(plan: &str, own: PlanLimits) -> PlanLimits {
+        let plan = Plan::parse(plan).map(Plan::limits).unwrap_or_default();
+        PlanLimits {
+            api_calls: own.api_calls.or(plan.api_calls),
+            storage_gb: own.storage_gb.or(plan.storage_gb),
+            seats: own.seats.or(plan.seats),
+        }
+    }
+}
+
 impl Plan {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -190,7 +203,7 @@ impl IsolationLevel {
 pub const DEFAULT_REGION: &str = "us-east-1";
 pub const DEFAULT_TIME_ZONE: &str = "UTC";
 
-fn violation(field: &str, description: impl Into<String>) -> FieldViolation {
+pub(crate) fn violation(field: &str, description: impl Into<String>) -> FieldViolation {
     FieldViolation {
         field: field.to_owned(),
         description: description.into(),

@@ -3,6 +3,7 @@
 
 pub mod admin_keys;
 pub mod keys;
+pub mod metering;
 pub mod tenants;
 
 use uuid::Uuid;

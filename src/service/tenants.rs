@@ -52,6 +52,18 @@ pub struct Tenants {
     keys: Arc<KeyResolver>,
 }
 
+/// The limits in force for `t` (its own enterprise limits, else its plan's).
+pub fn limits(t: &tenant::Model) -> rules::PlanLimits {
+    rules::PlanLimits::effective(
+        &t.plan,
+        rules::PlanLimits {
+            api_calls: t.api_call_limit,
+            storage_gb: t.storage_gb_limit,
+            seats: t.seats_limit,
+        },
+    )
+}
+
 fn not_found() -> ApiError {
     ApiError::not_found("Tenant not found")
 }

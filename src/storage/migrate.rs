@@ -23,6 +23,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "tenants",
         sql: include_str!("../../migrations/0002_tenants.sql"),
     },
+    Migration {
+        version: 3,
+        name: "metering",
+        sql: include_str!("../../migrations/0003_metering.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

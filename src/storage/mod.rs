@@ -12,6 +12,7 @@ pub mod migrate;
 pub mod redis;
 pub mod scope;
 pub mod tenants;
+pub mod usage;
 
 use std::{str::FromStr, time::Duration};
 
@@ -47,6 +48,12 @@ impl Db {
 
     pub fn app(&self) -> &DatabaseConnection {
         &self.app
+    }
+
+    /// The sqlx pool under the SeaORM connection, for statements SeaORM
+    /// cannot express (array binds, COPY).
+    pub fn pool(&self) -> &sqlx::PgPool {
+        self.app.get_postgres_connection_pool()
     }
 
     pub async fn ping(&self) -> Result<(), DbErr> {

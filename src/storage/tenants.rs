@@ -86,6 +86,13 @@ pub async fn update(
 
 /// Deletes the tenant; every tenant-owned table cascades from it.
 pub async fn delete(tx: &DatabaseTransaction, id: Uuid) -> Result<bool, DbErr> {
+    // Raw usage events carry no foreign key (see 0003_metering.sql).
+    tx.execute_raw(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DatabaseBackend::Postgres,
+        "DELETE FROM usage_events WHERE tenant_id = $1",
+        [id.into()],
+    ))
+    .await?;
     Ok(tenant::Entity::delete_by_id(id)
         .exec(tx)
         .await?

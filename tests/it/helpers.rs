@@ -144,6 +144,7 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         redis_url: None,
         max_body_bytes: 64 * 1024,
         shutdown_grace_secs: 5,
+        usage_retention_days: 90,
         storage: StorageConfig {
             database_url: Some(database_url.to_owned()),
             data_dir: PathBuf::from("/nonexistent-tenlyr-test-data-dir"),
@@ -350,4 +351,27 @@ pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
         .metadata_mut()
         .insert("authorization", format!("Bearer {key}").parse().unwrap());
     request
+}
+
+/// Provisions a tenant over REST; returns its id and primary key.
+pub async fn provision(
+    app: &TestApp,
+    email: &str,
+    plan: &str,
+    time_zone: &str,
+) -> (String, String) {
+    let body = serde_json::json!({"name": email, "ownerEmail": email, "plan": plan, "timeZone": time_zone});
+    let (status, reply) = json(
+        app.admin(reqwest::Method::POST, "/api/v1/tenants")
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    (
+        reply["tenant"]["id"].as_str().unwrap().to_owned(),
+        reply["apiKey"].as_str().unwrap().to_owned(),
+    )
 }

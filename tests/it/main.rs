@@ -4,6 +4,7 @@
 mod auth;
 mod contract;
 mod helpers;
+mod metering;
 mod operations;
 mod protocols;
 mod storage;

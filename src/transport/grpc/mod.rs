@@ -3,6 +3,7 @@
 //! then, so every documented route exists from the start.
 
 pub mod admin;
+pub mod metering;
 pub mod tenant;
 
 use tonic::Request;
@@ -63,7 +64,8 @@ macro_rules! unimplemented_services {
         pub fn routes(state: &AppState) -> tonic::service::Routes {
             let mut routes = tonic::service::Routes::default()
                 .add_service(v1::admin_key_service_server::AdminKeyServiceServer::new(admin::AdminKeyApi { state: state.clone() }))
-                .add_service(v1::tenant_service_server::TenantServiceServer::new(tenant::TenantApi { state: state.clone() }));
+                .add_service(v1::tenant_service_server::TenantServiceServer::new(tenant::TenantApi { state: state.clone() }))
+                .add_service(v1::metering_service_server::MeteringServiceServer::new(metering::MeteringApi { state: state.clone() }));
             $(
                 routes = routes.add_service(v1::$server::$ctor::new($api { state: state.clone() }));
             )*
@@ -73,7 +75,6 @@ macro_rules! unimplemented_services {
 }
 
 unimplemented_services! {
-    MeteringApi => metering_service_server::MeteringService, MeteringServiceServer;
     IsolationApi => isolation_service_server::IsolationService, IsolationServiceServer;
     HealthApi => health_service_server::HealthService, HealthServiceServer;
     AlertApi => alert_service_server::AlertService, AlertServiceServer;

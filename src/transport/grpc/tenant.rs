@@ -14,6 +14,7 @@ use crate::{
     proto::{google::api::HttpBody, v1},
     service::{
         Principal,
+        metering::PeriodUsage,
         tenants::{NewTenantInput, TenantChanges},
     },
     storage::entities::{api_key, tenant},
@@ -86,20 +87,14 @@ pub fn tenant_to_proto(t: &tenant::Model) -> v1::Tenant {
     }
 }
 
-fn limits(t: &tenant::Model) -> rules::PlanLimits {
-    let plan = Plan::parse(&t.plan).map(Plan::limits).unwrap_or_default();
-    rules::PlanLimits {
-        api_calls: t.api_call_limit.or(plan.api_calls),
-        storage_gb: t.storage_gb_limit.or(plan.storage_gb),
-        seats: t.seats_limit.or(plan.seats),
-    }
-}
-
-/// Usage, health and billing read zero / `unknown` until those services
-/// fill them.
-fn dashboard_row(t: &tenant::Model) -> v1::DashboardTenant {
-    let limits = limits(t);
+/// Health and billing read zero / `unknown` until those services fill
+/// them.
+fn dashboard_row(t: &tenant::Model, usage: &PeriodUsage) -> v1::DashboardTenant {
+    let limits = usage.limits;
     v1::DashboardTenant {
+        api_calls: usage.api_calls,
+        storage_gb: usage.storage_gb,
+        seats: usage.seats,
         id: t.id.to_string(),
         name: t.name.clone(),
         owner_email: t.owner_email.clone(),
@@ -184,8 +179,13 @@ impl v1::tenant_service_server::TenantService for TenantApi {
     ) -> ApiResult<v1::ListDashboardTenantsResponse> {
         let r = request.into_inner();
         let (rows, next_cursor) = self.state.tenants.list(&r.cursor, r.limit).await?;
+        let usage = self.state.metering.current_many(&rows).await?;
         Ok(Response::new(v1::ListDashboardTenantsResponse {
-            data: rows.iter().map(dashboard_row).collect(),
+            data: rows
+                .iter()
+                .zip(&usage)
+                .map(|(t, u)| dashboard_row(t, u))
+                .collect(),
             next_cursor,
         }))
     }
@@ -334,10 +334,15 @@ impl v1::tenant_service_server::TenantService for TenantApi {
             }
         };
         let (tenant, keys) = self.state.tenants.export(&actor, id).await?;
+        let usage = self.state.metering.current(tenant.id).await?;
         let (content_type, extension, body) = if csv {
-            ("text/csv", "csv", export_csv(&tenant, &keys))
+            ("text/csv", "csv", export_csv(&tenant, &usage, &keys))
         } else {
-            ("application/json", "json", export_json(&tenant, &keys))
+            (
+                "application/json",
+                "json",
+                export_json(&tenant, &usage, &keys),
+            )
         };
         let chunks: Vec<Result<v1::ExportTenantResponse, Status>> = Bytes::from(body)
             .chunks(64 * 1024)
@@ -412,15 +417,16 @@ impl v1::tenant_service_server::TenantService for TenantApi {
     }
 }
 
-fn export_json(t: &tenant::Model, keys: &[api_key::Model]) -> Vec<u8> {
-    let limits = limits(t);
+fn export_json(t: &tenant::Model, usage: &PeriodUsage, keys: &[api_key::Model]) -> Vec<u8> {
+    let limits = usage.limits;
     let value = serde_json::json!({
         "tenant": {
             "id": t.id, "name": t.name, "slug": t.slug, "ownerEmail": t.owner_email, "plan": t.plan,
             "status": t.status, "region": t.region, "timeZone": t.time_zone, "isolationLevel": t.isolation_level,
             "apiKeyPrefix": t.api_key_prefix, "createdAt": t.created_at, "lastActiveAt": t.last_active_at,
         },
-        "usage": {"apiCalls": 0, "storageGb": 0.0, "seats": 0, "compute": 0,
+        "usage": {"apiCalls": usage.api_calls, "storageGb": usage.storage_gb, "seats": usage.seats,
+                  "compute": usage.compute, "periodStart": usage.period_start, "periodEnd": usage.period_end,
                   "apiCallLimit": limits.api_calls, "storageGbLimit": limits.storage_gb, "seatsLimit": limits.seats},
         "health": {"healthStatus": "unknown", "errorRate": 0.0, "requestRate": 0.0, "slaRisk": false, "rateLimit": null},
         "billing": {"mrrCents": Plan::parse(&t.plan).map_or(0, Plan::mrr_cents), "usageCostCents": 0},
@@ -434,8 +440,9 @@ fn export_json(t: &tenant::Model, keys: &[api_key::Model]) -> Vec<u8> {
 }
 
 /// `section,field,value` rows, quoted where needed.
-fn export_csv(t: &tenant::Model, keys: &[api_key::Model]) -> Vec<u8> {
-    let json: serde_json::Value = serde_json::from_slice(&export_json(t, keys)).unwrap_or_default();
+fn export_csv(t: &tenant::Model, usage: &PeriodUsage, keys: &[api_key::Model]) -> Vec<u8> {
+    let json: serde_json::Value =
+        serde_json::from_slice(&export_json(t, usage, keys)).unwrap_or_default();
     let mut out = String::from("section,field,value\n");
     let quote = |s: &str| {
         if s.contains([',', '"', '\n']) {

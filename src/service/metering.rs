@@ -1,0 +1,512 @@
+//! Usage metering: the group-commit ingestion pipeline and the queries.
+//!
+//! Every tracked event, single or batched, is handed to [`Ingest`] and
+//! acknowledged only after the transaction holding it committed. One
+//! worker takes whatever has queued up while the previous commits ran and
+//! commits it as one transaction (up to [`MAX_COMMIT`] events, up to
+//! [`PARALLEL_COMMITS`] transactions at a time): under load, commits grow
+//! instead of multiplying.
+
+use std::{sync::Arc, time::Duration};
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::tenants::Tenants;
+use crate::{
+    domain::{
+        tenant::PlanLimits,
+        usage::{self as rules, EventInput, Granularity, Metric},
+    },
+    error::{ApiError, ErrorCode, FieldViolation},
+    storage::{
+        Db,
+        entities::tenant,
+        usage::{self as repo, MonthTotal, Outcome, Pending, Retry, StoredEvent},
+    },
+};
+
+/// Events per commit, at most.
+pub const MAX_COMMIT: usize = 4000;
+/// Commits in flight at once.
+pub const PARALLEL_COMMITS: usize = 4;
+/// Queued submissions before Track waits (backpressure).
+const QUEUE: usize = 16_384;
+const ATTEMPTS: usize = 5;
+
+pub const DEFAULT_EVENTS_PAGE: i64 = 100;
+pub const MAX_EVENTS_PAGE: i64 = 1000;
+
+#[derive(Debug)]
+struct Submission {
+    events: Vec<Pending>,
+    reply: oneshot::Sender<Result<Vec<Outcome>, ApiError>>,
+}
+
+/// The sending half of the pipeline.
+#[derive(Clone, Debug)]
+pub struct Ingest {
+    tx: mpsc::Sender<Submission>,
+}
+
+/// The committing half; [`IngestWorker::run`] runs until shutdown.
+pub struct IngestWorker {
+    rx: mpsc::Receiver<Submission>,
+    db: Db,
+}
+
+impl Ingest {
+    pub fn new(db: Db) -> (Self, IngestWorker) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (Self { tx }, IngestWorker { rx, db })
+    }
+
+    /// Commits `events`; resolves once they are durable (or rejected).
+    async fn submit(&self, events: Vec<Pending>) -> Result<Vec<Outcome>, ApiError> {
+        let (reply, done) = oneshot::channel();
+        self.tx
+            .send(Submission { events, reply })
+            .await
+            .map_err(|_| ApiError::unavailable("shutting down"))?;
+        done.await
+            .map_err(|_| ApiError::unavailable("shutting down"))?
+    }
+}
+
+impl IngestWorker {
+    /// Commits until `stop` is cancelled, then commits what is still
+    /// queued and waits for the commits in flight.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(PARALLEL_COMMITS));
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let first = tokio::select! {
+                s = self.rx.recv() => s,
+                () = stop.cancelled() => {
+                    self.rx.close();
+                    self.rx.recv().await
+                }
+            };
+            let Some(first) = first else { break };
+            let mut group = vec![first];
+            let mut size = group[0].events.len();
+            while size < MAX_COMMIT {
+                match self.rx.try_recv() {
+                    Ok(next) => {
+                        size += next.events.len();
+                        group.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let db = self.db.clone();
+            tokio::spawn(async move {
+                commit_group(&db, group).await;
+                drop(permit);
+            });
+        }
+        // Wait for the commits in flight.
+        let _ = permits.acquire_many(PARALLEL_COMMITS as u32).await;
+    }
+}
+
+async fn commit_group(db: &Db, group: Vec<Submission>) {
+    let events: Vec<Pending> = group
+        .iter()
+        .flat_map(|s| s.events.iter().cloned())
+        .collect();
+    match commit_with_retry(db, &events).await {
+        Ok((outcomes, _totals)) => {
+            let mut outcomes = outcomes.into_iter();
+            for submission in group {
+                let mine = outcomes.by_ref().take(submission.events.len()).collect();
+                let _ = submission.reply.send(Ok(mine));
+            }
+        }
+        Err(err) => {
+            let err = ApiError::from(err);
+            for submission in group {
+                let _ = submission.reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+async fn commit_with_retry(
+    db: &Db,
+    events: &[Pending],
+) -> Result<(Vec<Outcome>, Vec<MonthTotal>), sqlx::Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let err = match repo::commit(db.pool(), events).await {
+            Ok(done) => return Ok(done),
+            Err(err) => err,
+        };
+        match repo::retryable(&err) {
+            Retry::No => return Err(err),
+            _ if attempt >= ATTEMPTS => return Err(err),
+            Retry::Again => {
+                tokio::time::sleep(Duration::from_millis(5 * attempt as u64)).await;
+            }
+            Retry::AfterPartitions => {
+                let days = events.iter().map(|p| p.event.occurred_at.date_naive());
+                if let (Some(first), Some(last)) = (days.clone().min(), days.max()) {
+                    repo::ensure_partitions(db.pool(), first, last).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Current-period usage of one tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeriodUsage {
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub api_calls: i64,
+    pub storage_gb: f64,
+    pub seats: i64,
+    pub compute: i64,
+    pub limits: PlanLimits,
+}
+
+impl PeriodUsage {
+    fn new(
+        (period_start, period_end): (DateTime<Utc>, DateTime<Utc>),
+        totals: impl Fn(Metric) -> f64,
+        limits: PlanLimits,
+    ) -> Self {
+        Self {
+            period_start,
+            period_end,
+            api_calls: totals(Metric::ApiCall) as i64,
+            storage_gb: totals(Metric::StorageGb),
+            seats: totals(Metric::Seats) as i64,
+            compute: totals(Metric::Compute) as i64,
+            limits,
+        }
+    }
+}
+
+/// Outcome of one event of a batch, as the API reports it.
+#[derive(Debug, Clone)]
+pub enum TrackResult {
+    Accepted(StoredEvent),
+    Duplicate(StoredEvent),
+    Rejected(FieldViolation),
+}
+
+/// The rollups of GetSummary.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub hourly: Vec<repo::Rollup>,
+    pub daily: Vec<repo::Rollup>,
+    pub monthly: Vec<repo::Rollup>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Metering {
+    db: Db,
+    ingest: Ingest,
+    tenants: Tenants,
+}
+
+impl Metering {
+    pub fn new(db: Db, ingest: Ingest, tenants: Tenants) -> Self {
+        Self {
+            db,
+            ingest,
+            tenants,
+        }
+    }
+
+    /// Track: the event, or 422 naming the field, or 400 at the plan limit.
+    pub async fn track(&self, tenant_id: Uuid, input: EventInput) -> Result<StoredEvent, ApiError> {
+        let event =
+            rules::validate(input, Utc::now()).map_err(|v| ApiError::validation(vec![v]))?;
+        let pending = Pending {
+            id: Uuid::now_v7(),
+            tenant_id,
+            event,
+        };
+        let outcome = self.ingest.submit(vec![pending]).await?.pop();
+        match outcome {
+            Some(Outcome::Accepted(e) | Outcome::Duplicate(e)) => Ok(e),
+            Some(Outcome::LimitExceeded {
+                metric,
+                limit,
+                total,
+            }) => Err(limit_error(metric, limit, total)),
+            Some(Outcome::TenantGone) | None => Err(ApiError::unauthenticated("tenant not found")),
+        }
+    }
+
+    /// TrackBatch: one result per event; a bad event sinks only itself.
+    pub async fn track_batch(
+        &self,
+        tenant_id: Uuid,
+        inputs: Vec<EventInput>,
+    ) -> Result<Vec<TrackResult>, ApiError> {
+        if inputs.is_empty() || inputs.len() > rules::MAX_BATCH {
+            return Err(ApiError::validation(vec![FieldViolation {
+                field: "events".into(),
+                description: format!("must hold 1 to {} events", rules::MAX_BATCH),
+            }]));
+        }
+        let now = Utc::now();
+        let mut results: Vec<Option<TrackResult>> = Vec::with_capacity(inputs.len());
+        let mut pending = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            match rules::validate(input, now) {
+                Ok(event) => {
+                    results.push(None);
+                    pending.push(Pending {
+                        id: Uuid::now_v7(),
+                        tenant_id,
+                        event,
+                    });
+                }
+                Err(violation) => results.push(Some(TrackResult::Rejected(violation))),
+            }
+        }
+        let mut outcomes = if pending.is_empty() {
+            Vec::new()
+        } else {
+            self.ingest.submit(pending).await?
+        }
+        .into_iter();
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| match outcomes.next() {
+                    Some(Outcome::Accepted(e)) => TrackResult::Accepted(e),
+                    Some(Outcome::Duplicate(e)) => TrackResult::Duplicate(e),
+                    Some(Outcome::LimitExceeded {
+                        metric,
+                        limit,
+                        total,
+                    }) => TrackResult::Rejected(FieldViolation {
+                        field: "value".into(),
+                        description: limit_error(metric, limit, total).message,
+                    }),
+                    Some(Outcome::TenantGone) | None => TrackResult::Rejected(FieldViolation {
+                        field: String::new(),
+                        description: "tenant not found".into(),
+                    }),
+                })
+            })
+            .collect())
+    }
+
+    /// Usage in the tenant's current billing period.
+    pub async fn current(&self, tenant_id: Uuid) -> Result<PeriodUsage, ApiError> {
+        let tenant = self.tenants.get(tenant_id).await?;
+        let tz: Tz = tenant.time_zone.parse().unwrap_or(Tz::UTC);
+        let period = rules::billing_period(Utc::now(), tz);
+        let totals = repo::month_totals(self.db.pool(), tenant_id, period.0).await?;
+        Ok(PeriodUsage::new(
+            period,
+            |m| totals.get(&m).copied().unwrap_or(0.0),
+            super::tenants::limits(&tenant),
+        ))
+    }
+
+    /// Current-period usage of several tenants (the dashboard).
+    pub async fn current_many(
+        &self,
+        tenants: &[tenant::Model],
+    ) -> Result<Vec<PeriodUsage>, ApiError> {
+        let now = Utc::now();
+        let periods: Vec<(DateTime<Utc>, DateTime<Utc>)> = tenants
+            .iter()
+            .map(|t| rules::billing_period(now, t.time_zone.parse().unwrap_or(Tz::UTC)))
+            .collect();
+        let keys: Vec<(Uuid, DateTime<Utc>)> = tenants
+            .iter()
+            .zip(&periods)
+            .map(|(t, p)| (t.id, p.0))
+            .collect();
+        let totals = repo::month_totals_many(self.db.pool(), &keys).await?;
+        Ok(tenants
+            .iter()
+            .zip(periods)
+            .map(|(t, period)| {
+                PeriodUsage::new(
+                    period,
+                    |m| totals.get(&(t.id, m)).copied().unwrap_or(0.0),
+                    super::tenants::limits(t),
+                )
+            })
+            .collect())
+    }
+
+    /// Hourly, daily and monthly rollups. Without a range: the last 24
+    /// hours, the last 30 days and the last 12 months.
+    pub async fn summary(
+        &self,
+        tenant_id: Uuid,
+        start: Option<DateTime<Utc>>,
+        end: Option<DateTime<Utc>>,
+    ) -> Result<Summary, ApiError> {
+        let now = Utc::now();
+        let end = end.unwrap_or(now);
+        if let Some(start) = start {
+            if start >= end {
+                return Err(ApiError::validation(vec![FieldViolation {
+                    field: "start".into(),
+                    description: "must be before end".into(),
+                }]));
+            }
+            if end - start > chrono::Duration::days(400) {
+                return Err(ApiError::validation(vec![FieldViolation {
+                    field: "start".into(),
+                    description: "the range may span at most 400 days".into(),
+                }]));
+            }
+        }
+        let from = |default: chrono::Duration| start.unwrap_or(end - default);
+        let pool = self.db.pool();
+        Ok(Summary {
+            hourly: repo::rollups(
+                pool,
+                tenant_id,
+                Granularity::Hour,
+                from(chrono::Duration::hours(24)),
+                end,
+            )
+            .await?,
+            daily: repo::rollups(
+                pool,
+                tenant_id,
+                Granularity::Day,
+                from(chrono::Duration::days(30)),
+                end,
+            )
+            .await?,
+            monthly: repo::rollups(
+                pool,
+                tenant_id,
+                Granularity::Month,
+                from(chrono::Duration::days(366)),
+                end,
+            )
+            .await?,
+        })
+    }
+
+    /// A page of events, newest first, and the cursor of the next page.
+    pub async fn events(
+        &self,
+        tenant_id: Uuid,
+        limit: i32,
+        cursor: &str,
+    ) -> Result<(Vec<StoredEvent>, Option<String>), ApiError> {
+        let limit = match limit {
+            0 => DEFAULT_EVENTS_PAGE,
+            l if (1..=MAX_EVENTS_PAGE as i32).contains(&l) => i64::from(l),
+            _ => {
+                return Err(ApiError::validation(vec![FieldViolation {
+                    field: "limit".into(),
+                    description: format!("must be between 1 and {MAX_EVENTS_PAGE}"),
+                }]));
+            }
+        };
+        let after = if cursor.is_empty() {
+            None
+        } else {
+            Some(decode_cursor(cursor)?)
+        };
+        let mut page = repo::events_page(self.db.pool(), tenant_id, after, limit + 1).await?;
+        let next = if page.len() as i64 > limit {
+            page.truncate(limit as usize);
+            page.last().map(|e| encode_cursor(e.occurred_at, e.id))
+        } else {
+            None
+        };
+        Ok((page, next))
+    }
+}
+
+fn limit_error(metric: Metric, limit: f64, total: f64) -> ApiError {
+    ApiError::new(
+        ErrorCode::FailedPrecondition,
+        format!(
+            "plan limit reached: {} is at {total} of {limit} this billing period",
+            metric.as_str()
+        ),
+    )
+    .with_reason("PLAN_LIMIT_EXCEEDED")
+}
+
+fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}:{id}", at.timestamp_micros()))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+    let bad = || ApiError::bad_field("cursor", "is not a cursor this API returned");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let (micros, id) = text.split_once(':').ok_or_else(bad)?;
+    let at = micros
+        .parse()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(bad)?;
+    Ok((at, id.parse().map_err(|_| bad())?))
+}
+
+/// Partition upkeep and key pruning, every [`MAINTENANCE_EVERY`] until
+/// `stop`: day partitions from the late window to a week ahead exist, those
+/// older than `retention_days` are dropped, idempotency keys expire.
+pub async fn run_maintenance(db: Db, retention_days: u32, stop: CancellationToken) {
+    loop {
+        if let Err(err) = maintain(&db, retention_days).await {
+            tracing::warn!(error = %err, "usage maintenance failed; retrying later");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(MAINTENANCE_EVERY) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+pub const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
+
+pub async fn maintain(db: &Db, retention_days: u32) -> Result<(), sqlx::Error> {
+    let today = Utc::now().date_naive();
+    let first = today - chrono::Duration::days(2);
+    repo::ensure_partitions(db.pool(), first, today + chrono::Duration::days(7)).await?;
+    let dropped = repo::drop_partitions(
+        db.pool(),
+        today - chrono::Duration::days(i64::from(retention_days)),
+    )
+    .await?;
+    if !dropped.is_empty() {
+        tracing::info!(partitions = ?dropped, "dropped usage partitions past retention");
+    }
+    repo::prune_keys(db.pool(), Utc::now() - rules::IDEMPOTENCY_RETENTION).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        let id = Uuid::now_v7();
+        assert_eq!(decode_cursor(&encode_cursor(at, id)).unwrap(), (at, id));
+        assert!(decode_cursor("not-a-cursor").is_err());
+    }
+}

@@ -1,0 +1,522 @@
+//! MeteringService over REST and gRPC: tracking, batches, idempotency,
+//! exact plan limits across replicas, billing periods, rollups, events.
+
+use chrono::{DateTime, Duration, Utc};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tenlyr::{
+    domain::usage::{Metric, NewEvent},
+    proto::v1::{self, metering_service_client::MeteringServiceClient},
+    storage::{
+        Db,
+        usage::{self, Outcome, Pending},
+    },
+};
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, assert_error_body, json, provision, with_key};
+
+async fn call(
+    app: &TestApp,
+    key: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = app.http.request(method, app.url(path)).bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    json(request.send().await.unwrap()).await
+}
+
+async fn track(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
+    call(app, key, Method::POST, "/api/v1/usage/track", Some(body)).await
+}
+
+async fn metrics(app: &TestApp, key: &str) -> Value {
+    let (status, body) = call(app, key, Method::GET, "/api/v1/usage/metrics", None).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn track_returns_the_documented_event_and_counts_it() {
+    let app = TestApp::spawn().await;
+    let (tenant, key) = provision(&app, "meter@one.test", "growth", "UTC").await;
+    let (status, event) = track(
+        &app,
+        &key,
+        json!({"metric": "api_call", "value": 1, "endpoint": "/v1/orders", "statusCode": 201}),
+    )
+    .await;
+    assert_eq!(status, 200, "{event}");
+    assert_eq!(event["tenantId"], tenant);
+    assert_eq!(event["metric"], "api_call");
+    assert_eq!(event["value"], 1.0);
+    assert_eq!(event["endpoint"], "/v1/orders");
+    assert_eq!(event["statusCode"], 201);
+    assert_eq!(event["idempotencyKey"], Value::Null);
+    assert!(event["id"].as_str().unwrap().parse::<Uuid>().is_ok());
+    assert!(event["timestamp"].as_str().unwrap().ends_with('Z'));
+
+    let (status, _) = track(&app, &key, json!({"metric": "storage_gb", "value": 2.5})).await;
+    assert_eq!(status, 200);
+    let (status, _) = track(
+        &app,
+        &key,
+        json!({"metric": "USAGE_METRIC_SEATS", "value": 3}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let m = metrics(&app, &key).await;
+    assert_eq!(m["tenantId"], tenant);
+    assert_eq!(m["apiCalls"], "1");
+    assert_eq!(m["storageGb"], 2.5);
+    assert_eq!(m["seats"], "3");
+    assert_eq!(m["compute"], "0");
+    assert_eq!(m["apiCallLimit"], "100000");
+
+    // The dashboard shows the same usage.
+    let (status, page) = json(
+        app.admin(Method::GET, "/api/v1/tenants/dashboard")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let row = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == tenant)
+        .unwrap()
+        .clone();
+    assert_eq!(row["apiCalls"], "1", "{row}");
+    assert_eq!(row["storageGb"], 2.5);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_naming_the_field() {
+    let app = TestApp::spawn().await;
+    let (_, key) = provision(&app, "meter@bad.test", "growth", "UTC").await;
+    let future = (Utc::now() + Duration::hours(2)).to_rfc3339();
+    let old = (Utc::now() - Duration::hours(30)).to_rfc3339();
+    for (body, field) in [
+        (json!({"metric": "api_call", "value": 0}), "value"),
+        (json!({"metric": "api_call", "value": -3}), "value"),
+        (json!({"metric": "api_call", "value": 1.5}), "value"),
+        (json!({"value": 1}), "metric"),
+        (
+            json!({"metric": "api_call", "value": 1, "idempotencyKey": "has spaces"}),
+            "idempotencyKey",
+        ),
+        (
+            json!({"metric": "api_call", "value": 1, "timestamp": future}),
+            "timestamp",
+        ),
+        (
+            json!({"metric": "api_call", "value": 1, "timestamp": old}),
+            "timestamp",
+        ),
+        (
+            json!({"metric": "api_call", "value": 1, "statusCode": 42}),
+            "statusCode",
+        ),
+    ] {
+        let (status, reply) = track(&app, &key, body.clone()).await;
+        assert_eq!(status, 422, "{body} → {reply}");
+        assert_error_body(&reply, 422, "Unprocessable Entity");
+        assert!(
+            reply["message"].as_str().unwrap().contains(field),
+            "{body} → {reply}"
+        );
+    }
+    // Not JSON the proto accepts: 400.
+    let (status, reply) = track(&app, &key, json!({"metric": "bananas", "value": 1})).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("metric"),
+        "{reply}"
+    );
+    // An admin key is the wrong scope.
+    let (status, _) = track(
+        &app,
+        &app.admin_key,
+        json!({"metric": "api_call", "value": 1}),
+    )
+    .await;
+    assert_eq!(status, 403);
+    // Nothing above was counted.
+    assert_eq!(metrics(&app, &key).await["apiCalls"], "0");
+}
+
+#[tokio::test]
+async fn concurrent_tracks_are_counted_exactly_and_retries_once() {
+    let app = TestApp::spawn().await;
+    let (_, key) = provision(&app, "meter@exact.test", "growth", "UTC").await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (http, url, key) = (
+            app.http.clone(),
+            app.url("/api/v1/usage/track"),
+            key.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            // Every event is sent twice with the same key, as a retry would.
+            let body = json!({"metric": "api_call", "value": 1, "idempotencyKey": format!("req-{}", i % 100)});
+            let r = http.post(&url).bearer_auth(&key).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let event: Value = r.json().await.unwrap();
+            (status, event["id"].as_str().unwrap().to_owned(), i % 100)
+        }));
+    }
+    let mut ids = std::collections::HashMap::new();
+    for task in tasks {
+        let (status, id, k) = task.await.unwrap();
+        assert_eq!(status, 200);
+        // Both sends of one key return the same event.
+        assert_eq!(ids.entry(k).or_insert_with(|| id.clone()), &id);
+    }
+    assert_eq!(metrics(&app, &key).await["apiCalls"], "100");
+    let (status, events) = call(
+        &app,
+        &key,
+        Method::GET,
+        "/api/v1/usage/events?limit=1000",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(events.as_array().unwrap().len(), 100);
+}
+
+#[tokio::test]
+async fn batches_report_each_event_and_one_bad_event_sinks_only_itself() {
+    let app = TestApp::spawn().await;
+    let (_, key) = provision(&app, "meter@batch.test", "growth", "UTC").await;
+    let events = json!([
+        {"metric": "api_call", "value": 1, "idempotencyKey": "a"},
+        {"metric": "api_call", "value": 0},
+        {"metric": "compute", "value": 7},
+        {"metric": "api_call", "value": 1, "idempotencyKey": "a"},
+    ]);
+    let (status, reply) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v1/usage/track/batch",
+        Some(json!({"events": events})),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        (
+            reply["accepted"].as_i64(),
+            reply["duplicates"].as_i64(),
+            reply["rejected"].as_i64()
+        ),
+        (Some(2), Some(1), Some(1))
+    );
+    let results = reply["results"].as_array().unwrap();
+    assert_eq!(results[0]["outcome"], "accepted");
+    assert_eq!(results[1]["outcome"], "rejected");
+    assert_eq!(results[1]["field"], "value");
+    assert_eq!(results[1]["index"], 1);
+    assert_eq!(results[2]["event"]["metric"], "compute");
+    assert_eq!(results[3]["outcome"], "duplicate");
+    assert_eq!(results[3]["event"]["id"], results[0]["event"]["id"]);
+
+    // The same key in a later batch is still a duplicate.
+    let (_, again) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v1/usage/track/batch",
+        Some(json!({"events": [{"metric": "api_call", "value": 1, "idempotencyKey": "a"}]})),
+    )
+    .await;
+    assert_eq!(again["results"][0]["outcome"], "duplicate");
+
+    let too_many: Vec<Value> = (0..1001)
+        .map(|_| json!({"metric": "api_call", "value": 1}))
+        .collect();
+    let (status, reply) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v1/usage/track/batch",
+        Some(json!({"events": too_many})),
+    )
+    .await;
+    assert_eq!(status, 422, "{reply}");
+    assert!(reply["message"].as_str().unwrap().contains("events"));
+
+    let m = metrics(&app, &key).await;
+    assert_eq!(
+        (m["apiCalls"].as_str(), m["compute"].as_str()),
+        (Some("1"), Some("7"))
+    );
+}
+
+#[tokio::test]
+async fn the_plan_limit_holds_exactly_across_two_replicas() {
+    let (a, b) = TestApp::spawn_pair().await;
+    let (tenant, key) = provision(&a, "meter@limit.test", "starter", "UTC").await;
+    // 990 of the starter plan's 1,000 calls.
+    let fill: Vec<Value> = (0..990)
+        .map(|_| json!({"metric": "api_call", "value": 1}))
+        .collect();
+    let (status, reply) = call(
+        &a,
+        &key,
+        Method::POST,
+        "/api/v1/usage/track/batch",
+        Some(json!({"events": fill})),
+    )
+    .await;
+    assert_eq!((status, reply["accepted"].as_i64()), (200, Some(990)));
+
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let (http, url, key) = (
+            app.http.clone(),
+            app.url("/api/v1/usage/track"),
+            key.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(&url)
+                .bearer_auth(&key)
+                .json(&json!({"metric": "api_call", "value": 1}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }));
+    }
+    let (mut ok, mut over) = (0, 0);
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        match status {
+            200 => ok += 1,
+            400 => {
+                assert_eq!(body["reason"], "PLAN_LIMIT_EXCEEDED", "{body}");
+                assert_error_body(&body, 400, "Bad Request");
+                over += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!((ok, over), (10, 50));
+    assert_eq!(metrics(&b, &key).await["apiCalls"], "1000");
+
+    // gRPC sees the same limit.
+    let mut client = MeteringServiceClient::new(b.channel().await);
+    let request = v1::TrackRequest {
+        metric: v1::UsageMetric::ApiCall as i32,
+        value: 1.0,
+        ..Default::default()
+    };
+    let err = client
+        .track(with_key(request.clone(), &key))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    // A plan change applies at once.
+    let (status, _) = json(
+        a.admin(Method::PATCH, &format!("/api/v1/tenants/{tenant}/plan"))
+            .json(&json!({"plan": "growth"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let event = client
+        .track(with_key(request, &key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(event.tenant_id, tenant);
+    let usage = client
+        .get_metrics(with_key(v1::GetMetricsRequest {}, &key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (usage.api_calls, usage.api_call_limit),
+        (1001, Some(100_000))
+    );
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+fn pending(tenant: Uuid, when: &str, key: Option<&str>) -> Pending {
+    Pending {
+        id: Uuid::now_v7(),
+        tenant_id: tenant,
+        event: NewEvent {
+            metric: Metric::ApiCall,
+            value: 1.0,
+            endpoint: None,
+            idempotency_key: key.map(str::to_owned),
+            occurred_at: at(when),
+            status_code: None,
+        },
+    }
+}
+
+/// Periods are calendar months in the tenant's zone. Events are committed
+/// straight through the storage layer because the API only accepts
+/// timestamps from the last 24 hours.
+#[tokio::test]
+async fn a_new_month_in_the_tenant_time_zone_starts_from_zero() {
+    let app = TestApp::spawn().await;
+    let (tenant, key) = provision(&app, "meter@tokyo.test", "starter", "Asia/Tokyo").await;
+    let tenant: Uuid = tenant.parse().unwrap();
+    let db = Db::connect(&app.db.url, 2).unwrap();
+    usage::ensure_partitions(
+        db.pool(),
+        at("2026-02-27T00:00:00Z").date_naive(),
+        at("2026-03-02T00:00:00Z").date_naive(),
+    )
+    .await
+    .unwrap();
+    // 1,000 calls on February 28th, 23:00 Tokyo time (14:00 UTC).
+    let february: Vec<Pending> = (0..1000)
+        .map(|_| pending(tenant, "2026-02-28T14:00:00Z", None))
+        .collect();
+    let (outcomes, _) = usage::commit(db.pool(), &february).await.unwrap();
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Accepted(_))));
+    let (outcomes, totals) = usage::commit(
+        db.pool(),
+        &[
+            // 23:59 on February 28th in Tokyo: over the limit.
+            pending(tenant, "2026-02-28T14:59:00Z", None),
+            // 00:01 on March 1st in Tokyo (still February in UTC): a new period.
+            pending(tenant, "2026-02-28T15:01:00Z", None),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(outcomes[0], Outcome::LimitExceeded { total, .. } if total == 1000.0),
+        "{outcomes:?}"
+    );
+    assert!(matches!(outcomes[1], Outcome::Accepted(_)), "{outcomes:?}");
+    assert_eq!(totals.len(), 1);
+    assert_eq!(
+        (totals[0].period_start, totals[0].total),
+        (at("2026-02-28T15:00:00Z"), 1.0)
+    );
+
+    // The summary's monthly buckets start at Tokyo midnight.
+    let path = "/api/v1/usage/summary?start=2026-02-01T00:00:00Z&end=2026-03-05T00:00:00Z";
+    let (status, summary) = call(&app, &key, Method::GET, path, None).await;
+    assert_eq!(status, 200, "{summary}");
+    let monthly: Vec<(&str, f64)> = summary["monthly"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["bucketStart"].as_str().unwrap(),
+                r["total"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(monthly, [("2026-02-28T15:00:00Z", 1.0)], "{summary}");
+    let daily = summary["daily"].as_array().unwrap();
+    assert_eq!(daily[0]["bucketStart"], "2026-02-27T15:00:00Z");
+    assert_eq!(daily[0]["events"], "1000");
+    let hourly = summary["hourly"].as_array().unwrap();
+    assert_eq!(hourly.len(), 2, "{summary}");
+    db.close().await;
+}
+
+#[tokio::test]
+async fn events_page_newest_first_with_a_cursor() {
+    let app = TestApp::spawn().await;
+    let (_, key) = provision(&app, "meter@pages.test", "growth", "UTC").await;
+    for i in 0..5 {
+        let ts = (Utc::now() - Duration::minutes(10 - i)).to_rfc3339();
+        let (status, _) = track(
+            &app,
+            &key,
+            json!({"metric": "compute", "value": i + 1, "timestamp": ts}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let r = app
+        .http
+        .get(app.url("/api/v1/usage/events?limit=3"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let cursor = r.headers()["x-next-cursor"].to_str().unwrap().to_owned();
+    let first: Value = r.json().await.unwrap();
+    let values: Vec<f64> = first
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, [5.0, 4.0, 3.0]);
+    let r = app
+        .http
+        .get(app.url(&format!("/api/v1/usage/events?limit=3&cursor={cursor}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("x-next-cursor").is_none());
+    let second: Value = r.json().await.unwrap();
+    assert_eq!(second.as_array().unwrap().len(), 2);
+
+    for bad in ["limit=1001", "limit=-1"] {
+        let (status, _) = call(
+            &app,
+            &key,
+            Method::GET,
+            &format!("/api/v1/usage/events?{bad}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 422, "{bad}");
+    }
+    let (status, _) = call(
+        &app,
+        &key,
+        Method::GET,
+        "/api/v1/usage/events?cursor=zzz",
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // gRPC: the same page and cursor.
+    let mut client = MeteringServiceClient::new(app.channel().await);
+    let page = client
+        .list_events(with_key(
+            v1::ListEventsRequest {
+                limit: 3,
+                cursor: String::new(),
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.events.len(), 3);
+    assert_eq!(page.next_cursor.as_deref(), Some(cursor.as_str()));
+}
