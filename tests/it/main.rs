@@ -3,6 +3,7 @@
 
 mod auth;
 mod contract;
+mod durability;
 mod helpers;
 mod metering;
 mod operations;

@@ -1,0 +1,208 @@
+//! Nothing acknowledged is lost: a real `tenlyr serve` process under load is
+//! killed with SIGKILL, restarted, and every acknowledged event is there,
+//! counted once.
+
+use std::{
+    collections::HashMap,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use sqlx::Row;
+use tokio::process::{Child, Command};
+
+use crate::helpers::{PEPPER, TestDb, create_admin_key};
+
+struct Process {
+    child: Child,
+    base: String,
+}
+
+async fn start(db: &TestDb, data_dir: &std::path::Path) -> Process {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_tenlyr"))
+        .arg("serve")
+        .env("DATABASE_URL", &db.url)
+        .env("TENLYR_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TENLYR_KEY_PEPPER", PEPPER)
+        .env("TENLYR_DATA_DIR", data_dir)
+        .env("TENLYR_LOG", "warn")
+        .env_remove("REDIS_URL")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tenlyr serve starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return Process { child, base };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("tenlyr serve did not become ready");
+}
+
+#[tokio::test]
+async fn acknowledged_events_survive_sigkill_and_count_once() {
+    let db = TestDb::migrated().await;
+    let admin = create_admin_key(&db.url, "kill-test").await;
+    let data_dir = std::env::temp_dir().join(format!("tenlyr-kill-{}", uuid::Uuid::new_v4()));
+    let mut server = start(&db, &data_dir).await;
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("{}/api/v1/tenants", server.base))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "Kill Test", "ownerEmail": "kill@test.test", "plan": "scale"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["apiKey"].as_str().unwrap().to_owned();
+    let tenant = created["tenant"]["id"].as_str().unwrap().to_owned();
+
+    // Eight clients send singles and batches of 20 until the server dies.
+    let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (http, key, base, acked) = (
+            http.clone(),
+            key.clone(),
+            server.base.clone(),
+            acked.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            for n in 0..100_000 {
+                let idem = |i: usize| format!("c{c}-n{n}-{i}");
+                let result = if n % 2 == 0 {
+                    http.post(format!("{base}/api/v1/usage/track"))
+                        .bearer_auth(&key)
+                        .json(&json!({"metric": "api_call", "value": 1, "idempotencyKey": idem(0)}))
+                        .send()
+                        .await
+                } else {
+                    let events: Vec<Value> = (0..20)
+                        .map(|i| json!({"metric": "api_call", "value": 1, "idempotencyKey": idem(i)}))
+                        .collect();
+                    http.post(format!("{base}/api/v1/usage/track/batch"))
+                        .bearer_auth(&key)
+                        .json(&json!({"events": events}))
+                        .send()
+                        .await
+                };
+                let Ok(response) = result else { return };
+                if response.status() != 200 {
+                    return;
+                }
+                let Ok(body) = response.json::<Value>().await else { return };
+                let mut acked = acked.lock().unwrap();
+                if n % 2 == 0 {
+                    acked.insert(idem(0), body["id"].as_str().unwrap().to_owned());
+                } else {
+                    for r in body["results"].as_array().unwrap() {
+                        assert_eq!(r["outcome"], "accepted", "{r}");
+                        let i = r["index"].as_u64().unwrap() as usize;
+                        acked.insert(idem(i), r["event"]["id"].as_str().unwrap().to_owned());
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.child.start_kill().unwrap(); // SIGKILL
+    server.child.wait().await.unwrap();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(
+        acked.len() > 100,
+        "the load ran ({} acknowledged)",
+        acked.len()
+    );
+
+    // Every acknowledged event is stored, once, and counted once.
+    let mut conn = db.connect().await;
+    let rows = sqlx::query(
+        "SELECT id::text AS id, idempotency_key FROM usage_events WHERE tenant_id = $1::uuid",
+    )
+    .bind(&tenant)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let stored: HashMap<String, String> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<String, _>("idempotency_key"),
+                r.get::<String, _>("id"),
+            )
+        })
+        .collect();
+    assert_eq!(stored.len(), rows.len(), "no key stored twice");
+    for (idem, id) in &acked {
+        assert_eq!(
+            stored.get(idem),
+            Some(id),
+            "acknowledged event {idem} is stored"
+        );
+    }
+    let counted: f64 = sqlx::query_scalar(
+        "SELECT COALESCE(sum(total), 0) FROM usage_rollups WHERE tenant_id = $1::uuid AND granularity = 'month'",
+    )
+    .bind(&tenant)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        counted as usize,
+        rows.len(),
+        "the counter matches the events"
+    );
+
+    // After a restart, resending the acknowledged events changes nothing.
+    let mut server = start(&db, &data_dir).await;
+    let sample: Vec<Value> = acked
+        .keys()
+        .take(500)
+        .map(|k| json!({"metric": "api_call", "value": 1, "idempotencyKey": k}))
+        .collect();
+    let reply: Value = http
+        .post(format!("{}/api/v1/usage/track/batch", server.base))
+        .bearer_auth(&key)
+        .json(&json!({"events": sample}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        reply["duplicates"].as_u64(),
+        Some(acked.len().min(500) as u64),
+        "{reply}"
+    );
+    let metrics: Value = http
+        .get(format!("{}/api/v1/usage/metrics", server.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metrics["apiCalls"], rows.len().to_string());
+    server.child.start_kill().unwrap();
+    let _ = server.child.wait().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
