@@ -10,79 +10,27 @@
 //!   over many calls, and end to end: the same authenticated GET against
 //!   `/healthz` (same server, no auth work).
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+mod common;
 
-use sqlx::{Connection, Executor};
-use tenlyr::{
-    app::Server,
-    config::{ServeConfig, StorageConfig},
-    domain::keys::KeyHasher,
-    service::keys::KeyResolver,
-    storage::{Db, admin_keys, migrate, redis::Redis},
-};
+use std::{sync::Arc, time::Instant};
 
-const PEPPER: &str = "benchmark-pepper-0123456789";
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn report(name: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    println!(
-        "{name:<48} n={:<6} p50={:>9.3} ms  p99={:>9.3} ms  max={:>9.3} ms",
-        samples.len(),
-        percentile(&samples, 0.50).as_secs_f64() * 1e3,
-        percentile(&samples, 0.99).as_secs_f64() * 1e3,
-        samples.last().unwrap().as_secs_f64() * 1e3,
-    );
-}
+use common::{Bench, PEPPER, report};
+use tenlyr::{domain::keys::KeyHasher, service::keys::KeyResolver, storage::redis::Redis};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let base =
-        std::env::var("BENCH_DATABASE_URL").expect("BENCH_DATABASE_URL (scripts/bench.sh sets it)");
-    let redis_url = std::env::var("BENCH_REDIS_URL").ok();
     let n: usize = std::env::var("BENCH_TENANTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
-
-    let db_name = format!("tenlyr_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&base).await?;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
-        .await?;
-    let url = format!("{}/{db_name}", base.rsplit_once('/').unwrap().0);
-    migrate::run(&url).await?;
-    let hasher = KeyHasher::new(PEPPER.as_bytes());
-    let db = Db::connect(&url, 2)?;
-    let admin_key = admin_keys::create(db.app(), &hasher, "bench").await?;
-
-    let config = ServeConfig {
-        listen: "127.0.0.1:0".parse()?,
-        redis_url: redis_url.clone(),
-        max_body_bytes: 1 << 20,
-        shutdown_grace_secs: 5,
-        usage_retention_days: 90,
-        storage: StorageConfig {
-            database_url: Some(url.clone()),
-            data_dir: "/nonexistent".into(),
-            key_pepper: Some(PEPPER.into()),
-            db_pool_size: 16,
-        },
-    };
-    let server = Server::bind(&config, &url).await?;
-    let addr = server.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
+    let bench = Bench::start().await?;
+    let (db, base_url, admin_key, redis_url) = (
+        bench.db.clone(),
+        bench.base_url.clone(),
+        bench.admin_key.clone(),
+        bench.redis_url.clone(),
+    );
     let http = reqwest::Client::new();
-    let base_url = format!("http://{addr}");
     println!(
         "tenlyr tenant benchmark: {n} tenants, redis: {}",
         redis_url.is_some()
@@ -196,13 +144,5 @@ async fn main() -> anyhow::Result<()> {
         report(name, samples);
     }
 
-    let _ = stop.send(());
-    running.await??;
-    db.close().await;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {db_name} WITH (FORCE)"
-        )))
-        .await?;
-    Ok(())
+    bench.finish().await
 }

@@ -1,0 +1,108 @@
+//! What the benchmarks share: a private database with one server on a free
+//! loopback port, and the latency report.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use sqlx::{Connection, Executor};
+use tenlyr::{
+    app::Server,
+    config::{ServeConfig, StorageConfig},
+    domain::keys::KeyHasher,
+    storage::{Db, admin_keys, migrate},
+};
+
+pub const PEPPER: &str = "benchmark-pepper-0123456789";
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+pub fn report(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "{name:<48} n={:<6} p50={:>9.3} ms  p99={:>9.3} ms  max={:>9.3} ms",
+        samples.len(),
+        percentile(&samples, 0.50).as_secs_f64() * 1e3,
+        percentile(&samples, 0.99).as_secs_f64() * 1e3,
+        samples.last().unwrap().as_secs_f64() * 1e3,
+    );
+}
+
+/// A fresh database (dropped by [`Bench::finish`]) and a server on it.
+pub struct Bench {
+    pub db: Db,
+    pub url: String,
+    pub base_url: String,
+    pub admin_key: String,
+    pub redis_url: Option<String>,
+    db_name: String,
+    admin: sqlx::PgConnection,
+    stop: tokio::sync::oneshot::Sender<()>,
+    running: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Bench {
+    /// Reads BENCH_DATABASE_URL / BENCH_REDIS_URL (scripts/bench.sh sets
+    /// them).
+    pub async fn start() -> anyhow::Result<Self> {
+        let base = std::env::var("BENCH_DATABASE_URL")
+            .expect("BENCH_DATABASE_URL (scripts/bench.sh sets it)");
+        let redis_url = std::env::var("BENCH_REDIS_URL").ok();
+        let db_name = format!("tenlyr_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&base).await?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .await?;
+        let url = format!("{}/{db_name}", base.rsplit_once('/').unwrap().0);
+        migrate::run(&url).await?;
+        let db = Db::connect(&url, 2)?;
+        let admin_key =
+            admin_keys::create(db.app(), &KeyHasher::new(PEPPER.as_bytes()), "bench").await?;
+        let config = ServeConfig {
+            listen: "127.0.0.1:0".parse()?,
+            redis_url: redis_url.clone(),
+            max_body_bytes: 1 << 20,
+            shutdown_grace_secs: 5,
+            usage_retention_days: 90,
+            storage: StorageConfig {
+                database_url: Some(url.clone()),
+                data_dir: "/nonexistent".into(),
+                key_pepper: Some(PEPPER.into()),
+                db_pool_size: 16,
+            },
+        };
+        let server = Server::bind(&config, &url).await?;
+        let base_url = format!("http://{}", server.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            db,
+            url,
+            base_url,
+            admin_key,
+            redis_url,
+            db_name,
+            admin,
+            stop,
+            running,
+        })
+    }
+
+    /// Stops the server and drops the database.
+    pub async fn finish(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.running.await??;
+        self.db.close().await;
+        self.admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE {} WITH (FORCE)",
+                self.db_name
+            )))
+            .await?;
+        Ok(())
+    }
+}
