@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 use common::{Bench, report};
 use serde_json::{Value, json};
 use sqlx::Connection;
+use tenlyr::{
+    domain::usage::{Metric, NewEvent},
+    storage::usage::{self, Pending},
+};
 
 /// Seconds per phase (BENCH_SECONDS).
 fn phase() -> Duration {
@@ -157,6 +161,40 @@ async fn main() -> anyhow::Result<()> {
         elapsed,
     );
     report("  latency per batch call", samples);
+
+    // The storage layer alone (no HTTP, JSON or queue): where the time of
+    // a batch goes.
+    let (samples, events, elapsed) = load(clients, {
+        let (db, tenants) = (bench.db.clone(), tenants.clone());
+        move |c, n| {
+            let (db, tenant) = (db.clone(), tenants[c % tenants.len()].0.parse().unwrap());
+            async move {
+                let events: Vec<Pending> = (0..1000)
+                    .map(|i| Pending {
+                        id: uuid::Uuid::now_v7(),
+                        tenant_id: tenant,
+                        event: NewEvent {
+                            metric: Metric::ApiCall,
+                            value: 1.0,
+                            endpoint: Some("/v1/orders".into()),
+                            idempotency_key: Some(format!("d{c}-{n}-{i}")),
+                            occurred_at: chrono::Utc::now(),
+                            status_code: None,
+                        },
+                    })
+                    .collect();
+                usage::commit(db.pool(), &events).await.unwrap();
+                1000
+            }
+        }
+    })
+    .await;
+    rate(
+        &format!("storage commit only, 1,000 per commit, {clients} tasks"),
+        events,
+        elapsed,
+    );
+    report("  latency per commit", samples);
 
     // The anchor: COPY of the same rows, same chunks and parallelism, one
     // connection per client (as the server's pool has).

@@ -19,8 +19,9 @@ CREATE TABLE usage_events (
 -- tenant deletes its events explicitly.
 CREATE INDEX usage_events_tenant_time ON usage_events (tenant_id, occurred_at DESC, id DESC);
 
+-- No foreign key either, for the same reason; deleted with the tenant.
 CREATE TABLE usage_idempotency (
-    tenant_id uuid NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    tenant_id uuid NOT NULL,
     key text NOT NULL,
     event_id uuid NOT NULL,
     metric text NOT NULL,

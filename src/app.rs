@@ -13,6 +13,7 @@ use crate::{
     domain::keys::KeyHasher,
     service::{
         admin_keys::AdminKeys,
+        counters::LiveCounters,
         keys::KeyResolver,
         metering::{self, Ingest, IngestWorker, Metering},
         tenants::Tenants,
@@ -148,8 +149,9 @@ impl Server {
         if let Err(err) = metering::maintain(&db, config.usage_retention_days).await {
             tracing::warn!(error = %err, "creating usage partitions failed; ingestion retries");
         }
-        let (ingest_tx, ingest) = Ingest::new(db.clone());
-        let metering = Metering::new(db.clone(), ingest_tx, tenants.clone());
+        let counters = Arc::new(LiveCounters::new(redis.clone()));
+        let (ingest_tx, ingest) = Ingest::new(db.clone(), counters.clone());
+        let metering = Metering::new(db.clone(), ingest_tx, tenants.clone(), counters);
         let state = AppState {
             db,
             keys,

@@ -57,7 +57,7 @@ impl Bench {
             .await?;
         let url = format!("{}/{db_name}", base.rsplit_once('/').unwrap().0);
         migrate::run(&url).await?;
-        let db = Db::connect(&url, 2)?;
+        let db = Db::connect(&url, 8)?;
         let admin_key =
             admin_keys::create(db.app(), &KeyHasher::new(PEPPER.as_bytes()), "bench").await?;
         let config = ServeConfig {

@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::tenants::Tenants;
+use super::{counters::LiveCounters, tenants::Tenants};
 use crate::{
     domain::{
         tenant::PlanLimits,
@@ -36,7 +36,7 @@ pub const MAX_COMMIT: usize = 4000;
 pub const PARALLEL_COMMITS: usize = 4;
 /// Queued submissions before Track waits (backpressure).
 const QUEUE: usize = 16_384;
-const ATTEMPTS: usize = 5;
+const ATTEMPTS: usize = 10;
 
 pub const DEFAULT_EVENTS_PAGE: i64 = 100;
 pub const MAX_EVENTS_PAGE: i64 = 1000;
@@ -57,12 +57,13 @@ pub struct Ingest {
 pub struct IngestWorker {
     rx: mpsc::Receiver<Submission>,
     db: Db,
+    counters: Arc<LiveCounters>,
 }
 
 impl Ingest {
-    pub fn new(db: Db) -> (Self, IngestWorker) {
+    pub fn new(db: Db, counters: Arc<LiveCounters>) -> (Self, IngestWorker) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Self { tx }, IngestWorker { rx, db })
+        (Self { tx }, IngestWorker { rx, db, counters })
     }
 
     /// Commits `events`; resolves once they are durable (or rejected).
@@ -105,9 +106,9 @@ impl IngestWorker {
                     Err(_) => break,
                 }
             }
-            let db = self.db.clone();
+            let (db, counters) = (self.db.clone(), self.counters.clone());
             tokio::spawn(async move {
-                commit_group(&db, group).await;
+                commit_group(&db, &counters, group).await;
                 drop(permit);
             });
         }
@@ -116,18 +117,19 @@ impl IngestWorker {
     }
 }
 
-async fn commit_group(db: &Db, group: Vec<Submission>) {
+async fn commit_group(db: &Db, counters: &LiveCounters, group: Vec<Submission>) {
     let events: Vec<Pending> = group
         .iter()
         .flat_map(|s| s.events.iter().cloned())
         .collect();
     match commit_with_retry(db, &events).await {
-        Ok((outcomes, _totals)) => {
+        Ok((outcomes, totals)) => {
             let mut outcomes = outcomes.into_iter();
             for submission in group {
                 let mine = outcomes.by_ref().take(submission.events.len()).collect();
                 let _ = submission.reply.send(Ok(mine));
             }
+            counters.publish(&totals).await;
         }
         Err(err) => {
             let err = ApiError::from(err);
@@ -216,14 +218,16 @@ pub struct Metering {
     db: Db,
     ingest: Ingest,
     tenants: Tenants,
+    counters: Arc<LiveCounters>,
 }
 
 impl Metering {
-    pub fn new(db: Db, ingest: Ingest, tenants: Tenants) -> Self {
+    pub fn new(db: Db, ingest: Ingest, tenants: Tenants, counters: Arc<LiveCounters>) -> Self {
         Self {
             db,
             ingest,
             tenants,
+            counters,
         }
     }
 
@@ -310,7 +314,14 @@ impl Metering {
         let tenant = self.tenants.get(tenant_id).await?;
         let tz: Tz = tenant.time_zone.parse().unwrap_or(Tz::UTC);
         let period = rules::billing_period(Utc::now(), tz);
-        let totals = repo::month_totals(self.db.pool(), tenant_id, period.0).await?;
+        let totals = match self.counters.get(tenant_id, period.0).await {
+            Some(live) => live,
+            None => {
+                let stored = repo::month_totals(self.db.pool(), tenant_id, period.0).await?;
+                self.counters.rebuild(tenant_id, period.0, &stored).await;
+                stored
+            }
+        };
         Ok(PeriodUsage::new(
             period,
             |m| totals.get(&m).copied().unwrap_or(0.0),

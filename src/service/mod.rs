@@ -2,6 +2,7 @@
 //! invalidation, over `storage`. No transport types here.
 
 pub mod admin_keys;
+pub mod counters;
 pub mod keys;
 pub mod metering;
 pub mod tenants;

@@ -86,13 +86,16 @@ pub async fn update(
 
 /// Deletes the tenant; every tenant-owned table cascades from it.
 pub async fn delete(tx: &DatabaseTransaction, id: Uuid) -> Result<bool, DbErr> {
-    // Raw usage events carry no foreign key (see 0003_metering.sql).
-    tx.execute_raw(sea_orm::Statement::from_sql_and_values(
-        sea_orm::DatabaseBackend::Postgres,
-        "DELETE FROM usage_events WHERE tenant_id = $1",
-        [id.into()],
-    ))
-    .await?;
+    // Raw usage events and idempotency keys carry no foreign key (see
+    // 0003_metering.sql).
+    for table in ["usage_events", "usage_idempotency"] {
+        tx.execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Postgres,
+            format!("DELETE FROM {table} WHERE tenant_id = $1"),
+            [id.into()],
+        ))
+        .await?;
+    }
     Ok(tenant::Entity::delete_by_id(id)
         .exec(tx)
         .await?

@@ -76,7 +76,6 @@ pub async fn commit(
 ) -> Result<(Vec<Outcome>, Vec<MonthTotal>), sqlx::Error> {
     let mut tx = begin_platform(pool).await?;
     let tenants = lock_tenants(&mut tx, events).await?;
-    let existing = existing_keys(&mut tx, events).await?;
 
     // Month counters, locked in a fixed order (no deadlocks between
     // replicas that commit overlapping tenants).
@@ -88,6 +87,9 @@ pub async fn commit(
         }
     }
     lock_months(&mut tx, &mut months).await?;
+    // Read after the month locks: a commit of the same tenant and metric
+    // that held them has committed its keys by now, so they are seen here.
+    let existing = existing_keys(&mut tx, events).await?;
 
     let mut outcomes = Vec::with_capacity(events.len());
     let mut accepted: Vec<(&Pending, Tz)> = Vec::with_capacity(events.len());
@@ -352,18 +354,22 @@ async fn insert_events(
     Ok(())
 }
 
-/// Remembers the idempotency keys of accepted events. A key committed by a
-/// concurrent transaction makes this fail with a unique violation; the
-/// caller retries and then sees the key as a duplicate.
+/// Remembers the idempotency keys of accepted events, in key order (so two
+/// commits never wait on each other's keys crosswise). A key committed
+/// meanwhile by a commit of another metric makes this fail with a unique
+/// violation; the caller retries and then sees the key as a duplicate.
 async fn insert_keys(
     tx: &mut Transaction<'static, Postgres>,
     accepted: &[(&Pending, Tz)],
 ) -> Result<(), sqlx::Error> {
-    let keyed: Vec<&Pending> = accepted
+    let mut keyed: Vec<&Pending> = accepted
         .iter()
         .map(|(p, _)| *p)
         .filter(|p| p.event.idempotency_key.is_some())
         .collect();
+    keyed.sort_by(|a, b| {
+        (a.tenant_id, &a.event.idempotency_key).cmp(&(b.tenant_id, &b.event.idempotency_key))
+    });
     if keyed.is_empty() {
         return Ok(());
     }

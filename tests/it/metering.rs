@@ -170,6 +170,7 @@ async fn concurrent_tracks_are_counted_exactly_and_retries_once() {
             let r = http.post(&url).bearer_auth(&key).json(&body).send().await.unwrap();
             let status = r.status().as_u16();
             let event: Value = r.json().await.unwrap();
+            assert!(event["id"].is_string(), "{event}");
             (status, event["id"].as_str().unwrap().to_owned(), i % 100)
         }));
     }
@@ -519,4 +520,89 @@ async fn events_page_newest_first_with_a_cursor() {
         .into_inner();
     assert_eq!(page.events.len(), 3);
     assert_eq!(page.next_cursor.as_deref(), Some(cursor.as_str()));
+}
+
+/// With Redis, replicas share live counters; Redis losing them (a restart
+/// with no persistence) costs nothing: reads rebuild them from Postgres.
+#[tokio::test]
+async fn live_counters_are_shared_and_rebuilt_when_redis_forgets_them() {
+    use fred::prelude::*;
+    let (a, b) = TestApp::spawn_pair().await;
+    let (tenant, key) = provision(&a, "meter@redis.test", "growth", "America/New_York").await;
+    for _ in 0..3 {
+        assert_eq!(
+            track(&a, &key, json!({"metric": "api_call", "value": 2}))
+                .await
+                .0,
+            200
+        );
+    }
+    let m = metrics(&b, &key).await;
+    assert_eq!(m["apiCalls"], "6");
+    let redis = tenlyr::storage::redis::Redis::connect(&crate::helpers::redis_url())
+        .await
+        .unwrap();
+    let start: DateTime<Utc> = m["periodStart"].as_str().unwrap().parse().unwrap();
+    let hash = format!("tenlyr:usage:{tenant}:{}", start.timestamp());
+    let live: std::collections::HashMap<String, f64> = redis.client().hgetall(&hash).await.unwrap();
+    assert_eq!(live.get("api_call"), Some(&6.0), "{live:?}");
+    assert_eq!(live.len(), 4, "{live:?}");
+
+    // Redis forgets; the next commit publishes one metric only, the next
+    // read rebuilds the rest from Postgres.
+    let _: i64 = redis.client().del(&hash).await.unwrap();
+    assert_eq!(
+        track(&b, &key, json!({"metric": "seats", "value": 1}))
+            .await
+            .0,
+        200
+    );
+    let m = metrics(&a, &key).await;
+    assert_eq!(
+        (m["apiCalls"].as_str(), m["seats"].as_str()),
+        (Some("6"), Some("1"))
+    );
+    let live: std::collections::HashMap<String, f64> = redis.client().hgetall(&hash).await.unwrap();
+    assert_eq!(
+        (live.get("api_call"), live.len()),
+        (Some(&6.0), 4),
+        "{live:?}"
+    );
+    redis.quit().await;
+}
+
+/// Retention drops whole day partitions past the setting; rollups stay.
+#[tokio::test]
+async fn retention_drops_old_day_partitions_and_keeps_rollups() {
+    let app = TestApp::spawn().await;
+    let db = Db::connect(&app.db.url, 2).unwrap();
+    let today = Utc::now().date_naive();
+    let old = today - Duration::days(120);
+    usage::ensure_partitions(db.pool(), old, old).await.unwrap();
+    let mut conn = app.db.connect().await;
+    let before = partitions(&mut conn).await;
+    let old_name = format!("usage_events_{}", old.format("%Y%m%d"));
+    assert!(before.contains(&old_name), "{before:?}");
+    tenlyr::service::metering::maintain(&db, 90).await.unwrap();
+    let after = partitions(&mut conn).await;
+    assert!(!after.contains(&old_name), "{after:?}");
+    // Today and the week ahead exist.
+    for d in 0..7 {
+        let name = format!(
+            "usage_events_{}",
+            (today + Duration::days(d)).format("%Y%m%d")
+        );
+        assert!(after.contains(&name), "{name} in {after:?}");
+    }
+    db.close().await;
+}
+
+async fn partitions(conn: &mut sqlx::PgConnection) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = 'usage_events'::regclass ORDER BY 1",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap()
 }
