@@ -9,8 +9,9 @@
 //!   events/s and p50/p99 latency;
 //! - `POST /api/v1/usage/track/batch` with 1,000 events per call: events/s
 //!   and p50/p99 per call;
-//! - the anchor: plain `COPY` of the same rows into the same table, same
-//!   chunk size and parallelism, each chunk committed: rows/s.
+//! - the anchor: plain binary `COPY` of the same rows into the same day
+//!   partition, same chunk size and parallelism, each chunk committed
+//!   (as a superuser, nothing else in the transaction): rows/s.
 
 mod common;
 
@@ -21,7 +22,7 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 use tenlyr::{
     domain::usage::{Metric, NewEvent},
-    storage::usage::{self, Pending},
+    storage::usage::{self, Pending, StoredEvent},
 };
 
 /// Seconds per phase (BENCH_SECONDS).
@@ -89,6 +90,12 @@ where
     (samples, events, started.elapsed())
 }
 
+/// Whether to run `phase` (BENCH_PHASES: a comma list of single, batch,
+/// storage, copy; all by default).
+fn wanted(phase: &str) -> bool {
+    std::env::var("BENCH_PHASES").map_or(true, |v| v.split(',').any(|p| p == phase))
+}
+
 fn rate(name: &str, events: usize, elapsed: Duration) -> f64 {
     let per_sec = events as f64 / elapsed.as_secs_f64();
     println!(
@@ -97,6 +104,8 @@ fn rate(name: &str, events: usize, elapsed: Duration) -> f64 {
     );
     per_sec
 }
+
+type Tenants = Vec<(String, String)>;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -110,8 +119,33 @@ async fn main() -> anyhow::Result<()> {
         phase().as_secs(),
         bench.redis_url.is_some()
     );
+    if wanted("single") {
+        single(&bench, &http, &tenants).await;
+    }
+    let batched = if wanted("batch") {
+        Some(batch(&bench, &http, &tenants).await)
+    } else {
+        None
+    };
+    if wanted("storage") {
+        storage(&bench, &tenants).await;
+    }
+    let copy = if wanted("copy") {
+        Some(copy(&bench, &tenants).await?)
+    } else {
+        None
+    };
+    if let (Some(batched), Some(copy)) = (batched, copy) {
+        println!(
+            "batched ingest / raw COPY = {:.0} %",
+            batched / copy * 100.0
+        );
+    }
+    bench.finish().await
+}
 
-    // Single events over many connections.
+/// Single events over many connections.
+async fn single(bench: &Bench, http: &reqwest::Client, tenants: &Tenants) {
     let connections = 64;
     let url = format!("{}/api/v1/usage/track", bench.base_url);
     let (samples, events, elapsed) = load(connections, {
@@ -134,9 +168,11 @@ async fn main() -> anyhow::Result<()> {
         elapsed,
     );
     report("  latency per track", samples);
+}
 
-    // Batches of 1,000.
-    let clients = 8;
+/// Batches of 1,000 events, each with an idempotency key.
+async fn batch(bench: &Bench, http: &reqwest::Client, tenants: &Tenants) -> f64 {
+    let clients = CLIENTS;
     let url = format!("{}/api/v1/usage/track/batch", bench.base_url);
     let (samples, events, elapsed) = load(clients, {
         let (http, tenants) = (http.clone(), tenants.clone());
@@ -161,9 +197,16 @@ async fn main() -> anyhow::Result<()> {
         elapsed,
     );
     report("  latency per batch call", samples);
+    batched
+}
 
-    // The storage layer alone (no HTTP, JSON or queue): where the time of
-    // a batch goes.
+/// Concurrent batch clients, commit tasks and COPY connections.
+const CLIENTS: usize = 8;
+
+/// The storage layer alone (no HTTP, JSON or queue): where the time of a
+/// batch goes.
+async fn storage(bench: &Bench, tenants: &Tenants) {
+    let clients = CLIENTS;
     let (samples, events, elapsed) = load(clients, {
         let (db, tenants) = (bench.db.clone(), tenants.clone());
         move |c, n| {
@@ -195,32 +238,40 @@ async fn main() -> anyhow::Result<()> {
         elapsed,
     );
     report("  latency per commit", samples);
+}
 
-    // The anchor: COPY of the same rows, same chunks and parallelism, one
-    // connection per client (as the server's pool has).
+/// The anchor: binary COPY of the same rows into the same day partition,
+/// same chunks and parallelism, one connection per client.
+async fn copy(bench: &Bench, tenants: &Tenants) -> anyhow::Result<f64> {
+    let clients = CLIENTS;
     let started = Instant::now();
     let deadline = started + phase();
     let mut tasks = Vec::new();
     for (c, (tenant, _)) in tenants.iter().cycle().take(clients).enumerate() {
-        let (url, tenant) = (bench.url.clone(), tenant.clone());
+        let (url, tenant) = (bench.url.clone(), tenant.parse()?);
         tasks.push(tokio::spawn(async move {
             let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
             let mut rows_sent = 0;
             let mut n = 0;
             while Instant::now() < deadline {
-                let now = chrono::Utc::now().to_rfc3339();
-                let mut rows = String::with_capacity(1000 * 160);
-                for i in 0..1000 {
-                    let id = uuid::Uuid::now_v7();
-                    rows.push_str(&format!(
-                        "{id}\t{tenant}\tapi_call\t1\t/v1/orders\t\\N\tc{c}-{n}-{i}\t{now}\n"
-                    ));
-                }
-                let mut copy = conn
-                    .copy_in_raw("COPY usage_events (id, tenant_id, metric, value, endpoint, status_code, idempotency_key, occurred_at) FROM STDIN")
-                    .await
-                    .unwrap();
-                copy.send(rows.as_bytes()).await.unwrap();
+                let now = chrono::Utc::now();
+                let rows = (0..1000).map(|i| StoredEvent {
+                    id: uuid::Uuid::now_v7(),
+                    tenant_id: tenant,
+                    metric: Metric::ApiCall,
+                    value: 1.0,
+                    endpoint: Some("/v1/orders".into()),
+                    status_code: None,
+                    idempotency_key: Some(format!("c{c}-{n}-{i}")),
+                    occurred_at: now,
+                });
+                let statement = format!(
+                    "COPY {} {} FROM STDIN (FORMAT binary)",
+                    usage::partition_of(now),
+                    usage::COPY_COLUMNS
+                );
+                let mut copy = conn.copy_in_raw(&statement).await.unwrap();
+                copy.send(usage::copy_binary(rows)).await.unwrap();
                 copy.finish().await.unwrap();
                 rows_sent += 1000;
                 n += 1;
@@ -233,15 +284,9 @@ async fn main() -> anyhow::Result<()> {
     for task in tasks {
         events += task.await?;
     }
-    let copy = rate(
+    Ok(rate(
         &format!("raw COPY, 1,000 rows per commit, {clients} connections"),
         events,
         started.elapsed(),
-    );
-    println!(
-        "batched ingest / raw COPY = {:.0} %",
-        batched / copy * 100.0
-    );
-
-    bench.finish().await
+    ))
 }

@@ -5,6 +5,7 @@
 use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -224,6 +225,12 @@ impl Server {
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut drain_rx = stop_rx.clone();
+        // Replies go out as soon as they are written (no Nagle delay).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "setting TCP_NODELAY failed");
+            }
+        });
         let serve = axum::serve(listener, transport.router.into_make_service())
             .with_graceful_shutdown(async move {
                 let mut rx = stop_rx;

@@ -13,7 +13,9 @@ use crate::error::FieldViolation;
 pub const LATE_WINDOW: Duration = Duration::hours(24);
 /// Clock skew tolerated for timestamps "in the future".
 pub const FUTURE_SKEW: Duration = Duration::minutes(5);
-/// How long idempotency keys are remembered (at least 24 hours promised).
+/// How long an idempotency key is remembered, counted from its event's
+/// timestamp. Timestamps are at most [`LATE_WINDOW`] old when accepted, so
+/// a key is remembered at least 24 hours after its event was sent.
 pub const IDEMPOTENCY_RETENTION: Duration = Duration::hours(48);
 /// Events per TrackBatch call.
 pub const MAX_BATCH: usize = 1000;

@@ -1,18 +1,22 @@
 //! Usage metering: the group-commit ingestion pipeline and the queries.
 //!
 //! Every tracked event, single or batched, is handed to [`Ingest`] and
-//! acknowledged only after the transaction holding it committed. One
-//! worker takes whatever has queued up while the previous commits ran and
-//! commits it as one transaction (up to [`MAX_COMMIT`] events, up to
-//! [`PARALLEL_COMMITS`] transactions at a time): under load, commits grow
-//! instead of multiplying.
+//! acknowledged only after the transaction holding it committed. Tenants
+//! are spread over [`SHARDS`] committers by id; each commits whatever
+//! queued up for its tenants while its previous commit ran, as one
+//! transaction of up to [`MAX_COMMIT`] events. Under load commits grow
+//! instead of multiplying, and no two commits of one server ever wait for
+//! the same tenant's usage lock.
 
 use std::{sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -32,10 +36,10 @@ use crate::{
 
 /// Events per commit, at most.
 pub const MAX_COMMIT: usize = 4000;
-/// Commits in flight at once.
-pub const PARALLEL_COMMITS: usize = 4;
-/// Queued submissions before Track waits (backpressure).
-const QUEUE: usize = 16_384;
+/// Committers, each with one commit in flight at a time.
+pub const SHARDS: usize = 4;
+/// Queued submissions per committer before Track waits (backpressure).
+const QUEUE: usize = 4096;
 const ATTEMPTS: usize = 10;
 
 pub const DEFAULT_EVENTS_PAGE: i64 = 100;
@@ -50,26 +54,35 @@ struct Submission {
 /// The sending half of the pipeline.
 #[derive(Clone, Debug)]
 pub struct Ingest {
-    tx: mpsc::Sender<Submission>,
+    shards: Arc<[mpsc::Sender<Submission>]>,
 }
 
 /// The committing half; [`IngestWorker::run`] runs until shutdown.
 pub struct IngestWorker {
-    rx: mpsc::Receiver<Submission>,
+    shards: Vec<mpsc::Receiver<Submission>>,
     db: Db,
     counters: Arc<LiveCounters>,
 }
 
 impl Ingest {
     pub fn new(db: Db, counters: Arc<LiveCounters>) -> (Self, IngestWorker) {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        (Self { tx }, IngestWorker { rx, db, counters })
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..SHARDS).map(|_| mpsc::channel(QUEUE)).unzip();
+        let worker = IngestWorker {
+            shards: receivers,
+            db,
+            counters,
+        };
+        let shards = senders.into();
+        (Self { shards }, worker)
     }
 
-    /// Commits `events`; resolves once they are durable (or rejected).
-    async fn submit(&self, events: Vec<Pending>) -> Result<Vec<Outcome>, ApiError> {
+    /// Commits `events` (all of one tenant); resolves once they are
+    /// durable (or rejected).
+    async fn submit(&self, tenant: Uuid, events: Vec<Pending>) -> Result<Vec<Outcome>, ApiError> {
+        let shard = (tenant.as_u128() % self.shards.len() as u128) as usize;
         let (reply, done) = oneshot::channel();
-        self.tx
+        self.shards[shard]
             .send(Submission { events, reply })
             .await
             .map_err(|_| ApiError::unavailable("shutting down"))?;
@@ -80,40 +93,44 @@ impl Ingest {
 
 impl IngestWorker {
     /// Commits until `stop` is cancelled, then commits what is still
-    /// queued and waits for the commits in flight.
-    pub async fn run(mut self, stop: CancellationToken) {
-        let permits = Arc::new(Semaphore::new(PARALLEL_COMMITS));
-        loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
-            let first = tokio::select! {
-                s = self.rx.recv() => s,
-                () = stop.cancelled() => {
-                    self.rx.close();
-                    self.rx.recv().await
-                }
-            };
-            let Some(first) = first else { break };
-            let mut group = vec![first];
-            let mut size = group[0].events.len();
-            while size < MAX_COMMIT {
-                match self.rx.try_recv() {
-                    Ok(next) => {
-                        size += next.events.len();
-                        group.push(next);
-                    }
-                    Err(_) => break,
-                }
-            }
-            let (db, counters) = (self.db.clone(), self.counters.clone());
-            tokio::spawn(async move {
-                commit_group(&db, &counters, group).await;
-                drop(permit);
-            });
+    /// queued.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut committers = JoinSet::new();
+        for rx in self.shards {
+            let (db, counters, stop) = (self.db.clone(), self.counters.clone(), stop.clone());
+            committers.spawn(commit_loop(rx, db, counters, stop));
         }
-        // Wait for the commits in flight.
-        let _ = permits.acquire_many(PARALLEL_COMMITS as u32).await;
+        committers.join_all().await;
+    }
+}
+
+async fn commit_loop(
+    mut rx: mpsc::Receiver<Submission>,
+    db: Db,
+    counters: Arc<LiveCounters>,
+    stop: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            s = rx.recv() => s,
+            () = stop.cancelled() => {
+                rx.close();
+                rx.recv().await
+            }
+        };
+        let Some(first) = first else { return };
+        let mut size = first.events.len();
+        let mut group = vec![first];
+        while size < MAX_COMMIT {
+            match rx.try_recv() {
+                Ok(next) => {
+                    size += next.events.len();
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        commit_group(&db, &counters, group).await;
     }
 }
 
@@ -240,7 +257,7 @@ impl Metering {
             tenant_id,
             event,
         };
-        let outcome = self.ingest.submit(vec![pending]).await?.pop();
+        let outcome = self.ingest.submit(tenant_id, vec![pending]).await?.pop();
         match outcome {
             Some(Outcome::Accepted(e) | Outcome::Duplicate(e)) => Ok(e),
             Some(Outcome::LimitExceeded {
@@ -283,7 +300,7 @@ impl Metering {
         let mut outcomes = if pending.is_empty() {
             Vec::new()
         } else {
-            self.ingest.submit(pending).await?
+            self.ingest.submit(tenant_id, pending).await?
         }
         .into_iter();
         Ok(results
@@ -476,17 +493,18 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     Ok((at, id.parse().map_err(|_| bad())?))
 }
 
-/// Partition upkeep and key pruning, every [`MAINTENANCE_EVERY`] until
-/// `stop`: day partitions from the late window to a week ahead exist, those
-/// older than `retention_days` are dropped, idempotency keys expire.
+/// Partition upkeep, every [`MAINTENANCE_EVERY`] until `stop` (the server
+/// runs [`maintain`] once itself before it serves): day partitions from the
+/// late window to a week ahead exist, those older than `retention_days` are
+/// dropped.
 pub async fn run_maintenance(db: Db, retention_days: u32, stop: CancellationToken) {
     loop {
-        if let Err(err) = maintain(&db, retention_days).await {
-            tracing::warn!(error = %err, "usage maintenance failed; retrying later");
-        }
         tokio::select! {
             () = tokio::time::sleep(MAINTENANCE_EVERY) => {}
             () = stop.cancelled() => return,
+        }
+        if let Err(err) = maintain(&db, retention_days).await {
+            tracing::warn!(error = %err, "usage maintenance failed; retrying later");
         }
     }
 }
@@ -505,7 +523,6 @@ pub async fn maintain(db: &Db, retention_days: u32) -> Result<(), sqlx::Error> {
     if !dropped.is_empty() {
         tracing::info!(partitions = ?dropped, "dropped usage partitions past retention");
     }
-    repo::prune_keys(db.pool(), Utc::now() - rules::IDEMPOTENCY_RETENTION).await?;
     Ok(())
 }
 

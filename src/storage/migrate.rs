@@ -28,6 +28,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "metering",
         sql: include_str!("../../migrations/0003_metering.sql"),
     },
+    Migration {
+        version: 4,
+        name: "metering_copy",
+        sql: include_str!("../../migrations/0004_metering_copy.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

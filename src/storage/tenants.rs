@@ -86,12 +86,16 @@ pub async fn update(
 
 /// Deletes the tenant; every tenant-owned table cascades from it.
 pub async fn delete(tx: &DatabaseTransaction, id: Uuid) -> Result<bool, DbErr> {
-    // Raw usage events and idempotency keys carry no foreign key (see
-    // 0003_metering.sql).
-    for table in ["usage_events", "usage_idempotency"] {
+    // Raw usage events carry no foreign key (see 0003_metering.sql). The
+    // usage lock waits for an ingest commit of this tenant in flight, and
+    // makes the next one find the tenant gone.
+    for sql in [
+        "SELECT tenlyr_lock_usage(ARRAY[$1]::uuid[])",
+        "DELETE FROM usage_events WHERE tenant_id = $1",
+    ] {
         tx.execute_raw(sea_orm::Statement::from_sql_and_values(
             sea_orm::DatabaseBackend::Postgres,
-            format!("DELETE FROM {table} WHERE tenant_id = $1"),
+            sql,
             [id.into()],
         ))
         .await?;

@@ -1,11 +1,12 @@
 //! Usage events, idempotency keys and rollups.
 //!
 //! [`commit`] is the one write path: a group of events from any number of
-//! requests and tenants goes into Postgres in one transaction that checks
-//! idempotency keys, checks plan limits under the month counter's row lock,
-//! inserts the events and adds them to the hour/day/month rollups. The row
-//! lock is what makes limits exact across replicas. Array binds (`UNNEST`)
-//! keep each step one statement, so this module uses sqlx directly.
+//! requests and tenants goes into Postgres in one transaction that takes
+//! the tenants' usage locks, checks idempotency keys and plan limits, COPYs
+//! the events into their day partition and adds them to the hour/day/month
+//! rollups. The lock is what makes limits and keys exact across replicas.
+//! COPY and array binds (`UNNEST`) keep each step one statement, so this
+//! module uses sqlx directly.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -16,7 +17,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     tenant::PlanLimits,
-    usage::{Granularity, Metric, NewEvent},
+    usage::{Granularity, IDEMPOTENCY_RETENTION, Metric, NewEvent},
 };
 
 /// One event waiting to be committed.
@@ -69,27 +70,29 @@ struct TenantRow {
     limits: PlanLimits,
 }
 
+/// A month counter's key: tenant, period start, metric.
+type MonthKey = (Uuid, DateTime<Utc>, Metric);
+
 /// Commits `events` in one transaction; one outcome per event, in order.
+///
+/// The tenants' usage locks come first: while they are held no other
+/// commit (of any replica) can count events of these tenants, so the month
+/// totals and idempotency keys read next stay true until this commit ends.
 pub async fn commit(
     pool: &PgPool,
     events: &[Pending],
 ) -> Result<(Vec<Outcome>, Vec<MonthTotal>), sqlx::Error> {
-    let mut tx = begin_platform(pool).await?;
-    let tenants = lock_tenants(&mut tx, events).await?;
-
-    // Month counters, locked in a fixed order (no deadlocks between
-    // replicas that commit overlapping tenants).
-    let mut months: BTreeMap<(Uuid, DateTime<Utc>, Metric), f64> = BTreeMap::new();
-    for p in events {
-        if let Some(t) = tenants.get(&p.tenant_id) {
-            let start = Granularity::Month.bucket(p.event.occurred_at, t.tz);
-            months.insert((p.tenant_id, start, p.event.metric), 0.0);
-        }
-    }
-    lock_months(&mut tx, &mut months).await?;
-    // Read after the month locks: a commit of the same tenant and metric
-    // that held them has committed its keys by now, so they are seen here.
-    let existing = existing_keys(&mut tx, events).await?;
+    let now = Utc::now();
+    let mut tx = pool.begin_with(BEGIN_PLATFORM).await?;
+    let mut ids: Vec<Uuid> = events.iter().map(|p| p.tenant_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    sqlx::query("SELECT tenlyr_lock_usage($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    let (tenants, mut months) = read_tenants(&mut tx, &ids, events).await?;
+    let existing = existing_keys(&mut tx, events, now).await?;
 
     let mut outcomes = Vec::with_capacity(events.len());
     let mut accepted: Vec<(&Pending, Tz)> = Vec::with_capacity(events.len());
@@ -100,11 +103,10 @@ pub async fn commit(
             continue;
         };
         if let Some(key) = p.event.idempotency_key.as_deref() {
-            if let Some(original) = existing.get(&(p.tenant_id, key.to_owned())) {
-                outcomes.push(Outcome::Duplicate(original.clone()));
-                continue;
-            }
-            if let Some(original) = seen.get(&(p.tenant_id, key)) {
+            let original = existing
+                .get(&(p.tenant_id, key.to_owned()))
+                .or_else(|| seen.get(&(p.tenant_id, key)));
+            if let Some(original) = original {
                 outcomes.push(Outcome::Duplicate(original.clone()));
                 continue;
             }
@@ -133,8 +135,7 @@ pub async fn commit(
 
     let mut totals = Vec::new();
     if !accepted.is_empty() {
-        insert_events(&mut tx, &accepted).await?;
-        insert_keys(&mut tx, &accepted).await?;
+        copy_events(&mut tx, &accepted).await?;
         totals = add_to_rollups(&mut tx, &accepted).await?;
     }
     tx.commit().await?;
@@ -154,251 +155,212 @@ fn stored(p: &Pending) -> StoredEvent {
     }
 }
 
+/// Opens a platform-scoped transaction in one round trip.
+const BEGIN_PLATFORM: &str = "BEGIN; SELECT set_config('app.tenant_id', '', true), set_config('app.scope', 'platform', true)";
+
 /// A transaction that sees every tenant (ingestion is platform work; the
 /// tenant came from the authenticated key).
 pub async fn begin_platform(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    begin(pool, None).await
+    pool.begin_with(BEGIN_PLATFORM).await
 }
 
 /// A transaction that sees `tenant`'s rows only.
 pub async fn begin(
     pool: &PgPool,
-    tenant: Option<Uuid>,
+    tenant: Uuid,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let (tenant, scope) = match tenant {
-        Some(id) => (id.to_string(), ""),
-        None => (String::new(), "platform"),
-    };
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true), set_config('app.scope', $2, true)")
-        .bind(tenant)
-        .bind(scope)
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true), set_config('app.scope', '', true)")
+        .bind(tenant.to_string())
         .execute(&mut *tx)
         .await?;
     Ok(tx)
 }
 
-/// The tenants of the batch, share-locked against deletion until commit;
-/// their limits are read here so a plan change applies to the next commit.
-async fn lock_tenants(
+/// The tenants of the batch with their time zones and limits (read under
+/// the usage lock, so a plan change applies to the next commit), and the
+/// month counters the events can fall into.
+async fn read_tenants(
     tx: &mut Transaction<'static, Postgres>,
+    ids: &[Uuid],
     events: &[Pending],
-) -> Result<HashMap<Uuid, TenantRow>, sqlx::Error> {
-    let mut ids: Vec<Uuid> = events.iter().map(|p| p.tenant_id).collect();
-    ids.sort_unstable();
-    ids.dedup();
+) -> Result<(HashMap<Uuid, TenantRow>, BTreeMap<MonthKey, f64>), sqlx::Error> {
+    let earliest = events.iter().map(|p| p.event.occurred_at).min();
+    let latest = events.iter().map(|p| p.event.occurred_at).max();
+    // A month starts at most 32 days before any instant inside it.
     let rows = sqlx::query(
-        "SELECT id, plan, time_zone, api_call_limit, storage_gb_limit, seats_limit \
-         FROM tenants WHERE id = ANY($1) ORDER BY id FOR KEY SHARE",
+        "SELECT t.id, t.plan, t.time_zone, t.api_call_limit, t.storage_gb_limit, t.seats_limit, \
+                r.bucket_start, r.metric, r.total \
+         FROM tenants t LEFT JOIN usage_rollups r \
+           ON r.tenant_id = t.id AND r.granularity = 'month' \
+          AND r.bucket_start > $2 - interval '32 days' AND r.bucket_start <= $3 \
+         WHERE t.id = ANY($1)",
     )
-    .bind(&ids)
+    .bind(ids)
+    .bind(earliest)
+    .bind(latest)
     .fetch_all(&mut **tx)
     .await?;
-    let mut out = HashMap::with_capacity(rows.len());
+    let mut tenants = HashMap::with_capacity(ids.len());
+    let mut months = BTreeMap::new();
     for row in rows {
-        let plan: String = row.try_get("plan")?;
-        let tz: String = row.try_get("time_zone")?;
-        let limits = PlanLimits::effective(
-            &plan,
-            PlanLimits {
-                api_calls: row.try_get("api_call_limit")?,
-                storage_gb: row.try_get("storage_gb_limit")?,
-                seats: row.try_get("seats_limit")?,
-            },
-        );
-        out.insert(
-            row.try_get("id")?,
-            TenantRow {
+        let id: Uuid = row.try_get("id")?;
+        if let std::collections::hash_map::Entry::Vacant(slot) = tenants.entry(id) {
+            let plan: String = row.try_get("plan")?;
+            let tz: String = row.try_get("time_zone")?;
+            let limits = PlanLimits::effective(
+                &plan,
+                PlanLimits {
+                    api_calls: row.try_get("api_call_limit")?,
+                    storage_gb: row.try_get("storage_gb_limit")?,
+                    seats: row.try_get("seats_limit")?,
+                },
+            );
+            slot.insert(TenantRow {
                 tz: tz.parse().unwrap_or(Tz::UTC),
                 limits,
-            },
-        );
-    }
-    Ok(out)
-}
-
-async fn existing_keys(
-    tx: &mut Transaction<'static, Postgres>,
-    events: &[Pending],
-) -> Result<HashMap<(Uuid, String), StoredEvent>, sqlx::Error> {
-    let (tenants, keys): (Vec<Uuid>, Vec<String>) = events
-        .iter()
-        .filter_map(|p| Some((p.tenant_id, p.event.idempotency_key.clone()?)))
-        .unzip();
-    if keys.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows = sqlx::query(
-        "SELECT i.tenant_id, i.key, i.event_id, i.metric, i.value, i.endpoint, i.status_code, i.occurred_at \
-         FROM usage_idempotency i JOIN UNNEST($1::uuid[], $2::text[]) AS k(tenant_id, key) \
-         ON i.tenant_id = k.tenant_id AND i.key = k.key",
-    )
-    .bind(&tenants)
-    .bind(&keys)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut out = HashMap::with_capacity(rows.len());
-    for row in rows {
-        let key: String = row.try_get("key")?;
-        let metric: String = row.try_get("metric")?;
-        let event = StoredEvent {
-            id: row.try_get("event_id")?,
-            tenant_id: row.try_get("tenant_id")?,
-            metric: Metric::parse(&metric).unwrap_or(Metric::ApiCall),
-            value: row.try_get("value")?,
-            endpoint: row.try_get("endpoint")?,
-            status_code: row.try_get("status_code")?,
-            idempotency_key: Some(key.clone()),
-            occurred_at: row.try_get("occurred_at")?,
-        };
-        out.insert((event.tenant_id, key), event);
-    }
-    Ok(out)
-}
-
-/// Creates missing month counters and locks all of them, in key order;
-/// fills in their current totals.
-async fn lock_months(
-    tx: &mut Transaction<'static, Postgres>,
-    months: &mut BTreeMap<(Uuid, DateTime<Utc>, Metric), f64>,
-) -> Result<(), sqlx::Error> {
-    let mut tenants = Vec::with_capacity(months.len());
-    let mut starts = Vec::with_capacity(months.len());
-    let mut metrics = Vec::with_capacity(months.len());
-    for (tenant, start, metric) in months.keys() {
-        tenants.push(*tenant);
-        starts.push(*start);
-        metrics.push(metric.as_str());
-    }
-    if tenants.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO usage_rollups (tenant_id, granularity, bucket_start, metric) \
-         SELECT t, 'month', s, m FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[]) AS u(t, s, m) \
-         ORDER BY t, s, m ON CONFLICT DO NOTHING",
-    )
-    .bind(&tenants)
-    .bind(&starts)
-    .bind(&metrics)
-    .execute(&mut **tx)
-    .await?;
-    let rows = sqlx::query(
-        "SELECT r.tenant_id, r.bucket_start, r.metric, r.total FROM usage_rollups r \
-         JOIN UNNEST($1::uuid[], $2::timestamptz[], $3::text[]) AS u(t, s, m) \
-         ON r.tenant_id = u.t AND r.granularity = 'month' AND r.bucket_start = u.s AND r.metric = u.m \
-         ORDER BY r.tenant_id, r.bucket_start, r.metric FOR UPDATE OF r",
-    )
-    .bind(&tenants)
-    .bind(&starts)
-    .bind(&metrics)
-    .fetch_all(&mut **tx)
-    .await?;
-    for row in rows {
-        let metric: String = row.try_get("metric")?;
-        if let Some(metric) = Metric::parse(&metric) {
+            });
+        }
+        let metric: Option<String> = row.try_get("metric")?;
+        if let Some(metric) = metric.as_deref().and_then(Metric::parse) {
             months.insert(
-                (
-                    row.try_get("tenant_id")?,
-                    row.try_get("bucket_start")?,
-                    metric,
-                ),
+                (id, row.try_get("bucket_start")?, metric),
                 row.try_get("total")?,
             );
         }
     }
-    Ok(())
+    Ok((tenants, months))
 }
 
-async fn insert_events(
+/// The events already stored under the batch's idempotency keys. A key is
+/// remembered while its event's timestamp is within
+/// [`IDEMPOTENCY_RETENTION`]; only the partitions of that window are read.
+async fn existing_keys(
+    tx: &mut Transaction<'static, Postgres>,
+    events: &[Pending],
+    now: DateTime<Utc>,
+) -> Result<HashMap<(Uuid, String), StoredEvent>, sqlx::Error> {
+    let (tenants, keys): (Vec<Uuid>, Vec<&str>) = events
+        .iter()
+        .filter_map(|p| Some((p.tenant_id, p.event.idempotency_key.as_deref()?)))
+        .unzip();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // LATERAL … LIMIT 1: one index probe per key, whatever the statistics.
+    let rows = sqlx::query(
+        "SELECT e.* FROM UNNEST($1::uuid[], $2::text[]) AS k(tenant_id, key) \
+         CROSS JOIN LATERAL ( \
+           SELECT id, tenant_id, metric, value, endpoint, status_code, idempotency_key, occurred_at \
+           FROM usage_events \
+           WHERE tenant_id = k.tenant_id AND idempotency_key = k.key AND occurred_at >= $3 \
+           LIMIT 1) e",
+    )
+    .bind(&tenants)
+    .bind(&keys)
+    .bind(now - IDEMPOTENCY_RETENTION)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let event = event_row(&row)?;
+        if let Some(key) = event.idempotency_key.clone() {
+            out.insert((event.tenant_id, key), event);
+        }
+    }
+    Ok(out)
+}
+
+fn event_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, sqlx::Error> {
+    let metric: String = row.try_get("metric")?;
+    Ok(StoredEvent {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        metric: Metric::parse(&metric).unwrap_or(Metric::ApiCall),
+        value: row.try_get("value")?,
+        endpoint: row.try_get("endpoint")?,
+        status_code: row.try_get("status_code")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        occurred_at: row.try_get("occurred_at")?,
+    })
+}
+
+/// The columns [`copy_events`] writes, in order.
+pub const COPY_COLUMNS: &str =
+    "(id, tenant_id, metric, value, endpoint, status_code, idempotency_key, occurred_at)";
+
+/// The day partition an event is stored in (named as
+/// `tenlyr_ensure_usage_partitions` names them).
+pub fn partition_of(at: DateTime<Utc>) -> String {
+    format!("usage_events_{}", at.format("%Y%m%d"))
+}
+
+/// Writes the accepted events with binary COPY, one COPY per day partition.
+async fn copy_events(
     tx: &mut Transaction<'static, Postgres>,
     accepted: &[(&Pending, Tz)],
 ) -> Result<(), sqlx::Error> {
-    let n = accepted.len();
-    let (mut ids, mut tenants, mut metrics, mut values) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut endpoints, mut codes, mut keys, mut times) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
+    let mut by_day: BTreeMap<NaiveDate, Vec<&Pending>> = BTreeMap::new();
     for (p, _) in accepted {
-        ids.push(p.id);
-        tenants.push(p.tenant_id);
-        metrics.push(p.event.metric.as_str());
-        values.push(p.event.value);
-        endpoints.push(p.event.endpoint.as_deref());
-        codes.push(p.event.status_code);
-        keys.push(p.event.idempotency_key.as_deref());
-        times.push(p.event.occurred_at);
+        by_day
+            .entry(p.event.occurred_at.date_naive())
+            .or_default()
+            .push(p);
     }
-    sqlx::query(
-        "INSERT INTO usage_events (id, tenant_id, metric, value, endpoint, status_code, idempotency_key, occurred_at) \
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::text[], $6::int4[], $7::text[], $8::timestamptz[])",
-    )
-    .bind(&ids)
-    .bind(&tenants)
-    .bind(&metrics)
-    .bind(&values)
-    .bind(&endpoints)
-    .bind(&codes)
-    .bind(&keys)
-    .bind(&times)
-    .execute(&mut **tx)
-    .await?;
+    for rows in by_day.values() {
+        let statement = format!(
+            "COPY {} {COPY_COLUMNS} FROM STDIN (FORMAT binary)",
+            partition_of(rows[0].event.occurred_at)
+        );
+        let mut copy = tx.copy_in_raw(&statement).await?;
+        copy.send(copy_binary(rows.iter().map(|p| stored(p))))
+            .await?;
+        copy.finish().await?;
+    }
     Ok(())
 }
 
-/// Remembers the idempotency keys of accepted events, in key order (so two
-/// commits never wait on each other's keys crosswise). A key committed
-/// meanwhile by a commit of another metric makes this fail with a unique
-/// violation; the caller retries and then sees the key as a duplicate.
-async fn insert_keys(
-    tx: &mut Transaction<'static, Postgres>,
-    accepted: &[(&Pending, Tz)],
-) -> Result<(), sqlx::Error> {
-    let mut keyed: Vec<&Pending> = accepted
-        .iter()
-        .map(|(p, _)| *p)
-        .filter(|p| p.event.idempotency_key.is_some())
-        .collect();
-    keyed.sort_by(|a, b| {
-        (a.tenant_id, &a.event.idempotency_key).cmp(&(b.tenant_id, &b.event.idempotency_key))
-    });
-    if keyed.is_empty() {
-        return Ok(());
+/// Events in PostgreSQL's binary COPY format, columns as in
+/// [`COPY_COLUMNS`].
+pub fn copy_binary(events: impl Iterator<Item = StoredEvent>) -> Vec<u8> {
+    fn text(buf: &mut Vec<u8>, value: Option<&str>) {
+        match value {
+            Some(v) => {
+                buf.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                buf.extend_from_slice(v.as_bytes());
+            }
+            None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
     }
-    let tenants: Vec<Uuid> = keyed.iter().map(|p| p.tenant_id).collect();
-    let keys: Vec<&str> = keyed
-        .iter()
-        .filter_map(|p| p.event.idempotency_key.as_deref())
-        .collect();
-    let ids: Vec<Uuid> = keyed.iter().map(|p| p.id).collect();
-    let metrics: Vec<&str> = keyed.iter().map(|p| p.event.metric.as_str()).collect();
-    let values: Vec<f64> = keyed.iter().map(|p| p.event.value).collect();
-    let endpoints: Vec<Option<&str>> = keyed.iter().map(|p| p.event.endpoint.as_deref()).collect();
-    let codes: Vec<Option<i32>> = keyed.iter().map(|p| p.event.status_code).collect();
-    let times: Vec<DateTime<Utc>> = keyed.iter().map(|p| p.event.occurred_at).collect();
-    sqlx::query(
-        "INSERT INTO usage_idempotency (tenant_id, key, event_id, metric, value, endpoint, status_code, occurred_at) \
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::float8[], $6::text[], $7::int4[], $8::timestamptz[])",
-    )
-    .bind(&tenants)
-    .bind(&keys)
-    .bind(&ids)
-    .bind(&metrics)
-    .bind(&values)
-    .bind(&endpoints)
-    .bind(&codes)
-    .bind(&times)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    // Microseconds between the Unix and the PostgreSQL epoch (2000-01-01).
+    const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+    let mut buf = Vec::with_capacity(19 + 128 * events.size_hint().0 + 2);
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes()); // flags
+    buf.extend_from_slice(&0i32.to_be_bytes()); // header extension
+    for e in events {
+        buf.extend_from_slice(&8i16.to_be_bytes());
+        for uuid in [e.id, e.tenant_id] {
+            buf.extend_from_slice(&16i32.to_be_bytes());
+            buf.extend_from_slice(uuid.as_bytes());
+        }
+        text(&mut buf, Some(e.metric.as_str()));
+        buf.extend_from_slice(&8i32.to_be_bytes());
+        buf.extend_from_slice(&e.value.to_be_bytes());
+        text(&mut buf, e.endpoint.as_deref());
+        match e.status_code {
+            Some(code) => {
+                buf.extend_from_slice(&4i32.to_be_bytes());
+                buf.extend_from_slice(&code.to_be_bytes());
+            }
+            None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+        text(&mut buf, e.idempotency_key.as_deref());
+        buf.extend_from_slice(&8i32.to_be_bytes());
+        buf.extend_from_slice(&(e.occurred_at.timestamp_micros() - PG_EPOCH_MICROS).to_be_bytes());
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    buf
 }
 
 /// A rollup row's key: tenant, granularity, bucket start, metric.
@@ -472,16 +434,16 @@ async fn add_to_rollups(
 }
 
 /// Whether a commit failed in a way that a retry of the same events can
-/// fix: a deadlock, a serialization failure, an idempotency key committed
-/// concurrently, or a day partition that does not exist yet.
+/// fix: a deadlock, a serialization failure, or a day partition that does
+/// not exist yet.
 pub fn retryable(err: &sqlx::Error) -> Retry {
     let Some(db) = err.as_database_error() else {
         return Retry::No;
     };
     match db.code().as_deref() {
-        Some("40P01" | "40001" | "23505") => Retry::Again,
-        // "no partition of relation … found for row"
-        Some("23514") if db.message().contains("no partition") => Retry::AfterPartitions,
+        Some("40P01" | "40001") => Retry::Again,
+        // COPY into usage_events_YYYYMMDD: "relation … does not exist"
+        Some("42P01") if db.message().contains("usage_events_") => Retry::AfterPartitions,
         _ => Retry::No,
     }
 }
@@ -514,24 +476,13 @@ pub async fn drop_partitions(pool: &PgPool, before: NaiveDate) -> Result<Vec<Str
         .await
 }
 
-/// Forgets idempotency keys older than `before`.
-pub async fn prune_keys(pool: &PgPool, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {
-    let mut tx = begin_platform(pool).await?;
-    let done = sqlx::query("DELETE FROM usage_idempotency WHERE created_at < $1")
-        .bind(before)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(done.rows_affected())
-}
-
 /// The month totals of `tenant` for the period starting at `period_start`.
 pub async fn month_totals(
     pool: &PgPool,
     tenant: Uuid,
     period_start: DateTime<Utc>,
 ) -> Result<HashMap<Metric, f64>, sqlx::Error> {
-    let mut tx = begin(pool, Some(tenant)).await?;
+    let mut tx = begin(pool, tenant).await?;
     let rows = sqlx::query(
         "SELECT metric, total FROM usage_rollups \
          WHERE tenant_id = $1 AND granularity = 'month' AND bucket_start = $2",
@@ -597,7 +548,7 @@ pub async fn rollups(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<Rollup>, sqlx::Error> {
-    let mut tx = begin(pool, Some(tenant)).await?;
+    let mut tx = begin(pool, tenant).await?;
     let rows = sqlx::query(
         "SELECT metric, bucket_start, total, events FROM usage_rollups \
          WHERE tenant_id = $1 AND granularity = $2 AND bucket_start >= $3 AND bucket_start < $4 \
@@ -632,7 +583,7 @@ pub async fn events_page(
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let mut tx = begin(pool, Some(tenant)).await?;
+    let mut tx = begin(pool, tenant).await?;
     let (at, id) = after.unzip();
     let rows = sqlx::query(
         "SELECT id, tenant_id, metric, value, endpoint, status_code, idempotency_key, occurred_at \
@@ -647,19 +598,5 @@ pub async fn events_page(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let metric: String = row.try_get("metric")?;
-        out.push(StoredEvent {
-            id: row.try_get("id")?,
-            tenant_id: row.try_get("tenant_id")?,
-            metric: Metric::parse(&metric).unwrap_or(Metric::ApiCall),
-            value: row.try_get("value")?,
-            endpoint: row.try_get("endpoint")?,
-            status_code: row.try_get("status_code")?,
-            idempotency_key: row.try_get("idempotency_key")?,
-            occurred_at: row.try_get("occurred_at")?,
-        });
-    }
-    Ok(out)
+    rows.iter().map(event_row).collect()
 }
