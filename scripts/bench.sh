@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks, against a private PostgreSQL and Redis on free ports.
 #   scripts/bench.sh tenants     # provisioning p50/p99, auth on a cache hit
+#   scripts/bench.sh metering    # tracks/s, batched events/s, raw COPY anchor
 # BENCH_TENANTS (default 500) sets how many tenants are provisioned.
 set -euo pipefail
 cd "$(dirname "$0")/.."

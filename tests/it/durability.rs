@@ -112,7 +112,7 @@ async fn acknowledged_events_survive_sigkill_and_count_once() {
                     for r in body["results"].as_array().unwrap() {
                         assert_eq!(r["outcome"], "accepted", "{r}");
                         let i = r["index"].as_u64().unwrap() as usize;
-                        acked.insert(idem(i), r["event"]["id"].as_str().unwrap().to_owned());
+                        acked.insert(idem(i), r["eventId"].as_str().unwrap().to_owned());
                     }
                 }
             }

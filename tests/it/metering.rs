@@ -226,9 +226,11 @@ async fn batches_report_each_event_and_one_bad_event_sinks_only_itself() {
     assert_eq!(results[1]["outcome"], "rejected");
     assert_eq!(results[1]["field"], "value");
     assert_eq!(results[1]["index"], 1);
-    assert_eq!(results[2]["event"]["metric"], "compute");
+    assert_eq!(results[2]["outcome"], "accepted");
+    assert_ne!(results[2]["eventId"], results[0]["eventId"]);
     assert_eq!(results[3]["outcome"], "duplicate");
-    assert_eq!(results[3]["event"]["id"], results[0]["event"]["id"]);
+    assert_eq!(results[3]["eventId"], results[0]["eventId"]);
+    assert!(results[1]["eventId"] == "" || results[1]["eventId"].is_null());
 
     // The same key in a later batch is still a duplicate.
     let (_, again) = call(

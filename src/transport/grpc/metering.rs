@@ -183,12 +183,12 @@ impl v1::metering_service_server::MeteringService for MeteringApi {
                 TrackResult::Accepted(e) => {
                     response.accepted += 1;
                     out.outcome = v1::TrackOutcome::Accepted as i32;
-                    out.event = Some(event_to_proto(e));
+                    out.event_id = e.id.to_string();
                 }
                 TrackResult::Duplicate(e) => {
                     response.duplicates += 1;
                     out.outcome = v1::TrackOutcome::Duplicate as i32;
-                    out.event = Some(event_to_proto(e));
+                    out.event_id = e.id.to_string();
                 }
                 TrackResult::Rejected(v) => {
                     response.rejected += 1;

@@ -11,14 +11,18 @@
 //! FieldMask, Struct …) as prost-reflect writes them. Errors name the field
 //! by its JSON path, e.g. `events[2].value`.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+};
 
 use base64::Engine as _;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MapKey,
     MessageDescriptor, ReflectMessage, SerializeOptions, Value,
 };
-use serde_json::{Map, Number, Value as Json};
+use serde::{Serialize, Serializer, ser::SerializeMap as _};
+use serde_json::Value as Json;
 
 use crate::error::ApiError;
 
@@ -62,11 +66,15 @@ impl JsonCodec {
         desc: &MessageDescriptor,
         json: &Json,
     ) -> Result<DynamicMessage, ApiError> {
-        self.decode_message(desc, json, "")
+        self.decode_message(desc, json, &Path::Root(""))
     }
 
     /// Decodes a JSON value into the value of a (singular) field.
     pub fn decode_value(&self, kind: &Kind, json: &Json, path: &str) -> Result<Value, ApiError> {
+        self.decode_value_at(kind, json, &Path::Root(path))
+    }
+
+    fn decode_value_at(&self, kind: &Kind, json: &Json, path: &Path) -> Result<Value, ApiError> {
         Ok(match kind {
             Kind::Message(m) => Value::Message(self.decode_message(m, json, path)?),
             Kind::Enum(e) => Value::EnumNumber(self.decode_enum(e, json, path)?),
@@ -107,6 +115,10 @@ impl JsonCodec {
     /// Decodes a path variable or query parameter value (always text) into
     /// the value of a field of kind `kind`.
     pub fn decode_text(&self, kind: &Kind, text: &str, path: &str) -> Result<Value, ApiError> {
+        self.decode_text_at(kind, text, &Path::Root(path))
+    }
+
+    fn decode_text_at(&self, kind: &Kind, text: &str, path: &Path) -> Result<Value, ApiError> {
         let json = match kind {
             Kind::Bool => match text {
                 "true" | "1" => Json::Bool(true),
@@ -118,14 +130,14 @@ impl JsonCodec {
             }
             _ => Json::String(text.to_owned()),
         };
-        self.decode_value(kind, &json, path)
+        self.decode_value_at(kind, &json, path)
     }
 
     fn decode_message(
         &self,
         desc: &MessageDescriptor,
         json: &Json,
-        path: &str,
+        path: &Path,
     ) -> Result<DynamicMessage, ApiError> {
         if is_well_known(desc) {
             return DynamicMessage::deserialize(desc.clone(), json)
@@ -139,8 +151,8 @@ impl JsonCodec {
             let field = desc
                 .get_field_by_json_name(key)
                 .or_else(|| desc.get_field_by_name(key))
-                .ok_or_else(|| ApiError::bad_field(join(path, key), "unknown field"))?;
-            let field_path = join(path, field.json_name());
+                .ok_or_else(|| ApiError::bad_field(&Path::Field(path, key), "unknown field"))?;
+            let field_path = Path::Field(path, field.json_name());
             if value.is_null() && !is_json_value(&field) {
                 continue; // null means "not set"
             }
@@ -152,7 +164,7 @@ impl JsonCodec {
                     other.json_name(),
                     field.json_name()
                 );
-                return Err(ApiError::bad_field(field_path, msg));
+                return Err(ApiError::bad_field(&field_path, msg));
             }
             let decoded = if field.is_map() {
                 self.decode_map(&field, value, &field_path)?
@@ -164,11 +176,13 @@ impl JsonCodec {
                 let list = items
                     .iter()
                     .enumerate()
-                    .map(|(i, item)| self.decode_value(&kind, item, &format!("{field_path}[{i}]")))
+                    .map(|(i, item)| {
+                        self.decode_value_at(&kind, item, &Path::Index(&field_path, i))
+                    })
                     .collect::<Result<_, _>>()?;
                 Value::List(list)
             } else {
-                self.decode_value(&field.kind(), value, &field_path)?
+                self.decode_value_at(&field.kind(), value, &field_path)?
             };
             message.set_field(&field, decoded);
         }
@@ -179,7 +193,7 @@ impl JsonCodec {
         &self,
         field: &FieldDescriptor,
         json: &Json,
-        path: &str,
+        path: &Path,
     ) -> Result<Value, ApiError> {
         let object = json
             .as_object()
@@ -193,22 +207,27 @@ impl JsonCodec {
         );
         let mut map = HashMap::with_capacity(object.len());
         for (key, value) in object {
-            let entry_path = format!("{path}[{key}]");
-            let key = match self.decode_text(&key_kind, key, &entry_path)? {
+            let entry_path = Path::Key(path, key);
+            let key = match self.decode_text_at(&key_kind, key, &entry_path)? {
                 Value::String(s) => MapKey::String(s),
                 Value::Bool(b) => MapKey::Bool(b),
                 Value::I32(n) => MapKey::I32(n),
                 Value::I64(n) => MapKey::I64(n),
                 Value::U32(n) => MapKey::U32(n),
                 Value::U64(n) => MapKey::U64(n),
-                _ => return Err(ApiError::bad_field(entry_path, "invalid map key")),
+                _ => return Err(ApiError::bad_field(&entry_path, "invalid map key")),
             };
-            map.insert(key, self.decode_value(&value_kind, value, &entry_path)?);
+            map.insert(key, self.decode_value_at(&value_kind, value, &entry_path)?);
         }
         Ok(Value::Map(map))
     }
 
-    fn decode_enum(&self, desc: &EnumDescriptor, json: &Json, path: &str) -> Result<i32, ApiError> {
+    fn decode_enum(
+        &self,
+        desc: &EnumDescriptor,
+        json: &Json,
+        path: &Path,
+    ) -> Result<i32, ApiError> {
         let found = match json {
             Json::String(s) => desc.get_value_by_name(s).map(|v| v.number()).or_else(|| {
                 self.enums
@@ -238,69 +257,152 @@ impl JsonCodec {
 
     /// Encodes a message as a JSON object.
     pub fn encode(&self, message: &DynamicMessage) -> Json {
+        serde_json::to_value(self.encoded(message)).unwrap_or(Json::Null)
+    }
+
+    /// `message`, serializable straight to JSON text (no [`Json`] tree on
+    /// the way: replies of a thousand results stay cheap).
+    pub fn encoded<'a>(&'a self, message: &'a DynamicMessage) -> Encoded<'a> {
+        Encoded {
+            codec: self,
+            message,
+        }
+    }
+}
+
+/// A message as JSON; see [`JsonCodec::encoded`].
+pub struct Encoded<'a> {
+    codec: &'a JsonCodec,
+    message: &'a DynamicMessage,
+}
+
+impl Serialize for Encoded<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (codec, message) = (self.codec, self.message);
         let desc = message.descriptor();
         if is_well_known(&desc) {
             let options = SerializeOptions::new().skip_default_fields(false);
-            return message
-                .serialize_with_options(serde_json::value::Serializer, &options)
-                .unwrap_or(Json::Null);
+            return message.serialize_with_options(serializer, &options);
         }
-        let mut object = Map::new();
+        let mut object = serializer.serialize_map(None)?;
         for field in desc.fields() {
             if field.supports_presence() && !message.has_field(&field) {
-                if self.nullable.contains(field.full_name()) {
-                    object.insert(field.json_name().to_owned(), Json::Null);
+                if codec.nullable.contains(field.full_name()) {
+                    object.serialize_entry(field.json_name(), &())?;
                 }
                 continue;
             }
             let value = message.get_field(&field);
-            let json = if field.is_map() {
-                let Kind::Message(entry) = field.kind() else {
+            let kind = field.kind();
+            if field.is_map() {
+                let Kind::Message(entry) = &kind else {
                     unreachable!("map fields are messages")
                 };
                 let kind = entry.map_entry_value_field().kind();
-                let map = value.as_map().map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (map_key_text(k), self.encode_value(&kind, v)))
-                        .collect::<Map<_, _>>()
-                });
-                Json::Object(map.unwrap_or_default())
-            } else if let Some(items) = value.as_list() {
-                let kind = field.kind();
-                Json::Array(items.iter().map(|v| self.encode_value(&kind, v)).collect())
+                object.serialize_entry(
+                    field.json_name(),
+                    &EncodedMap {
+                        codec,
+                        kind: &kind,
+                        value: &value,
+                    },
+                )?;
             } else {
-                self.encode_value(&field.kind(), &value)
-            };
-            object.insert(field.json_name().to_owned(), json);
-        }
-        Json::Object(object)
-    }
-
-    fn encode_value(&self, kind: &Kind, value: &Value) -> Json {
-        match value {
-            Value::Bool(b) => Json::Bool(*b),
-            Value::I32(n) => Json::from(*n),
-            Value::U32(n) => Json::from(*n),
-            Value::I64(n) => Json::String(n.to_string()),
-            Value::U64(n) => Json::String(n.to_string()),
-            Value::F32(n) => float_json(f64::from(*n)),
-            Value::F64(n) => float_json(*n),
-            Value::String(s) => Json::String(s.clone()),
-            Value::Bytes(b) => Json::String(base64::engine::general_purpose::STANDARD.encode(b)),
-            Value::EnumNumber(n) => match kind {
-                Kind::Enum(e) => self
-                    .enums
-                    .get(e.full_name())
-                    .and_then(|a| a.by_number.get(n))
-                    .map_or_else(|| Json::from(*n), |alias| Json::String(alias.clone())),
-                _ => Json::from(*n),
-            },
-            Value::Message(m) => self.encode(m),
-            Value::List(items) => {
-                Json::Array(items.iter().map(|v| self.encode_value(kind, v)).collect())
+                object.serialize_entry(
+                    field.json_name(),
+                    &EncodedValue {
+                        codec,
+                        kind: &kind,
+                        value: &value,
+                    },
+                )?;
             }
-            Value::Map(_) => Json::Null, // maps are encoded by their field (see `encode`)
         }
+        object.end()
+    }
+}
+
+/// One field value (a list is encoded item by item with the field's kind).
+struct EncodedValue<'a> {
+    codec: &'a JsonCodec,
+    kind: &'a Kind,
+    value: &'a Value,
+}
+
+impl Serialize for EncodedValue<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (codec, kind) = (self.codec, self.kind);
+        match self.value {
+            Value::Bool(b) => serializer.serialize_bool(*b),
+            Value::I32(n) => serializer.serialize_i32(*n),
+            Value::U32(n) => serializer.serialize_u32(*n),
+            Value::I64(n) => serializer.collect_str(n),
+            Value::U64(n) => serializer.collect_str(n),
+            Value::F32(n) => serialize_float(f64::from(*n), serializer),
+            Value::F64(n) => serialize_float(*n, serializer),
+            Value::String(s) => serializer.serialize_str(s),
+            Value::Bytes(b) => {
+                serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b))
+            }
+            Value::EnumNumber(n) => {
+                let alias = match kind {
+                    Kind::Enum(e) => codec
+                        .enums
+                        .get(e.full_name())
+                        .and_then(|a| a.by_number.get(n)),
+                    _ => None,
+                };
+                match alias {
+                    Some(alias) => serializer.serialize_str(alias),
+                    None => serializer.serialize_i32(*n),
+                }
+            }
+            Value::Message(m) => codec.encoded(m).serialize(serializer),
+            Value::List(items) => serializer.collect_seq(items.iter().map(|value| EncodedValue {
+                codec,
+                kind,
+                value,
+            })),
+            Value::Map(_) => serializer.serialize_unit(), // encoded by their field
+        }
+    }
+}
+
+/// A map field's value.
+struct EncodedMap<'a> {
+    codec: &'a JsonCodec,
+    kind: &'a Kind,
+    value: &'a Value,
+}
+
+impl Serialize for EncodedMap<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Some(map) = self.value.as_map() else {
+            return serializer.serialize_map(Some(0))?.end();
+        };
+        serializer.collect_map(map.iter().map(|(k, value)| {
+            (
+                map_key_text(k),
+                EncodedValue {
+                    codec: self.codec,
+                    kind: self.kind,
+                    value,
+                },
+            )
+        }))
+    }
+}
+
+/// Canonical proto3 JSON for floats: non-finite values as strings.
+fn serialize_float<S: Serializer>(n: f64, serializer: S) -> Result<S::Ok, S::Error> {
+    if n.is_finite() {
+        serializer.serialize_f64(n)
+    } else if n.is_nan() {
+        serializer.serialize_str("NaN")
+    } else if n > 0.0 {
+        serializer.serialize_str("Infinity")
+    } else {
+        serializer.serialize_str("-Infinity")
     }
 }
 
@@ -337,11 +439,30 @@ fn is_json_value(field: &FieldDescriptor) -> bool {
     matches!(field.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.Value")
 }
 
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
+/// Where a value sits in a request, as its JSON path (`events[2].value`);
+/// written out only when an error names it.
+enum Path<'a> {
+    Root(&'a str),
+    Field(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+    Key(&'a Path<'a>, &'a str),
+}
+
+impl fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Path::Root(path) => f.write_str(path),
+            Path::Field(Path::Root(""), key) => f.write_str(key),
+            Path::Field(parent, key) => write!(f, "{parent}.{key}"),
+            Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
+            Path::Key(parent, key) => write!(f, "{parent}[{key}]"),
+        }
+    }
+}
+
+impl From<&Path<'_>> for String {
+    fn from(path: &Path<'_>) -> Self {
+        path.to_string()
     }
 }
 
@@ -356,7 +477,7 @@ fn kind_of(json: &Json) -> &'static str {
     }
 }
 
-fn expected(path: &str, what: &str, got: &Json) -> ApiError {
+fn expected(path: &Path, what: &str, got: &Json) -> ApiError {
     ApiError::bad_field(path, format!("expected {what}, got {}", kind_of(got)))
 }
 
@@ -370,7 +491,7 @@ fn wkt_error(desc: &MessageDescriptor, err: &serde_json::Error) -> String {
 }
 
 /// An integer from a JSON number (no fraction) or a decimal string.
-fn int(json: &Json, path: &str) -> Result<i64, ApiError> {
+fn int(json: &Json, path: &Path) -> Result<i64, ApiError> {
     match json {
         Json::Number(n) => n
             .as_i64()
@@ -388,7 +509,7 @@ fn int(json: &Json, path: &str) -> Result<i64, ApiError> {
     }
 }
 
-fn uint(json: &Json, path: &str) -> Result<u64, ApiError> {
+fn uint(json: &Json, path: &Path) -> Result<u64, ApiError> {
     match json {
         Json::Number(n) => n
             .as_u64()
@@ -406,11 +527,11 @@ fn uint(json: &Json, path: &str) -> Result<u64, ApiError> {
     }
 }
 
-fn narrow<T: TryFrom<U>, U>(n: U, path: &str) -> Result<T, ApiError> {
+fn narrow<T: TryFrom<U>, U>(n: U, path: &Path) -> Result<T, ApiError> {
     T::try_from(n).map_err(|_| ApiError::bad_field(path, "integer out of range"))
 }
 
-fn float(json: &Json, path: &str) -> Result<f64, ApiError> {
+fn float(json: &Json, path: &Path) -> Result<f64, ApiError> {
     match json {
         Json::Number(n) => n
             .as_f64()
@@ -425,15 +546,6 @@ fn float(json: &Json, path: &str) -> Result<f64, ApiError> {
                 .map_err(|_| ApiError::bad_field(path, "expected a number")),
         },
         other => Err(expected(path, "a number", other)),
-    }
-}
-
-fn float_json(n: f64) -> Json {
-    match Number::from_f64(n) {
-        Some(n) => Json::Number(n),
-        None if n.is_nan() => Json::String("NaN".to_owned()),
-        None if n > 0.0 => Json::String("Infinity".to_owned()),
-        None => Json::String("-Infinity".to_owned()),
     }
 }
 

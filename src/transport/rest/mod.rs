@@ -130,11 +130,11 @@ impl Transcoder {
             .await
             .map_err(|s| ApiError::from_status(&s))?;
         let decoded = DynamicMessage::decode(output, bytes).map_err(ApiError::internal)?;
-        let json = match &route.response_body {
-            Some(field) => self.encode_field(&decoded, field),
-            None => self.codec.encode(&decoded),
-        };
-        let body = serde_json::to_vec(&json).map_err(ApiError::internal)?;
+        let body = match &route.response_body {
+            Some(field) => serde_json::to_vec(&self.encode_field(&decoded, field)),
+            None => serde_json::to_vec(&self.codec.encoded(&decoded)),
+        }
+        .map_err(ApiError::internal)?;
         builder
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(body))
