@@ -90,8 +90,8 @@ where
     (samples, events, started.elapsed())
 }
 
-/// Whether to run `phase` (BENCH_PHASES: a comma list of single, batch,
-/// storage, copy; all by default).
+/// Whether to run `phase` (BENCH_PHASES: a comma list of floor, single,
+/// batch, storage, copy; all by default).
 fn wanted(phase: &str) -> bool {
     std::env::var("BENCH_PHASES").map_or(true, |v| v.split(',').any(|p| p == phase))
 }
@@ -151,6 +151,9 @@ async fn main() -> anyhow::Result<()> {
         phase().as_secs(),
         bench.redis_url.is_some()
     );
+    if wanted("floor") {
+        floor(&bench, &http).await;
+    }
     if wanted("single") {
         single(&bench, &http, &tenants).await;
     }
@@ -174,6 +177,32 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     bench.finish().await
+}
+
+/// The floor: `GET /healthz` (no auth, no transcoding, no database) over
+/// the same connections — what HTTP and the load generator alone cost here.
+async fn floor(bench: &Bench, http: &reqwest::Client) {
+    let connections = 64;
+    let url = format!("{}/healthz", bench.base_url);
+    let (samples, calls, elapsed) = load(connections, {
+        let http = http.clone();
+        move |_, _| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let r = http.get(&url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let _ = r.bytes().await;
+                1
+            }
+        }
+    })
+    .await;
+    rate(
+        &format!("floor: GET /healthz, {connections} connections"),
+        calls,
+        elapsed,
+    );
+    report("  latency per call", samples);
 }
 
 /// Single events over many connections.
