@@ -135,7 +135,7 @@ pub async fn commit(
 
     let mut totals = Vec::new();
     if !accepted.is_empty() {
-        copy_events(&mut tx, &accepted).await?;
+        write_events(&mut tx, &accepted).await?;
         totals = add_to_rollups(&mut tx, &accepted).await?;
     }
     tx.commit().await?;
@@ -285,7 +285,7 @@ fn event_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, sqlx::Error> {
     })
 }
 
-/// The columns [`copy_events`] writes, in order.
+/// The columns [`write_events`] writes, in order.
 pub const COPY_COLUMNS: &str =
     "(id, tenant_id, metric, value, endpoint, status_code, idempotency_key, occurred_at)";
 
@@ -295,8 +295,14 @@ pub fn partition_of(at: DateTime<Utc>) -> String {
     format!("usage_events_{}", at.format("%Y%m%d"))
 }
 
-/// Writes the accepted events with binary COPY, one COPY per day partition.
-async fn copy_events(
+/// Below this many rows an `INSERT … SELECT FROM UNNEST` (one round trip,
+/// a prepared statement) costs less than `COPY` (two round trips and its
+/// set-up); above it COPY's bulk insert wins.
+const COPY_FROM_ROWS: usize = 100;
+
+/// Writes the accepted events straight into their day partitions: binary
+/// COPY for big groups, a multi-row insert for small ones.
+async fn write_events(
     tx: &mut Transaction<'static, Postgres>,
     accepted: &[(&Pending, Tz)],
 ) -> Result<(), sqlx::Error> {
@@ -308,15 +314,51 @@ async fn copy_events(
             .push(p);
     }
     for rows in by_day.values() {
-        let statement = format!(
-            "COPY {} {COPY_COLUMNS} FROM STDIN (FORMAT binary)",
-            partition_of(rows[0].event.occurred_at)
-        );
+        let partition = partition_of(rows[0].event.occurred_at);
+        if rows.len() < COPY_FROM_ROWS {
+            insert_rows(tx, &partition, rows).await?;
+            continue;
+        }
+        let statement = format!("COPY {partition} {COPY_COLUMNS} FROM STDIN (FORMAT binary)");
         let mut copy = tx.copy_in_raw(&statement).await?;
         copy.send(copy_binary(rows.iter().map(|p| stored(p))))
             .await?;
         copy.finish().await?;
     }
+    Ok(())
+}
+
+async fn insert_rows(
+    tx: &mut Transaction<'static, Postgres>,
+    partition: &str,
+    rows: &[&Pending],
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = rows.iter().map(|p| p.id).collect();
+    let tenants: Vec<Uuid> = rows.iter().map(|p| p.tenant_id).collect();
+    let metrics: Vec<&str> = rows.iter().map(|p| p.event.metric.as_str()).collect();
+    let values: Vec<f64> = rows.iter().map(|p| p.event.value).collect();
+    let endpoints: Vec<Option<&str>> = rows.iter().map(|p| p.event.endpoint.as_deref()).collect();
+    let codes: Vec<Option<i32>> = rows.iter().map(|p| p.event.status_code).collect();
+    let keys: Vec<Option<&str>> = rows
+        .iter()
+        .map(|p| p.event.idempotency_key.as_deref())
+        .collect();
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|p| p.event.occurred_at).collect();
+    // The partition name is ours (`partition_of`), not input.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {partition} {COPY_COLUMNS} SELECT * FROM UNNEST($1::uuid[], $2::uuid[], \
+         $3::text[], $4::float8[], $5::text[], $6::int4[], $7::text[], $8::timestamptz[])"
+    )))
+    .bind(&ids)
+    .bind(&tenants)
+    .bind(&metrics)
+    .bind(&values)
+    .bind(&endpoints)
+    .bind(&codes)
+    .bind(&keys)
+    .bind(&times)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

@@ -142,7 +142,7 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
     ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         redis_url: None,
-        max_body_bytes: 64 * 1024,
+        max_body_bytes: 1024 * 1024, // the default
         shutdown_grace_secs: 5,
         usage_retention_days: 90,
         storage: StorageConfig {

@@ -264,6 +264,57 @@ async fn batches_report_each_event_and_one_bad_event_sinks_only_itself() {
     );
 }
 
+/// A full batch takes the COPY path (small groups take a multi-row
+/// insert): every event is stored once, across two day partitions, and the
+/// same batch again is all duplicates with the original ids.
+#[tokio::test]
+async fn a_full_batch_is_stored_once_and_its_resend_is_all_duplicates() {
+    let app = TestApp::spawn().await;
+    let (_, key) = provision(&app, "meter@copy.test", "enterprise", "UTC").await;
+    let yesterday = (Utc::now() - Duration::hours(23)).to_rfc3339();
+    let events: Vec<Value> = (0..1000)
+        .map(|i| {
+            let mut e = json!({"metric": "api_call", "value": 1, "endpoint": "/v1/ünï\\\"q", "idempotencyKey": format!("copy-{i}")});
+            if i % 2 == 0 {
+                e["timestamp"] = json!(yesterday);
+            }
+            e
+        })
+        .collect();
+    let body = json!({"events": events});
+    let path = "/api/v1/usage/track/batch";
+    let (status, first) = call(&app, &key, Method::POST, path, Some(body.clone())).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["accepted"], 1000, "{first}");
+    let (status, again) = call(&app, &key, Method::POST, path, Some(body)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (again["accepted"].as_i64(), again["duplicates"].as_i64()),
+        (Some(0), Some(1000))
+    );
+    for i in [0, 1, 999] {
+        assert_eq!(
+            again["results"][i]["eventId"],
+            first["results"][i]["eventId"]
+        );
+    }
+    let (status, page) = call(
+        &app,
+        &key,
+        Method::GET,
+        "/api/v1/usage/events?limit=1000",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let page = page.as_array().unwrap();
+    assert_eq!(page.len(), 1000);
+    assert!(page.iter().all(|e| e["endpoint"] == "/v1/ünï\\\"q"));
+    let ids: std::collections::HashSet<&str> =
+        page.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1000);
+}
+
 #[tokio::test]
 async fn the_plan_limit_holds_exactly_across_two_replicas() {
     let (a, b) = TestApp::spawn_pair().await;

@@ -104,7 +104,7 @@ async fn query_parameters_are_typed_and_known() {
 #[tokio::test]
 async fn oversized_and_unexpected_bodies() {
     let app = TestApp::spawn().await;
-    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(70 * 1024));
+    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(1100 * 1024));
     let (status, reply) = send(&app, Method::POST, "/api/v1/tenants", &big).await;
     assert_eq!(status, 413, "{reply}");
     assert_error_body(&reply, 413, "Payload Too Large");
