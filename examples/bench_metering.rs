@@ -60,13 +60,17 @@ async fn provision(
 
 /// Runs `clients` loops of `send` for one phase; returns per-call latencies
 /// and the events they carried.
-async fn load<F, Fut>(clients: usize, send: F) -> (Vec<Duration>, usize, Duration)
+async fn load<F, Fut>(
+    clients: usize,
+    duration: Duration,
+    send: F,
+) -> (Vec<Duration>, usize, Duration)
 where
     F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = usize> + Send,
 {
     let started = Instant::now();
-    let deadline = started + phase();
+    let deadline = started + duration;
     let mut tasks = Vec::new();
     for c in 0..clients {
         let send = send.clone();
@@ -157,24 +161,48 @@ async fn main() -> anyhow::Result<()> {
     if wanted("single") {
         single(&bench, &http, &tenants).await;
     }
-    let batched = if wanted("batch") {
-        Some(batch(&bench, &http, &tenants).await)
-    } else {
-        None
-    };
     if wanted("storage") {
         storage(&bench, &tenants).await;
     }
-    let copy = if wanted("copy") {
-        Some(copy(&bench, &tenants).await?)
-    } else {
-        None
-    };
-    if let (Some(batched), Some(copy)) = (batched, copy) {
-        println!(
-            "batched ingest / raw COPY = {:.0} %",
-            batched / copy * 100.0
-        );
+    if wanted("batch") || wanted("copy") {
+        // Interleaved rounds, so that batches and the COPY anchor see the
+        // same machine (its speed drifts by tens of percent over minutes).
+        let slice = phase() / ROUNDS;
+        let (mut samples, mut batched, mut batch_time) = (Vec::new(), 0, Duration::ZERO);
+        let (mut copied, mut copy_time) = (0, Duration::ZERO);
+        for round in 0..ROUNDS {
+            if wanted("batch") {
+                let (s, events, elapsed) = batch(&bench, &http, &tenants, slice, round).await;
+                samples.extend(s);
+                (batched, batch_time) = (batched + events, batch_time + elapsed);
+            }
+            if wanted("copy") {
+                let (rows, elapsed) = copy(&bench, &tenants, slice, round).await?;
+                (copied, copy_time) = (copied + rows, copy_time + elapsed);
+            }
+        }
+        let mut ratio = (None, None);
+        if wanted("batch") {
+            ratio.0 = Some(rate(
+                &format!("track/batch, 1,000 per call, {CLIENTS} clients"),
+                batched,
+                batch_time,
+            ));
+            report("  latency per batch call", samples);
+        }
+        if wanted("copy") {
+            ratio.1 = Some(rate(
+                &format!("raw COPY, 1,000 rows per commit, {CLIENTS} connections"),
+                copied,
+                copy_time,
+            ));
+        }
+        if let (Some(batched), Some(copy)) = ratio {
+            println!(
+                "batched ingest / raw COPY = {:.0} % ({ROUNDS} interleaved rounds each)",
+                batched / copy * 100.0
+            );
+        }
     }
     bench.finish().await
 }
@@ -184,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
 async fn floor(bench: &Bench, http: &reqwest::Client) {
     let connections = 64;
     let url = format!("{}/healthz", bench.base_url);
-    let (samples, calls, elapsed) = load(connections, {
+    let (samples, calls, elapsed) = load(connections, phase(), {
         let http = http.clone();
         move |_, _| {
             let (http, url) = (http.clone(), url.clone());
@@ -209,7 +237,7 @@ async fn floor(bench: &Bench, http: &reqwest::Client) {
 async fn single(bench: &Bench, http: &reqwest::Client, tenants: &Tenants) {
     let connections = 64;
     let url = format!("{}/api/v1/usage/track", bench.base_url);
-    let (samples, events, elapsed) = load(connections, {
+    let (samples, events, elapsed) = load(connections, phase(), {
         let (http, tenants) = (http.clone(), tenants.clone());
         move |c, n| {
             let (http, url, key) = (
@@ -241,11 +269,16 @@ async fn single(bench: &Bench, http: &reqwest::Client, tenants: &Tenants) {
     report("  latency per track", samples);
 }
 
-/// Batches of 1,000 events, each with an idempotency key.
-async fn batch(bench: &Bench, http: &reqwest::Client, tenants: &Tenants) -> f64 {
-    let clients = CLIENTS;
+/// Batches of 1,000 events, each with an idempotency key, for `duration`.
+async fn batch(
+    bench: &Bench,
+    http: &reqwest::Client,
+    tenants: &Tenants,
+    duration: Duration,
+    round: u32,
+) -> (Vec<Duration>, usize, Duration) {
     let url = format!("{}/api/v1/usage/track/batch", bench.base_url);
-    let (samples, events, elapsed) = load(clients, {
+    load(CLIENTS, duration, {
         let (http, tenants) = (http.clone(), tenants.clone());
         move |c, n| {
             let (http, url, key) = (
@@ -255,7 +288,7 @@ async fn batch(bench: &Bench, http: &reqwest::Client, tenants: &Tenants) -> f64 
             );
             async move {
                 let events: Vec<EventBody> = (0..1000)
-                    .map(|i| EventBody::new(format!("b{c}-{n}-{i}")))
+                    .map(|i| EventBody::new(format!("b{round}-{c}-{n}-{i}")))
                     .collect();
                 let r = http
                     .post(&url)
@@ -271,15 +304,11 @@ async fn batch(bench: &Bench, http: &reqwest::Client, tenants: &Tenants) -> f64 
             }
         }
     })
-    .await;
-    let batched = rate(
-        &format!("track/batch, 1,000 per call, {clients} clients"),
-        events,
-        elapsed,
-    );
-    report("  latency per batch call", samples);
-    batched
+    .await
 }
+
+/// Rounds that the batch and COPY phases are split into.
+const ROUNDS: u32 = 3;
 
 /// Concurrent batch clients, commit tasks and COPY connections.
 const CLIENTS: usize = 8;
@@ -288,7 +317,7 @@ const CLIENTS: usize = 8;
 /// batch goes.
 async fn storage(bench: &Bench, tenants: &Tenants) {
     let clients = CLIENTS;
-    let (samples, events, elapsed) = load(clients, {
+    let (samples, events, elapsed) = load(clients, phase(), {
         let (db, tenants) = (bench.db.clone(), tenants.clone());
         move |c, n| {
             let (db, tenant) = (db.clone(), tenants[c % tenants.len()].0.parse().unwrap());
@@ -323,10 +352,15 @@ async fn storage(bench: &Bench, tenants: &Tenants) {
 
 /// The anchor: binary COPY of the same rows into the same day partition,
 /// same chunks and parallelism, one connection per client.
-async fn copy(bench: &Bench, tenants: &Tenants) -> anyhow::Result<f64> {
+async fn copy(
+    bench: &Bench,
+    tenants: &Tenants,
+    duration: Duration,
+    round: u32,
+) -> anyhow::Result<(usize, Duration)> {
     let clients = CLIENTS;
     let started = Instant::now();
-    let deadline = started + phase();
+    let deadline = started + duration;
     let mut tasks = Vec::new();
     for (c, (tenant, _)) in tenants.iter().cycle().take(clients).enumerate() {
         let (url, tenant) = (bench.url.clone(), tenant.parse()?);
@@ -343,7 +377,7 @@ async fn copy(bench: &Bench, tenants: &Tenants) -> anyhow::Result<f64> {
                     value: 1.0,
                     endpoint: Some("/v1/orders".into()),
                     status_code: None,
-                    idempotency_key: Some(format!("c{c}-{n}-{i}")),
+                    idempotency_key: Some(format!("c{round}-{c}-{n}-{i}")),
                     occurred_at: now,
                 });
                 let statement = format!(
@@ -365,9 +399,5 @@ async fn copy(bench: &Bench, tenants: &Tenants) -> anyhow::Result<f64> {
     for task in tasks {
         events += task.await?;
     }
-    Ok(rate(
-        &format!("raw COPY, 1,000 rows per commit, {clients} connections"),
-        events,
-        started.elapsed(),
-    ))
+    Ok((events, started.elapsed()))
 }

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     tenant::PlanLimits,
-    usage::{Granularity, IDEMPOTENCY_RETENTION, Metric, NewEvent},
+    usage::{FUTURE_SKEW, Granularity, IDEMPOTENCY_RETENTION, Metric, NewEvent},
 };
 
 /// One event waiting to be committed.
@@ -234,7 +234,8 @@ async fn read_tenants(
 
 /// The events already stored under the batch's idempotency keys. A key is
 /// remembered while its event's timestamp is within
-/// [`IDEMPOTENCY_RETENTION`]; only the partitions of that window are read.
+/// [`IDEMPOTENCY_RETENTION`]; only the partitions of that window (three
+/// days, not the week created ahead) are read.
 async fn existing_keys(
     tx: &mut Transaction<'static, Postgres>,
     events: &[Pending],
@@ -253,12 +254,15 @@ async fn existing_keys(
          CROSS JOIN LATERAL ( \
            SELECT id, tenant_id, metric, value, endpoint, status_code, idempotency_key, occurred_at \
            FROM usage_events \
-           WHERE tenant_id = k.tenant_id AND idempotency_key = k.key AND occurred_at >= $3 \
+           WHERE tenant_id = k.tenant_id AND idempotency_key = k.key \
+             AND occurred_at >= $3 AND occurred_at <= $4 \
            LIMIT 1) e",
     )
     .bind(&tenants)
     .bind(&keys)
     .bind(now - IDEMPOTENCY_RETENTION)
+    // The upper bound keeps the partitions created ahead out of the probe.
+    .bind(now + FUTURE_SKEW)
     .fetch_all(&mut **tx)
     .await?;
     let mut out = HashMap::with_capacity(rows.len());
