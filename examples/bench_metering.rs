@@ -95,7 +95,7 @@ where
 }
 
 /// Whether to run `phase` (BENCH_PHASES: a comma list of floor, single,
-/// batch, storage, copy; all by default).
+/// grpc, storage, batch, copy; all by default).
 fn wanted(phase: &str) -> bool {
     std::env::var("BENCH_PHASES").map_or(true, |v| v.split(',').any(|p| p == phase))
 }
@@ -160,6 +160,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted("single") {
         single(&bench, &http, &tenants).await;
+    }
+    if wanted("grpc") {
+        single_grpc(&bench, &tenants).await?;
     }
     if wanted("storage") {
         storage(&bench, &tenants).await;
@@ -267,6 +270,45 @@ async fn single(bench: &Bench, http: &reqwest::Client, tenants: &Tenants) {
         elapsed,
     );
     report("  latency per track", samples);
+}
+
+/// Single events over native gRPC: 64 concurrent calls on one HTTP/2
+/// connection (what the REST layer adds shows against `single`).
+async fn single_grpc(bench: &Bench, tenants: &Tenants) -> anyhow::Result<()> {
+    use tenlyr::proto::v1::{self, metering_service_client::MeteringServiceClient};
+    let channel = tonic::transport::Channel::from_shared(bench.base_url.clone())?
+        .connect()
+        .await?;
+    let calls = 64;
+    let (samples, events, elapsed) = load(calls, phase(), {
+        let tenants = tenants.clone();
+        move |c, n| {
+            let mut client = MeteringServiceClient::new(channel.clone());
+            let key = tenants[c % tenants.len()].1.clone();
+            async move {
+                let mut request = tonic::Request::new(v1::TrackRequest {
+                    metric: v1::UsageMetric::ApiCall as i32,
+                    value: 1.0,
+                    endpoint: Some("/v1/orders".into()),
+                    idempotency_key: Some(format!("g{c}-{n}")),
+                    ..Default::default()
+                });
+                request
+                    .metadata_mut()
+                    .insert("authorization", format!("Bearer {key}").parse().unwrap());
+                client.track(request).await.unwrap();
+                1
+            }
+        }
+    })
+    .await;
+    rate(
+        &format!("gRPC Track, single events, {calls} concurrent calls"),
+        events,
+        elapsed,
+    );
+    report("  latency per call", samples);
+    Ok(())
 }
 
 /// Batches of 1,000 events, each with an idempotency key, for `duration`.

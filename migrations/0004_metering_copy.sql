@@ -66,4 +66,25 @@ BEGIN
     END LOOP;
 END $$;
 
+-- The start of an ingest commit in one round trip: the usage locks, then
+-- (with a snapshot taken after they are granted) the tenants with their
+-- limits and the month totals that events between `earliest` and `latest`
+-- can fall into (a month starts at most 32 days before any instant in it).
+CREATE FUNCTION tenlyr_usage_begin(tenant_ids uuid[], earliest timestamptz, latest timestamptz)
+    RETURNS TABLE (id uuid, plan text, time_zone text, api_call_limit bigint,
+                   storage_gb_limit bigint, seats_limit bigint,
+                   bucket_start timestamptz, metric text, total double precision)
+    LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM tenlyr_lock_usage(tenant_ids);
+    RETURN QUERY
+        SELECT t.id, t.plan, t.time_zone, t.api_call_limit, t.storage_gb_limit, t.seats_limit,
+               r.bucket_start, r.metric, r.total
+        FROM tenants t LEFT JOIN usage_rollups r
+          ON r.tenant_id = t.id AND r.granularity = 'month'
+         AND r.bucket_start > earliest - interval '32 days' AND r.bucket_start <= latest
+        WHERE t.id = ANY(tenant_ids);
+END $$;
+
 GRANT EXECUTE ON FUNCTION tenlyr_lock_usage(uuid[]) TO tenlyr_app;
+GRANT EXECUTE ON FUNCTION tenlyr_usage_begin(uuid[], timestamptz, timestamptz) TO tenlyr_app;

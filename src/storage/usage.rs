@@ -87,11 +87,7 @@ pub async fn commit(
     let mut ids: Vec<Uuid> = events.iter().map(|p| p.tenant_id).collect();
     ids.sort_unstable();
     ids.dedup();
-    sqlx::query("SELECT tenlyr_lock_usage($1)")
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
-    let (tenants, mut months) = read_tenants(&mut tx, &ids, events).await?;
+    let (tenants, mut months) = lock_and_read_tenants(&mut tx, &ids, events).await?;
     let existing = existing_keys(&mut tx, events, now).await?;
 
     let mut outcomes = Vec::with_capacity(events.len());
@@ -135,8 +131,7 @@ pub async fn commit(
 
     let mut totals = Vec::new();
     if !accepted.is_empty() {
-        write_events(&mut tx, &accepted).await?;
-        totals = add_to_rollups(&mut tx, &accepted).await?;
+        totals = write_events(&mut tx, &accepted).await?;
     }
     tx.commit().await?;
     Ok((outcomes, totals))
@@ -177,30 +172,23 @@ pub async fn begin(
     Ok(tx)
 }
 
-/// The tenants of the batch with their time zones and limits (read under
-/// the usage lock, so a plan change applies to the next commit), and the
-/// month counters the events can fall into.
-async fn read_tenants(
+/// Takes the tenants' usage locks, then reads the tenants with their time
+/// zones and limits (so a plan change applies to the next commit) and the
+/// month counters the events can fall into — one round trip
+/// (`tenlyr_usage_begin`).
+async fn lock_and_read_tenants(
     tx: &mut Transaction<'static, Postgres>,
     ids: &[Uuid],
     events: &[Pending],
 ) -> Result<(HashMap<Uuid, TenantRow>, BTreeMap<MonthKey, f64>), sqlx::Error> {
     let earliest = events.iter().map(|p| p.event.occurred_at).min();
     let latest = events.iter().map(|p| p.event.occurred_at).max();
-    // A month starts at most 32 days before any instant inside it.
-    let rows = sqlx::query(
-        "SELECT t.id, t.plan, t.time_zone, t.api_call_limit, t.storage_gb_limit, t.seats_limit, \
-                r.bucket_start, r.metric, r.total \
-         FROM tenants t LEFT JOIN usage_rollups r \
-           ON r.tenant_id = t.id AND r.granularity = 'month' \
-          AND r.bucket_start > $2 - interval '32 days' AND r.bucket_start <= $3 \
-         WHERE t.id = ANY($1)",
-    )
-    .bind(ids)
-    .bind(earliest)
-    .bind(latest)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows = sqlx::query("SELECT * FROM tenlyr_usage_begin($1, $2, $3)")
+        .bind(ids)
+        .bind(earliest)
+        .bind(latest)
+        .fetch_all(&mut **tx)
+        .await?;
     let mut tenants = HashMap::with_capacity(ids.len());
     let mut months = BTreeMap::new();
     for row in rows {
@@ -299,17 +287,19 @@ pub fn partition_of(at: DateTime<Utc>) -> String {
     format!("usage_events_{}", at.format("%Y%m%d"))
 }
 
-/// Below this many rows an `INSERT … SELECT FROM UNNEST` (one round trip,
-/// a prepared statement) costs less than `COPY` (two round trips and its
-/// set-up); above it COPY's bulk insert wins.
+/// Below this many rows an `INSERT … SELECT FROM UNNEST` (a prepared
+/// statement, sent together with the rollup upsert) costs less than `COPY`
+/// (two round trips and its set-up); above it COPY's bulk insert wins.
 const COPY_FROM_ROWS: usize = 100;
 
-/// Writes the accepted events straight into their day partitions: binary
-/// COPY for big groups, a multi-row insert for small ones.
+/// Writes the accepted events straight into their day partitions and adds
+/// them to the rollups; returns the month totals after the addition. One
+/// statement for a small group in one day, else a binary COPY per day
+/// partition and the upsert.
 async fn write_events(
     tx: &mut Transaction<'static, Postgres>,
     accepted: &[(&Pending, Tz)],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<MonthTotal>, sqlx::Error> {
     let mut by_day: BTreeMap<NaiveDate, Vec<&Pending>> = BTreeMap::new();
     for (p, _) in accepted {
         by_day
@@ -317,53 +307,178 @@ async fn write_events(
             .or_default()
             .push(p);
     }
-    for rows in by_day.values() {
+    let rollups = RollupColumns::of(accepted);
+    if let [rows] = by_day.values().collect::<Vec<_>>()[..]
+        && rows.len() < COPY_FROM_ROWS
+    {
         let partition = partition_of(rows[0].event.occurred_at);
-        if rows.len() < COPY_FROM_ROWS {
-            insert_rows(tx, &partition, rows).await?;
-            continue;
-        }
-        let statement = format!("COPY {partition} {COPY_COLUMNS} FROM STDIN (FORMAT binary)");
+        // The partition name is ours (`partition_of`), not input.
+        let sql = format!(
+            "WITH written AS (INSERT INTO {partition} {COPY_COLUMNS} {EVENTS_FROM_UNNEST}) {}",
+            add_to_rollups_sql(9)
+        );
+        let query = EventColumns::of(rows).bind(sqlx::query(sqlx::AssertSqlSafe(sql)));
+        let rows = rollups.bind(query).fetch_all(&mut **tx).await?;
+        return month_totals_of(&rows);
+    }
+    for rows in by_day.values() {
+        let statement = format!(
+            "COPY {} {COPY_COLUMNS} FROM STDIN (FORMAT binary)",
+            partition_of(rows[0].event.occurred_at)
+        );
         let mut copy = tx.copy_in_raw(&statement).await?;
         copy.send(copy_binary(rows.iter().map(|p| stored(p))))
             .await?;
         copy.finish().await?;
     }
-    Ok(())
+    let sql = add_to_rollups_sql(1);
+    let rows = rollups
+        .bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+        .fetch_all(&mut **tx)
+        .await?;
+    month_totals_of(&rows)
 }
 
-async fn insert_rows(
-    tx: &mut Transaction<'static, Postgres>,
-    partition: &str,
-    rows: &[&Pending],
-) -> Result<(), sqlx::Error> {
-    let ids: Vec<Uuid> = rows.iter().map(|p| p.id).collect();
-    let tenants: Vec<Uuid> = rows.iter().map(|p| p.tenant_id).collect();
-    let metrics: Vec<&str> = rows.iter().map(|p| p.event.metric.as_str()).collect();
-    let values: Vec<f64> = rows.iter().map(|p| p.event.value).collect();
-    let endpoints: Vec<Option<&str>> = rows.iter().map(|p| p.event.endpoint.as_deref()).collect();
-    let codes: Vec<Option<i32>> = rows.iter().map(|p| p.event.status_code).collect();
-    let keys: Vec<Option<&str>> = rows
-        .iter()
-        .map(|p| p.event.idempotency_key.as_deref())
-        .collect();
-    let times: Vec<DateTime<Utc>> = rows.iter().map(|p| p.event.occurred_at).collect();
-    // The partition name is ours (`partition_of`), not input.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {partition} {COPY_COLUMNS} SELECT * FROM UNNEST($1::uuid[], $2::uuid[], \
-         $3::text[], $4::float8[], $5::text[], $6::int4[], $7::text[], $8::timestamptz[])"
-    )))
-    .bind(&ids)
-    .bind(&tenants)
-    .bind(&metrics)
-    .bind(&values)
-    .bind(&endpoints)
-    .bind(&codes)
-    .bind(&keys)
-    .bind(&times)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+/// Events as UNNEST rows, binds `$1`–`$8` ([`EventColumns`]).
+const EVENTS_FROM_UNNEST: &str = "SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], \
+     $4::float8[], $5::text[], $6::int4[], $7::text[], $8::timestamptz[])";
+
+/// Adds rollup rows ([`RollupColumns`], bound from `$first`), returning
+/// the totals after the addition.
+fn add_to_rollups_sql(first: usize) -> String {
+    let [a, b, c, d, e, f] = std::array::from_fn(|i| first + i);
+    format!(
+        "INSERT INTO usage_rollups AS r (tenant_id, granularity, bucket_start, metric, total, events) \
+         SELECT * FROM UNNEST(${a}::uuid[], ${b}::text[], ${c}::timestamptz[], ${d}::text[], \
+         ${e}::float8[], ${f}::int8[]) \
+         ON CONFLICT (tenant_id, granularity, bucket_start, metric) DO UPDATE \
+         SET total = r.total + EXCLUDED.total, events = r.events + EXCLUDED.events \
+         RETURNING tenant_id, granularity, bucket_start, metric, total"
+    )
+}
+
+/// The columns of events, in [`COPY_COLUMNS`] order, as arrays.
+struct EventColumns<'a> {
+    ids: Vec<Uuid>,
+    tenants: Vec<Uuid>,
+    metrics: Vec<&'static str>,
+    values: Vec<f64>,
+    endpoints: Vec<Option<&'a str>>,
+    codes: Vec<Option<i32>>,
+    keys: Vec<Option<&'a str>>,
+    times: Vec<DateTime<Utc>>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn of(rows: &[&'a Pending]) -> Self {
+        Self {
+            ids: rows.iter().map(|p| p.id).collect(),
+            tenants: rows.iter().map(|p| p.tenant_id).collect(),
+            metrics: rows.iter().map(|p| p.event.metric.as_str()).collect(),
+            values: rows.iter().map(|p| p.event.value).collect(),
+            endpoints: rows.iter().map(|p| p.event.endpoint.as_deref()).collect(),
+            codes: rows.iter().map(|p| p.event.status_code).collect(),
+            keys: rows
+                .iter()
+                .map(|p| p.event.idempotency_key.as_deref())
+                .collect(),
+            times: rows.iter().map(|p| p.event.occurred_at).collect(),
+        }
+    }
+
+    fn bind<'q>(self, query: PgQuery<'q>) -> PgQuery<'q>
+    where
+        'a: 'q,
+    {
+        query
+            .bind(self.ids)
+            .bind(self.tenants)
+            .bind(self.metrics)
+            .bind(self.values)
+            .bind(self.endpoints)
+            .bind(self.codes)
+            .bind(self.keys)
+            .bind(self.times)
+    }
+}
+
+/// A rollup row's key: tenant, granularity, bucket start, metric.
+type BucketKey = (Uuid, Granularity, DateTime<Utc>, Metric);
+
+/// The accepted events summed into their hour, day and month buckets, as
+/// arrays.
+struct RollupColumns {
+    tenants: Vec<Uuid>,
+    grans: Vec<&'static str>,
+    starts: Vec<DateTime<Utc>>,
+    metrics: Vec<&'static str>,
+    totals: Vec<f64>,
+    counts: Vec<i64>,
+}
+
+impl RollupColumns {
+    fn of(accepted: &[(&Pending, Tz)]) -> Self {
+        let mut sums: BTreeMap<BucketKey, (f64, i64)> = BTreeMap::new();
+        for (p, tz) in accepted {
+            for g in Granularity::ALL {
+                let bucket = g.bucket(p.event.occurred_at, *tz);
+                let entry = sums
+                    .entry((p.tenant_id, g, bucket, p.event.metric))
+                    .or_default();
+                entry.0 += p.event.value;
+                entry.1 += 1;
+            }
+        }
+        let mut out = Self {
+            tenants: Vec::with_capacity(sums.len()),
+            grans: Vec::with_capacity(sums.len()),
+            starts: Vec::with_capacity(sums.len()),
+            metrics: Vec::with_capacity(sums.len()),
+            totals: Vec::with_capacity(sums.len()),
+            counts: Vec::with_capacity(sums.len()),
+        };
+        for ((tenant, g, start, metric), (total, count)) in sums {
+            out.tenants.push(tenant);
+            out.grans.push(g.as_str());
+            out.starts.push(start);
+            out.metrics.push(metric.as_str());
+            out.totals.push(total);
+            out.counts.push(count);
+        }
+        out
+    }
+
+    fn bind(self, query: PgQuery<'_>) -> PgQuery<'_> {
+        query
+            .bind(self.tenants)
+            .bind(self.grans)
+            .bind(self.starts)
+            .bind(self.metrics)
+            .bind(self.totals)
+            .bind(self.counts)
+    }
+}
+
+/// The month rows of an upsert's RETURNING.
+fn month_totals_of(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<MonthTotal>, sqlx::Error> {
+    let mut out = Vec::new();
+    for row in rows {
+        let g: String = row.try_get("granularity")?;
+        let metric: String = row.try_get("metric")?;
+        if g == "month"
+            && let Some(metric) = Metric::parse(&metric)
+        {
+            out.push(MonthTotal {
+                tenant_id: row.try_get("tenant_id")?,
+                period_start: row.try_get("bucket_start")?,
+                metric,
+                total: row.try_get("total")?,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Events in PostgreSQL's binary COPY format, columns as in
@@ -407,76 +522,6 @@ pub fn copy_binary(events: impl Iterator<Item = StoredEvent>) -> Vec<u8> {
     }
     buf.extend_from_slice(&(-1i16).to_be_bytes());
     buf
-}
-
-/// A rollup row's key: tenant, granularity, bucket start, metric.
-type BucketKey = (Uuid, Granularity, DateTime<Utc>, Metric);
-
-/// Adds the accepted events to their hour, day and month buckets; returns
-/// the month totals after the addition.
-async fn add_to_rollups(
-    tx: &mut Transaction<'static, Postgres>,
-    accepted: &[(&Pending, Tz)],
-) -> Result<Vec<MonthTotal>, sqlx::Error> {
-    let mut sums: BTreeMap<BucketKey, (f64, i64)> = BTreeMap::new();
-    for (p, tz) in accepted {
-        for g in Granularity::ALL {
-            let bucket = g.bucket(p.event.occurred_at, *tz);
-            let entry = sums
-                .entry((p.tenant_id, g, bucket, p.event.metric))
-                .or_default();
-            entry.0 += p.event.value;
-            entry.1 += 1;
-        }
-    }
-    let n = sums.len();
-    let (mut tenants, mut grans, mut starts, mut metrics, mut totals, mut counts) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for ((tenant, g, start, metric), (total, count)) in &sums {
-        tenants.push(*tenant);
-        grans.push(g.as_str());
-        starts.push(*start);
-        metrics.push(metric.as_str());
-        totals.push(*total);
-        counts.push(*count);
-    }
-    let rows = sqlx::query(
-        "INSERT INTO usage_rollups AS r (tenant_id, granularity, bucket_start, metric, total, events) \
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::float8[], $6::int8[]) \
-         ON CONFLICT (tenant_id, granularity, bucket_start, metric) DO UPDATE \
-         SET total = r.total + EXCLUDED.total, events = r.events + EXCLUDED.events \
-         RETURNING tenant_id, granularity, bucket_start, metric, total",
-    )
-    .bind(&tenants)
-    .bind(&grans)
-    .bind(&starts)
-    .bind(&metrics)
-    .bind(&totals)
-    .bind(&counts)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut out = Vec::new();
-    for row in rows {
-        let g: String = row.try_get("granularity")?;
-        let metric: String = row.try_get("metric")?;
-        if g == "month"
-            && let Some(metric) = Metric::parse(&metric)
-        {
-            out.push(MonthTotal {
-                tenant_id: row.try_get("tenant_id")?,
-                period_start: row.try_get("bucket_start")?,
-                metric,
-                total: row.try_get("total")?,
-            });
-        }
-    }
-    Ok(out)
 }
 
 /// Whether a commit failed in a way that a retry of the same events can
