@@ -109,6 +109,16 @@ fn rate(name: &str, events: usize, elapsed: Duration) -> f64 {
     per_sec
 }
 
+/// Prints a phase's rate and its latency per call.
+fn summary(
+    name: &str,
+    latency: &str,
+    (samples, events, elapsed): (Vec<Duration>, usize, Duration),
+) {
+    rate(name, events, elapsed);
+    report(latency, samples);
+}
+
 type Tenants = Vec<(String, String)>;
 
 /// One tracked event as the client sends it (typed, so that the load
@@ -215,7 +225,7 @@ async fn main() -> anyhow::Result<()> {
 async fn floor(bench: &Bench, http: &reqwest::Client) {
     let connections = 64;
     let url = format!("{}/healthz", bench.base_url);
-    let (samples, calls, elapsed) = load(connections, phase(), {
+    let measured = load(connections, phase(), {
         let http = http.clone();
         move |_, _| {
             let (http, url) = (http.clone(), url.clone());
@@ -228,19 +238,18 @@ async fn floor(bench: &Bench, http: &reqwest::Client) {
         }
     })
     .await;
-    rate(
+    summary(
         &format!("floor: GET /healthz, {connections} connections"),
-        calls,
-        elapsed,
+        "  latency per call",
+        measured,
     );
-    report("  latency per call", samples);
 }
 
 /// Single events over many connections.
 async fn single(bench: &Bench, http: &reqwest::Client, tenants: &Tenants) {
     let connections = 64;
     let url = format!("{}/api/v1/usage/track", bench.base_url);
-    let (samples, events, elapsed) = load(connections, phase(), {
+    let measured = load(connections, phase(), {
         let (http, tenants) = (http.clone(), tenants.clone());
         move |c, n| {
             let (http, url, key) = (
@@ -264,12 +273,11 @@ async fn single(bench: &Bench, http: &reqwest::Client, tenants: &Tenants) {
         }
     })
     .await;
-    rate(
+    summary(
         &format!("track, single events, {connections} connections"),
-        events,
-        elapsed,
+        "  latency per track",
+        measured,
     );
-    report("  latency per track", samples);
 }
 
 /// Single events over native gRPC: 64 concurrent calls on one HTTP/2
@@ -280,7 +288,7 @@ async fn single_grpc(bench: &Bench, tenants: &Tenants) -> anyhow::Result<()> {
         .connect()
         .await?;
     let calls = 64;
-    let (samples, events, elapsed) = load(calls, phase(), {
+    let measured = load(calls, phase(), {
         let tenants = tenants.clone();
         move |c, n| {
             let mut client = MeteringServiceClient::new(channel.clone());
@@ -302,12 +310,11 @@ async fn single_grpc(bench: &Bench, tenants: &Tenants) -> anyhow::Result<()> {
         }
     })
     .await;
-    rate(
+    summary(
         &format!("gRPC Track, single events, {calls} concurrent calls"),
-        events,
-        elapsed,
+        "  latency per call",
+        measured,
     );
-    report("  latency per call", samples);
     Ok(())
 }
 
@@ -359,7 +366,7 @@ const CLIENTS: usize = 8;
 /// batch goes.
 async fn storage(bench: &Bench, tenants: &Tenants) {
     let clients = CLIENTS;
-    let (samples, events, elapsed) = load(clients, phase(), {
+    let measured = load(clients, phase(), {
         let (db, tenants) = (bench.db.clone(), tenants.clone());
         move |c, n| {
             let (db, tenant) = (db.clone(), tenants[c % tenants.len()].0.parse().unwrap());
@@ -384,12 +391,11 @@ async fn storage(bench: &Bench, tenants: &Tenants) {
         }
     })
     .await;
-    rate(
+    summary(
         &format!("storage commit only, 1,000 per commit, {clients} tasks"),
-        events,
-        elapsed,
+        "  latency per commit",
+        measured,
     );
-    report("  latency per commit", samples);
 }
 
 /// The anchor: binary COPY of the same rows into the same day partition,

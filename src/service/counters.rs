@@ -2,7 +2,8 @@
 //! Redis when configured (shared by replicas), in-process otherwise.
 //!
 //! Postgres stays the source of truth: its month rollup rows are the
-//! counters plan limits are checked against, under their row locks. What
+//! counters plan limits are checked against, under the tenant's usage lock
+//! (`storage::usage::commit`). What
 //! is published here is each commit's resulting *absolute* total, applied
 //! with "set if greater" (totals only grow within a period), so the mirror
 //! is never ahead of Postgres and heals on the next commit even if a

@@ -83,7 +83,7 @@ pub async fn commit(
     events: &[Pending],
 ) -> Result<(Vec<Outcome>, Vec<MonthTotal>), sqlx::Error> {
     let now = Utc::now();
-    let mut tx = pool.begin_with(BEGIN_PLATFORM).await?;
+    let mut tx = begin_platform(pool).await?;
     let mut ids: Vec<Uuid> = events.iter().map(|p| p.tenant_id).collect();
     ids.sort_unstable();
     ids.dedup();
@@ -308,7 +308,8 @@ async fn write_events(
             .push(p);
     }
     let rollups = RollupColumns::of(accepted);
-    if let [rows] = by_day.values().collect::<Vec<_>>()[..]
+    if by_day.len() == 1
+        && let Some(rows) = by_day.values().next()
         && rows.len() < COPY_FROM_ROWS
     {
         let partition = partition_of(rows[0].event.occurred_at);

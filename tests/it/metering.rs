@@ -40,6 +40,14 @@ async fn metrics(app: &TestApp, key: &str) -> Value {
     body
 }
 
+/// The tenant's newest 1,000 events.
+async fn list_events(app: &TestApp, key: &str) -> Vec<Value> {
+    let path = "/api/v1/usage/events?limit=1000";
+    let (status, body) = call(app, key, Method::GET, path, None).await;
+    assert_eq!(status, 200, "{body}");
+    body.as_array().unwrap().clone()
+}
+
 #[tokio::test]
 async fn track_returns_the_documented_event_and_counts_it() {
     let app = TestApp::spawn().await;
@@ -182,16 +190,7 @@ async fn concurrent_tracks_are_counted_exactly_and_retries_once() {
         assert_eq!(ids.entry(k).or_insert_with(|| id.clone()), &id);
     }
     assert_eq!(metrics(&app, &key).await["apiCalls"], "100");
-    let (status, events) = call(
-        &app,
-        &key,
-        Method::GET,
-        "/api/v1/usage/events?limit=1000",
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(events.as_array().unwrap().len(), 100);
+    assert_eq!(list_events(&app, &key).await.len(), 100);
 }
 
 #[tokio::test]
@@ -298,16 +297,7 @@ async fn a_full_batch_is_stored_once_and_its_resend_is_all_duplicates() {
             first["results"][i]["eventId"]
         );
     }
-    let (status, page) = call(
-        &app,
-        &key,
-        Method::GET,
-        "/api/v1/usage/events?limit=1000",
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
-    let page = page.as_array().unwrap();
+    let page = list_events(&app, &key).await;
     assert_eq!(page.len(), 1000);
     assert!(page.iter().all(|e| e["endpoint"] == "/v1/ünï\\\"q"));
     let ids: std::collections::HashSet<&str> =
