@@ -24,18 +24,31 @@ use crate::{
 /// Counters outlive their month by a few days, then expire.
 const TTL_SECS: i64 = 40 * 24 * 3600;
 
-/// `HSET field value` for each pair whose value is greater than the stored
-/// one; then refresh the TTL.
+/// For each key (a tenant's period): `HSET field value` for each pair
+/// whose value is greater than the stored one, then refresh the TTL.
+/// ARGV: the TTL, then per key the number of pairs and the pairs.
 const SET_MAX: &str = r"
-for i = 2, #ARGV, 2 do
-  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '-1')
-  if tonumber(ARGV[i + 1]) > cur then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+local a = 2
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  for i = 1, n do
+    local cur = tonumber(redis.call('HGET', KEYS[k], ARGV[a]) or '-1')
+    if tonumber(ARGV[a + 1]) > cur then
+      redis.call('HSET', KEYS[k], ARGV[a], ARGV[a + 1])
+    end
+    a = a + 2
   end
+  redis.call('EXPIRE', KEYS[k], ARGV[1])
 end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 0
 ";
+
+/// The SHA-1 of [`SET_MAX`], as `EVALSHA` names it.
+static SET_MAX_SHA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, SET_MAX.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+});
 
 type Totals = [Option<f64>; 4];
 /// A tenant's billing period: tenant id and period start.
@@ -63,8 +76,9 @@ impl LiveCounters {
         }
     }
 
-    /// Applies the totals of a commit (set if greater). Failures are logged:
-    /// the next commit or read repairs the mirror.
+    /// Applies the totals of a commit (set if greater), all of its tenants
+    /// in one Redis call. Failures are logged: the next commit or read
+    /// repairs the mirror.
     pub async fn publish(&self, totals: &[MonthTotal]) {
         let mut grouped: HashMap<Period, Vec<(Metric, f64)>> = HashMap::new();
         for t in totals {
@@ -73,34 +87,47 @@ impl LiveCounters {
                 .or_default()
                 .push((t.metric, t.total));
         }
-        for ((tenant, start), values) in grouped {
-            self.set_max(tenant, start, &values).await;
-        }
+        self.set_max(grouped).await;
     }
 
-    async fn set_max(&self, tenant: Uuid, start: DateTime<Utc>, values: &[(Metric, f64)]) {
+    async fn set_max(&self, periods: HashMap<Period, Vec<(Metric, f64)>>) {
+        if periods.is_empty() {
+            return;
+        }
         match self {
             Self::Redis(redis) => {
+                let mut keys = Vec::with_capacity(periods.len());
                 let mut args: Vec<String> = vec![TTL_SECS.to_string()];
-                for (metric, total) in values {
-                    args.push(metric.as_str().to_owned());
-                    args.push(total.to_string());
+                for ((tenant, start), values) in periods {
+                    keys.push(key(tenant, start));
+                    args.push(values.len().to_string());
+                    for (metric, total) in values {
+                        args.push(metric.as_str().to_owned());
+                        args.push(total.to_string());
+                    }
                 }
-                let result: Result<i64, _> = redis
-                    .client()
-                    .eval(SET_MAX, vec![key(tenant, start)], args)
+                let client = redis.client();
+                let mut result: Result<i64, fred::error::Error> = client
+                    .evalsha(SET_MAX_SHA.as_str(), keys.clone(), args.clone())
                     .await;
+                if let Err(err) = &result
+                    && err.details().starts_with("NOSCRIPT")
+                {
+                    result = client.eval(SET_MAX, keys, args).await;
+                }
                 if let Err(err) = result {
                     tracing::warn!(error = %err, "publishing usage counters to redis failed");
                 }
             }
             Self::Local(map) => {
                 let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
-                let entry = map.entry((tenant, start)).or_default();
-                for (metric, total) in values {
-                    let cur = &mut entry[slot(*metric)];
-                    if cur.is_none_or(|c| *total > c) {
-                        *cur = Some(*total);
+                for (period, values) in periods {
+                    let entry = map.entry(period).or_default();
+                    for (metric, total) in values {
+                        let cur = &mut entry[slot(metric)];
+                        if cur.is_none_or(|c| total > c) {
+                            *cur = Some(total);
+                        }
                     }
                 }
                 // Forget periods that ended long ago.
@@ -137,6 +164,7 @@ impl LiveCounters {
             .into_iter()
             .map(|m| (m, totals.get(&m).copied().unwrap_or(0.0)))
             .collect();
-        self.set_max(tenant, start, &values).await;
+        self.set_max(HashMap::from([((tenant, start), values)]))
+            .await;
     }
 }

@@ -30,7 +30,7 @@ use crate::{
     storage::{
         Db,
         entities::tenant,
-        usage::{self as repo, MonthTotal, Outcome, Pending, Retry, StoredEvent},
+        usage::{self as repo, Outcome, Pending, Retry, StoredEvent},
     },
 };
 
@@ -120,6 +120,8 @@ async fn commit_loop(
     counters: Arc<LiveCounters>,
     stop: CancellationToken,
 ) {
+    // What this committer last read of its tenants (for `commit_small`).
+    let mut known = repo::Tenants::new();
     loop {
         let first = tokio::select! {
             s = rx.recv() => s,
@@ -140,23 +142,40 @@ async fn commit_loop(
                 Err(_) => break,
             }
         }
-        commit_group(&db, &counters, group).await;
+        commit_group(&db, &counters, &mut known, group).await;
     }
 }
 
-async fn commit_group(db: &Db, counters: &LiveCounters, group: Vec<Submission>) {
+/// Tenants a committer remembers, at most (then it starts over).
+const KNOWN_TENANTS: usize = 100_000;
+
+async fn commit_group(
+    db: &Db,
+    counters: &LiveCounters,
+    known: &mut repo::Tenants,
+    group: Vec<Submission>,
+) {
     let events: Vec<Pending> = group
         .iter()
         .flat_map(|s| s.events.iter().cloned())
         .collect();
-    match commit_with_retry(db, &events).await {
-        Ok((outcomes, totals)) => {
-            let mut outcomes = outcomes.into_iter();
+    match commit_with_retry(db, &events, known).await {
+        Ok(done) => {
+            let mut outcomes = done.outcomes.into_iter();
             for submission in group {
                 let mine = outcomes.by_ref().take(submission.events.len()).collect();
                 let _ = submission.reply.send(Ok(mine));
             }
-            counters.publish(&totals).await;
+            if known.len() + done.tenants.len() > KNOWN_TENANTS {
+                known.clear();
+            }
+            for p in &events {
+                if !done.tenants.contains_key(&p.tenant_id) {
+                    known.remove(&p.tenant_id);
+                }
+            }
+            known.extend(done.tenants);
+            counters.publish(&done.totals).await;
         }
         Err(err) => {
             let err = ApiError::from(err);
@@ -167,10 +186,23 @@ async fn commit_group(db: &Db, counters: &LiveCounters, group: Vec<Submission>) 
     }
 }
 
+/// Commits `events`: in one call when their outcome is known beforehand
+/// (`commit_small`), else the long way, retried on deadlocks and missing
+/// partitions.
 async fn commit_with_retry(
     db: &Db,
     events: &[Pending],
-) -> Result<(Vec<Outcome>, Vec<MonthTotal>), sqlx::Error> {
+    known: &repo::Tenants,
+) -> Result<repo::Committed, sqlx::Error> {
+    match repo::commit_small(db.pool(), events, known).await {
+        Ok(Some(done)) => return Ok(done),
+        Ok(None) => {}
+        // The database refused the statement (a missing partition, say):
+        // nothing was written, the long way decides. Anything else (a lost
+        // connection) may have committed, so it is not repeated.
+        Err(err) if err.as_database_error().is_some() => {}
+        Err(err) => return Err(err),
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;

@@ -33,6 +33,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "metering_copy",
         sql: include_str!("../../migrations/0004_metering_copy.sql"),
     },
+    Migration {
+        version: 5,
+        name: "ingest_one_call",
+        sql: include_str!("../../migrations/0005_ingest_one_call.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

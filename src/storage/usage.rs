@@ -65,9 +65,43 @@ pub struct MonthTotal {
     pub total: f64,
 }
 
-struct TenantRow {
+/// What a commit read of a tenant: kept by ingestion so that the next
+/// commit of its events can be decided before it starts ([`commit_small`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantSnapshot {
+    time_zone: String,
+    plan: String,
+    /// The tenant's own limits (enterprise), as stored.
+    own: PlanLimits,
     tz: Tz,
+    /// The limits in force.
     limits: PlanLimits,
+}
+
+impl TenantSnapshot {
+    fn new(time_zone: String, plan: String, own: PlanLimits) -> Self {
+        Self {
+            tz: time_zone.parse().unwrap_or(Tz::UTC),
+            limits: PlanLimits::effective(&plan, own),
+            time_zone,
+            plan,
+            own,
+        }
+    }
+}
+
+/// The tenants a commit read, by id.
+pub type Tenants = HashMap<Uuid, TenantSnapshot>;
+
+/// What [`commit`] and [`commit_small`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// One per event, in order.
+    pub outcomes: Vec<Outcome>,
+    /// The month totals after the commit (for the live counters).
+    pub totals: Vec<MonthTotal>,
+    /// The tenants as read under their usage locks.
+    pub tenants: Tenants,
 }
 
 /// A month counter's key: tenant, period start, metric.
@@ -78,10 +112,7 @@ type MonthKey = (Uuid, DateTime<Utc>, Metric);
 /// The tenants' usage locks come first: while they are held no other
 /// commit (of any replica) can count events of these tenants, so the month
 /// totals and idempotency keys read next stay true until this commit ends.
-pub async fn commit(
-    pool: &PgPool,
-    events: &[Pending],
-) -> Result<(Vec<Outcome>, Vec<MonthTotal>), sqlx::Error> {
+pub async fn commit(pool: &PgPool, events: &[Pending]) -> Result<Committed, sqlx::Error> {
     let now = Utc::now();
     let mut tx = begin_platform(pool).await?;
     let mut ids: Vec<Uuid> = events.iter().map(|p| p.tenant_id).collect();
@@ -134,8 +165,100 @@ pub async fn commit(
         totals = write_events(&mut tx, &accepted).await?;
     }
     tx.commit().await?;
-    Ok((outcomes, totals))
+    Ok(Committed {
+        outcomes,
+        totals,
+        tenants,
+    })
 }
+
+/// Commits a small group of events in one call (`tenlyr_ingest`), when
+/// the outcome can be known beforehand: every tenant is in `known` and
+/// unchanged, no idempotency key repeats (in the group or in the stored
+/// events) and every month total stays within its limit, so every event is
+/// accepted. `None`: nothing was written, and [`commit`] must decide (also
+/// when the group is too big, spans days, or repeats a key itself).
+pub async fn commit_small(
+    pool: &PgPool,
+    events: &[Pending],
+    known: &Tenants,
+) -> Result<Option<Committed>, sqlx::Error> {
+    if events.is_empty() || events.len() >= COPY_FROM_ROWS {
+        return Ok(None);
+    }
+    let mut accepted = Vec::with_capacity(events.len());
+    let mut tenants = Tenants::new();
+    let mut keys = std::collections::HashSet::new();
+    for p in events {
+        let Some(t) = known.get(&p.tenant_id) else {
+            return Ok(None);
+        };
+        if let Some(key) = p.event.idempotency_key.as_deref()
+            && !keys.insert((p.tenant_id, key))
+        {
+            return Ok(None);
+        }
+        tenants.entry(p.tenant_id).or_insert_with(|| t.clone());
+        accepted.push((p, t.tz));
+    }
+    let now = Utc::now();
+    let rows: Vec<&Pending> = events.iter().collect();
+    let rollups = RollupColumns::of(&accepted);
+    let limits = rollups.month_limits(&tenants);
+    let (ids, snapshots): (Vec<Uuid>, Vec<&TenantSnapshot>) = tenants.iter().unzip();
+    let query = EventColumns::of(&rows).bind(sqlx::query(INGEST_SQL));
+    let query = query
+        .bind(now - IDEMPOTENCY_RETENTION)
+        .bind(now + FUTURE_SKEW)
+        .bind(&ids)
+        .bind(
+            snapshots
+                .iter()
+                .map(|t| t.time_zone.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            snapshots
+                .iter()
+                .map(|t| t.plan.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            snapshots
+                .iter()
+                .map(|t| t.own.api_calls)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            snapshots
+                .iter()
+                .map(|t| t.own.storage_gb)
+                .collect::<Vec<_>>(),
+        )
+        .bind(snapshots.iter().map(|t| t.own.seats).collect::<Vec<_>>());
+    let rows = rollups.bind(query).bind(limits).fetch_all(pool).await?;
+    if !rows
+        .first()
+        .map(|row| row.try_get::<bool, _>("done"))
+        .transpose()?
+        .unwrap_or(false)
+    {
+        return Ok(None);
+    }
+    Ok(Some(Committed {
+        outcomes: events
+            .iter()
+            .map(|p| Outcome::Accepted(stored(p)))
+            .collect(),
+        totals: month_totals_of(&rows)?,
+        tenants,
+    }))
+}
+
+/// `tenlyr_ingest`: events `$1`–`$8`, the key window `$9`–`$10`, tenants
+/// `$11`–`$16`, rollups `$17`–`$22` and their limits `$23`.
+const INGEST_SQL: &str = "SELECT * FROM tenlyr_ingest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+     $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)";
 
 fn stored(p: &Pending) -> StoredEvent {
     StoredEvent {
@@ -180,7 +303,7 @@ async fn lock_and_read_tenants(
     tx: &mut Transaction<'static, Postgres>,
     ids: &[Uuid],
     events: &[Pending],
-) -> Result<(HashMap<Uuid, TenantRow>, BTreeMap<MonthKey, f64>), sqlx::Error> {
+) -> Result<(Tenants, BTreeMap<MonthKey, f64>), sqlx::Error> {
     let earliest = events.iter().map(|p| p.event.occurred_at).min();
     let latest = events.iter().map(|p| p.event.occurred_at).max();
     let rows = sqlx::query("SELECT * FROM tenlyr_usage_begin($1, $2, $3)")
@@ -194,20 +317,15 @@ async fn lock_and_read_tenants(
     for row in rows {
         let id: Uuid = row.try_get("id")?;
         if let std::collections::hash_map::Entry::Vacant(slot) = tenants.entry(id) {
-            let plan: String = row.try_get("plan")?;
-            let tz: String = row.try_get("time_zone")?;
-            let limits = PlanLimits::effective(
-                &plan,
+            slot.insert(TenantSnapshot::new(
+                row.try_get("time_zone")?,
+                row.try_get("plan")?,
                 PlanLimits {
                     api_calls: row.try_get("api_call_limit")?,
                     storage_gb: row.try_get("storage_gb_limit")?,
                     seats: row.try_get("seats_limit")?,
                 },
-            );
-            slot.insert(TenantRow {
-                tz: tz.parse().unwrap_or(Tz::UTC),
-                limits,
-            });
+            ));
         }
         let metric: Option<String> = row.try_get("metric")?;
         if let Some(metric) = metric.as_deref().and_then(Metric::parse) {
@@ -449,6 +567,19 @@ impl RollupColumns {
             out.counts.push(count);
         }
         out
+    }
+
+    /// The limit of each month row (`None`: not a month row, or no limit).
+    fn month_limits(&self, tenants: &Tenants) -> Vec<Option<f64>> {
+        (0..self.tenants.len())
+            .map(|i| {
+                let metric = Metric::parse(self.metrics[i])?;
+                if self.grans[i] != Granularity::Month.as_str() {
+                    return None;
+                }
+                metric.limit(&tenants.get(&self.tenants[i])?.limits)
+            })
+            .collect()
     }
 
     fn bind(self, query: PgQuery<'_>) -> PgQuery<'_> {

@@ -418,6 +418,105 @@ fn pending(tenant: Uuid, when: &str, key: Option<&str>) -> Pending {
     }
 }
 
+fn pending_now(tenant: Uuid, key: Option<&str>, value: f64) -> Pending {
+    Pending {
+        event: NewEvent {
+            value,
+            occurred_at: Utc::now(),
+            ..pending(tenant, "2026-01-01T00:00:00Z", key).event
+        },
+        ..pending(tenant, "2026-01-01T00:00:00Z", key)
+    }
+}
+
+/// A small group whose outcome is known beforehand commits in one call;
+/// whatever needs deciding (a tenant not seen or changed since, a key seen
+/// before or repeated, a limit) is refused with nothing written, for the
+/// long way to decide.
+#[tokio::test]
+async fn one_call_commits_take_only_what_needs_no_decision() {
+    let app = TestApp::spawn().await;
+    let (tenant, _) = provision(&app, "meter@onecall.test", "starter", "Europe/Paris").await;
+    let tenant: Uuid = tenant.parse().unwrap();
+    let db = Db::connect(&app.db.url, 2).unwrap();
+    let first = [pending_now(tenant, Some("a"), 1.0)];
+    let unknown = usage::Tenants::new();
+    assert!(
+        usage::commit_small(db.pool(), &first, &unknown)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let known = usage::commit(db.pool(), &first).await.unwrap().tenants;
+    assert!(known.contains_key(&tenant));
+
+    let second = [
+        pending_now(tenant, Some("b"), 1.0),
+        pending_now(tenant, None, 1.0),
+    ];
+    let done = usage::commit_small(db.pool(), &second, &known)
+        .await
+        .unwrap()
+        .expect("committed in one call");
+    assert!(
+        done.outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::Accepted(_)))
+    );
+    assert_eq!(
+        (done.totals.len(), done.totals[0].total),
+        (1, 3.0),
+        "{:?}",
+        done.totals
+    );
+
+    for refused in [
+        // a key stored before
+        vec![pending_now(tenant, Some("a"), 1.0)],
+        // a key twice in the group
+        vec![
+            pending_now(tenant, Some("c"), 1.0),
+            pending_now(tenant, Some("c"), 1.0),
+        ],
+        // over the starter plan's 1,000 API calls
+        vec![pending_now(tenant, None, 998.0)],
+    ] {
+        assert!(
+            usage::commit_small(db.pool(), &refused, &known)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    // Exactly at the limit still fits.
+    let done = usage::commit_small(db.pool(), &[pending_now(tenant, None, 997.0)], &known)
+        .await
+        .unwrap()
+        .expect("up to the limit");
+    assert_eq!(done.totals[0].total, 1000.0);
+
+    // A tenant changed since it was read: refused.
+    let mut admin = app.db.connect().await;
+    sqlx::query("UPDATE tenants SET time_zone = 'UTC' WHERE id = $1")
+        .bind(tenant)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    assert!(
+        usage::commit_small(db.pool(), &[pending_now(tenant, None, 0.5)], &known)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let stored: (i64, f64) =
+        sqlx::query_as("SELECT count(*), sum(value) FROM usage_events WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(stored, (4, 1000.0));
+}
+
 /// Periods are calendar months in the tenant's zone. Events are committed
 /// straight through the storage layer because the API only accepts
 /// timestamps from the last 24 hours.
@@ -438,9 +537,15 @@ async fn a_new_month_in_the_tenant_time_zone_starts_from_zero() {
     let february: Vec<Pending> = (0..1000)
         .map(|_| pending(tenant, "2026-02-28T14:00:00Z", None))
         .collect();
-    let (outcomes, _) = usage::commit(db.pool(), &february).await.unwrap();
-    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Accepted(_))));
-    let (outcomes, totals) = usage::commit(
+    let done = usage::commit(db.pool(), &february).await.unwrap();
+    assert!(
+        done.outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::Accepted(_)))
+    );
+    let usage::Committed {
+        outcomes, totals, ..
+    } = usage::commit(
         db.pool(),
         &[
             // 23:59 on February 28th in Tokyo: over the limit.
