@@ -122,6 +122,7 @@ pub struct Server {
     transport: transport::Transport,
     grace: Duration,
     ingest: IngestWorker,
+    counters: Arc<LiveCounters>,
     retention_days: u32,
 }
 
@@ -152,7 +153,7 @@ impl Server {
         }
         let counters = Arc::new(LiveCounters::new(redis.clone()));
         let (ingest_tx, ingest) = Ingest::new(db.clone(), counters.clone());
-        let metering = Metering::new(db.clone(), ingest_tx, tenants.clone(), counters);
+        let metering = Metering::new(db.clone(), ingest_tx, tenants.clone(), counters.clone());
         let state = AppState {
             db,
             keys,
@@ -172,6 +173,7 @@ impl Server {
             transport,
             grace: Duration::from_secs(config.shutdown_grace_secs),
             ingest,
+            counters,
             retention_days: config.usage_retention_days,
         })
     }
@@ -193,6 +195,7 @@ impl Server {
             transport,
             grace,
             ingest,
+            counters,
             retention_days,
         } = self;
         let health = transport.health.clone();
@@ -213,6 +216,8 @@ impl Server {
         // in flight still wait for their commits.
         let ingest_stop = CancellationToken::new();
         let ingesting = tokio::spawn(ingest.run(ingest_stop.clone()));
+        // Stops with the workers, after the last commit: sends what is left.
+        let publishing = tokio::spawn(counters.run_publisher(workers.clone()));
         let maintenance = tokio::spawn(metering::run_maintenance(
             state.db.clone(),
             retention_days,
@@ -266,6 +271,7 @@ impl Server {
         }
         workers.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), maintenance).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), publishing).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), flusher).await;
         match tokio::time::timeout(Duration::from_secs(5), listener_task).await {
             Ok(Ok(Err(err))) => tracing::warn!(error = %err, "key invalidation listener failed"),

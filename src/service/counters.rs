@@ -9,11 +9,22 @@
 //! is never ahead of Postgres and heals on the next commit even if a
 //! publish was lost. A hash missing a metric (e.g. Redis restarted empty)
 //! is rebuilt from Postgres by the next read.
+//!
+//! Commits do not wait for Redis: [`LiveCounters::publish`] merges their
+//! totals into a local "unpublished" map (keeping the greater value) and
+//! [`LiveCounters::run_publisher`] sends whatever accumulated in one call,
+//! so under load one Redis call carries many commits. Reads on this node
+//! see the unpublished totals too.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use chrono::{DateTime, Utc};
 use fred::prelude::*;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
@@ -55,7 +66,15 @@ type Totals = [Option<f64>; 4];
 type Period = (Uuid, DateTime<Utc>);
 
 #[derive(Debug)]
-pub enum LiveCounters {
+pub struct LiveCounters {
+    store: Store,
+    /// Committed totals not yet sent to Redis.
+    unpublished: Mutex<HashMap<Period, Totals>>,
+    wake: Notify,
+}
+
+#[derive(Debug)]
+enum Store {
     Redis(Redis),
     Local(Mutex<HashMap<Period, Totals>>),
 }
@@ -64,42 +83,97 @@ fn key(tenant: Uuid, period_start: DateTime<Utc>) -> String {
     format!("tenlyr:usage:{tenant}:{}", period_start.timestamp())
 }
 
-fn slot(metric: Metric) -> usize {
-    Metric::ALL.iter().position(|m| *m == metric).unwrap_or(0)
+/// Keeps the greater of each metric's totals.
+fn merge(into: &mut Totals, from: &Totals) {
+    for (cur, new) in into.iter_mut().zip(from) {
+        if let Some(new) = *new
+            && cur.is_none_or(|c| new > c)
+        {
+            *cur = Some(new);
+        }
+    }
+}
+
+fn by_period(totals: &[MonthTotal]) -> HashMap<Period, Totals> {
+    let mut out: HashMap<Period, Totals> = HashMap::new();
+    for t in totals {
+        let entry = out.entry((t.tenant_id, t.period_start)).or_default();
+        merge(
+            entry,
+            &Metric::ALL.map(|m| (m == t.metric).then_some(t.total)),
+        );
+    }
+    out
 }
 
 impl LiveCounters {
     pub fn new(redis: Option<Redis>) -> Self {
-        match redis {
-            Some(redis) => Self::Redis(redis),
-            None => Self::Local(Mutex::default()),
+        Self {
+            store: match redis {
+                Some(redis) => Store::Redis(redis),
+                None => Store::Local(Mutex::default()),
+            },
+            unpublished: Mutex::default(),
+            wake: Notify::new(),
         }
     }
 
-    /// Applies the totals of a commit (set if greater), all of its tenants
-    /// in one Redis call. Failures are logged: the next commit or read
-    /// repairs the mirror.
+    /// Applies the totals of a commit (set if greater): in-process at once;
+    /// to Redis by [`Self::run_publisher`], without waiting for it.
     pub async fn publish(&self, totals: &[MonthTotal]) {
-        let mut grouped: HashMap<Period, Vec<(Metric, f64)>> = HashMap::new();
-        for t in totals {
-            grouped
-                .entry((t.tenant_id, t.period_start))
-                .or_default()
-                .push((t.metric, t.total));
-        }
-        self.set_max(grouped).await;
-    }
-
-    async fn set_max(&self, periods: HashMap<Period, Vec<(Metric, f64)>>) {
+        let periods = by_period(totals);
         if periods.is_empty() {
             return;
         }
-        match self {
-            Self::Redis(redis) => {
+        match &self.store {
+            Store::Redis(_) => {
+                let mut unpublished = self.unpublished.lock().unwrap_or_else(|p| p.into_inner());
+                for (period, totals) in periods {
+                    merge(unpublished.entry(period).or_default(), &totals);
+                }
+                drop(unpublished);
+                self.wake.notify_one();
+            }
+            Store::Local(_) => self.set_max(periods).await,
+        }
+    }
+
+    /// Sends unpublished totals to Redis, all that accumulated in one call,
+    /// until `stop`; then sends what is left. Failures are logged: the next
+    /// commit or read repairs the mirror.
+    pub async fn run_publisher(self: Arc<Self>, stop: CancellationToken) {
+        if matches!(self.store, Store::Local(_)) {
+            return;
+        }
+        loop {
+            let stopping = tokio::select! {
+                () = self.wake.notified() => false,
+                () = stop.cancelled() => true,
+            };
+            let pending =
+                std::mem::take(&mut *self.unpublished.lock().unwrap_or_else(|p| p.into_inner()));
+            self.set_max(pending).await;
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    async fn set_max(&self, periods: HashMap<Period, Totals>) {
+        if periods.is_empty() {
+            return;
+        }
+        match &self.store {
+            Store::Redis(redis) => {
                 let mut keys = Vec::with_capacity(periods.len());
                 let mut args: Vec<String> = vec![TTL_SECS.to_string()];
-                for ((tenant, start), values) in periods {
+                for ((tenant, start), totals) in periods {
                     keys.push(key(tenant, start));
+                    let values: Vec<(Metric, f64)> = Metric::ALL
+                        .into_iter()
+                        .zip(totals)
+                        .filter_map(|(m, t)| Some((m, t?)))
+                        .collect();
                     args.push(values.len().to_string());
                     for (metric, total) in values {
                         args.push(metric.as_str().to_owned());
@@ -119,16 +193,10 @@ impl LiveCounters {
                     tracing::warn!(error = %err, "publishing usage counters to redis failed");
                 }
             }
-            Self::Local(map) => {
+            Store::Local(map) => {
                 let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
-                for (period, values) in periods {
-                    let entry = map.entry(period).or_default();
-                    for (metric, total) in values {
-                        let cur = &mut entry[slot(metric)];
-                        if cur.is_none_or(|c| total > c) {
-                            *cur = Some(total);
-                        }
-                    }
+                for (period, totals) in periods {
+                    merge(map.entry(period).or_default(), &totals);
                 }
                 // Forget periods that ended long ago.
                 let cutoff = Utc::now() - chrono::Duration::seconds(TTL_SECS);
@@ -137,10 +205,11 @@ impl LiveCounters {
         }
     }
 
-    /// The four totals of a period, if the mirror holds all of them.
+    /// The four totals of a period, if the mirror holds all of them
+    /// (with what this node has not published yet).
     pub async fn get(&self, tenant: Uuid, start: DateTime<Utc>) -> Option<HashMap<Metric, f64>> {
-        let totals: Totals = match self {
-            Self::Redis(redis) => {
+        let mut totals: Totals = match &self.store {
+            Store::Redis(redis) => {
                 let stored: HashMap<String, f64> = redis
                     .client()
                     .hgetall(key(tenant, start))
@@ -149,22 +218,64 @@ impl LiveCounters {
                     .ok()?;
                 Metric::ALL.map(|m| stored.get(m.as_str()).copied())
             }
-            Self::Local(map) => *map
+            Store::Local(map) => *map
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&(tenant, start))?,
         };
-        let all: Option<Vec<f64>> = totals.iter().copied().collect();
-        Some(Metric::ALL.into_iter().zip(all?).collect())
+        if totals.iter().any(Option::is_none) {
+            return None;
+        }
+        if let Some(mine) = self
+            .unpublished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(tenant, start))
+        {
+            merge(&mut totals, mine);
+        }
+        Some(
+            Metric::ALL
+                .into_iter()
+                .zip(totals)
+                .filter_map(|(m, t)| Some((m, t?)))
+                .collect(),
+        )
     }
 
     /// Fills the mirror from Postgres totals (absent metrics are 0).
     pub async fn rebuild(&self, tenant: Uuid, start: DateTime<Utc>, totals: &HashMap<Metric, f64>) {
-        let values: Vec<(Metric, f64)> = Metric::ALL
-            .into_iter()
-            .map(|m| (m, totals.get(&m).copied().unwrap_or(0.0)))
-            .collect();
-        self.set_max(HashMap::from([((tenant, start), values)]))
+        let totals = Metric::ALL.map(|m| Some(totals.get(&m).copied().unwrap_or(0.0)));
+        self.set_max(HashMap::from([((tenant, start), totals)]))
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merging_keeps_the_greater_total_of_each_metric() {
+        let tenant = Uuid::now_v7();
+        let start = Utc::now();
+        let total = |metric, total| MonthTotal {
+            tenant_id: tenant,
+            period_start: start,
+            metric,
+            total,
+        };
+        let first = by_period(&[total(Metric::ApiCall, 5.0), total(Metric::Seats, 2.0)]);
+        let mut merged = first[&(tenant, start)];
+        // A later commit's totals are greater; an older one arriving late is not.
+        merge(
+            &mut merged,
+            &by_period(&[total(Metric::ApiCall, 7.0)])[&(tenant, start)],
+        );
+        merge(
+            &mut merged,
+            &by_period(&[total(Metric::Seats, 1.0)])[&(tenant, start)],
+        );
+        assert_eq!(merged, [Some(7.0), None, Some(2.0), None]);
     }
 }

@@ -36,16 +36,16 @@ use crate::{
 
 /// Events per commit, at most.
 pub const MAX_COMMIT: usize = 4000;
-/// Committers, each with one commit in flight at a time: two per CPU core,
-/// 4 to 16. Fewer committers make bigger commits (good for single events),
-/// more overlap COPY with request parsing (good for batches); on 2 cores,
-/// 2 / 4 / 8 committers measured about 5.3k / 5.1k / 3.8k single tracks/s
-/// and 54k / 53k / 65k batched events/s (`scripts/bench.sh metering`,
-/// noisy to ±15 %).
+/// Committers, each with one commit in flight at a time: one per CPU core,
+/// 2 to 16. Fewer committers make bigger commits (good for single events),
+/// more overlap COPY with request parsing (good for batches). On 2 cores,
+/// with one-call commits and publishing off the commit path, 1 / 2 / 4
+/// committers measured about 6.2k / 6.3k / 5.7k single tracks/s and
+/// 200 / 240 / 280 µs of CPU per track (wrk, three interleaved rounds).
 pub fn committers() -> usize {
     std::thread::available_parallelism()
-        .map_or(2, |n| n.get() * 2)
-        .clamp(4, 16)
+        .map_or(2, |n| n.get())
+        .clamp(2, 16)
 }
 
 /// Queued submissions per committer before Track waits (backpressure).
