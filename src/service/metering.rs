@@ -2,11 +2,12 @@
 //!
 //! Every tracked event, single or batched, is handed to [`Ingest`] and
 //! acknowledged only after the transaction holding it committed. Tenants
-//! are spread over [`committers`] by id; each commits whatever
-//! queued up for its tenants while its previous commit ran, as one
-//! transaction of up to [`MAX_COMMIT`] events. Under load commits grow
-//! instead of multiplying, and no two commits of one server ever wait for
-//! the same tenant's usage lock.
+//! are spread over [`committers`] by id (small submissions and big batches
+//! in separate sets); each commits whatever queued up for its tenants while
+//! its previous commit ran, as one transaction of up to [`MAX_COMMIT`]
+//! events. Under load commits grow instead of multiplying; a tenant's
+//! small and bulk commits may meet at its usage lock in Postgres, which
+//! orders them.
 
 use std::{sync::Arc, time::Duration};
 
@@ -36,16 +37,18 @@ use crate::{
 
 /// Events per commit, at most.
 pub const MAX_COMMIT: usize = 4000;
-/// Committers, each with one commit in flight at a time: one per CPU core,
-/// 2 to 16. Fewer committers make bigger commits (good for single events),
-/// more overlap COPY with request parsing (good for batches). On 2 cores,
-/// with one-call commits and publishing off the commit path, 1 / 2 / 4
-/// committers measured about 6.2k / 6.3k / 5.7k single tracks/s and
-/// 200 / 240 / 280 µs of CPU per track (wrk, three interleaved rounds).
-pub fn committers() -> usize {
-    std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(2, 16)
+/// Committers, each with one commit in flight at a time, in two sets:
+/// `(small, bulk)`. Submissions of fewer than [`repo::SMALL_COMMIT`] events
+/// (single tracks, small batches) go to the small set, one committer per
+/// CPU core (2 to 16); bigger batches to the bulk set, two per core (4 to
+/// 16). Fewer committers make bigger commits, which is what single events
+/// need; batches gain from more COPYs overlapping request parsing. On 2
+/// cores (wrk, three interleaved rounds each): 1 / 2 / 4 committers took
+/// about 200 / 240 / 280 µs of CPU per single track, and 2 committers
+/// carried ~10 % fewer 1,000-event batches than 4.
+pub fn committers() -> (usize, usize) {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores.clamp(2, 16), (cores * 2).clamp(4, 16))
 }
 
 /// Queued submissions per committer before Track waits (backpressure).
@@ -64,7 +67,8 @@ struct Submission {
 /// The sending half of the pipeline.
 #[derive(Clone, Debug)]
 pub struct Ingest {
-    shards: Arc<[mpsc::Sender<Submission>]>,
+    small: Arc<[mpsc::Sender<Submission>]>,
+    bulk: Arc<[mpsc::Sender<Submission>]>,
 }
 
 /// The committing half; [`IngestWorker::run`] runs until shutdown.
@@ -76,23 +80,34 @@ pub struct IngestWorker {
 
 impl Ingest {
     pub fn new(db: Db, counters: Arc<LiveCounters>) -> (Self, IngestWorker) {
+        let (small, bulk) = committers();
         let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..committers()).map(|_| mpsc::channel(QUEUE)).unzip();
+            (0..small + bulk).map(|_| mpsc::channel(QUEUE)).unzip();
         let worker = IngestWorker {
             shards: receivers,
             db,
             counters,
         };
-        let shards = senders.into();
-        (Self { shards }, worker)
+        let (small, bulk) = senders.split_at(small);
+        let ingest = Self {
+            small: small.into(),
+            bulk: bulk.into(),
+        };
+        (ingest, worker)
     }
 
     /// Commits `events` (all of one tenant); resolves once they are
-    /// durable (or rejected).
+    /// durable (or rejected). A tenant's submissions of one size go to the
+    /// same committer.
     async fn submit(&self, tenant: Uuid, events: Vec<Pending>) -> Result<Vec<Outcome>, ApiError> {
-        let shard = (tenant.as_u128() % self.shards.len() as u128) as usize;
+        let shards = if events.len() < repo::SMALL_COMMIT {
+            &self.small
+        } else {
+            &self.bulk
+        };
+        let shard = (tenant.as_u128() % shards.len() as u128) as usize;
         let (reply, done) = oneshot::channel();
-        self.shards[shard]
+        shards[shard]
             .send(Submission { events, reply })
             .await
             .map_err(|_| ApiError::unavailable("shutting down"))?;

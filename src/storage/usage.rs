@@ -183,7 +183,7 @@ pub async fn commit_small(
     events: &[Pending],
     known: &Tenants,
 ) -> Result<Option<Committed>, sqlx::Error> {
-    if events.is_empty() || events.len() >= COPY_FROM_ROWS {
+    if events.is_empty() || events.len() >= SMALL_COMMIT {
         return Ok(None);
     }
     let mut accepted = Vec::with_capacity(events.len());
@@ -405,10 +405,11 @@ pub fn partition_of(at: DateTime<Utc>) -> String {
     format!("usage_events_{}", at.format("%Y%m%d"))
 }
 
-/// Below this many rows an `INSERT … SELECT FROM UNNEST` (a prepared
-/// statement, sent together with the rollup upsert) costs less than `COPY`
-/// (two round trips and its set-up); above it COPY's bulk insert wins.
-const COPY_FROM_ROWS: usize = 100;
+/// Below this many rows a commit may go in one call ([`commit_small`]) and
+/// an `INSERT … SELECT FROM UNNEST` (a prepared statement, sent together
+/// with the rollup upsert) costs less than `COPY` (two round trips and its
+/// set-up); from it on COPY's bulk insert wins.
+pub const SMALL_COMMIT: usize = 100;
 
 /// Writes the accepted events straight into their day partitions and adds
 /// them to the rollups; returns the month totals after the addition. One
@@ -428,7 +429,7 @@ async fn write_events(
     let rollups = RollupColumns::of(accepted);
     if by_day.len() == 1
         && let Some(rows) = by_day.values().next()
-        && rows.len() < COPY_FROM_ROWS
+        && rows.len() < SMALL_COMMIT
     {
         let partition = partition_of(rows[0].event.occurred_at);
         // The partition name is ours (`partition_of`), not input.
