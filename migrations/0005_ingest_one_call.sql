@@ -32,6 +32,8 @@ BEGIN
     PERFORM set_config('app.tenant_id', '', true), set_config('app.scope', 'platform', true);
     PERFORM tenlyr_lock_usage(t_ids);
     -- Each statement below sees what committed before the locks were granted.
+    -- One check: the tenants are as remembered, no key was stored before,
+    -- no month total goes over its limit.
     IF (SELECT count(*) FROM tenants t
         JOIN unnest(t_ids, t_zones, t_plans, t_api, t_storage, t_seats)
              AS c(id, zone, plan, api, storage, seats)
@@ -39,11 +41,7 @@ BEGIN
          AND t.api_call_limit IS NOT DISTINCT FROM c.api
          AND t.storage_gb_limit IS NOT DISTINCT FROM c.storage
          AND t.seats_limit IS NOT DISTINCT FROM c.seats) <> cardinality(t_ids)
-    THEN
-        RETURN QUERY SELECT false, NULL::uuid, NULL::text, NULL::timestamptz, NULL::text, NULL::double precision;
-        RETURN;
-    END IF;
-    IF EXISTS (
+    OR EXISTS (
         SELECT 1 FROM unnest(tenant_ids, keys) AS k(tenant_id, key)
         CROSS JOIN LATERAL (
             SELECT 1 FROM usage_events e
@@ -51,11 +49,7 @@ BEGIN
               AND e.occurred_at >= key_from AND e.occurred_at <= key_to
             LIMIT 1) found
         WHERE k.key IS NOT NULL)
-    THEN
-        RETURN QUERY SELECT false, NULL::uuid, NULL::text, NULL::timestamptz, NULL::text, NULL::double precision;
-        RETURN;
-    END IF;
-    IF EXISTS (
+    OR EXISTS (
         SELECT 1 FROM unnest(r_tenants, r_starts, r_metrics, r_totals, r_limits)
              AS a(tenant_id, bucket_start, metric, total, lim)
         LEFT JOIN usage_rollups r
