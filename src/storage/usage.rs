@@ -177,7 +177,7 @@ pub async fn commit(pool: &PgPool, events: &[Pending]) -> Result<Committed, sqlx
 /// unchanged, no idempotency key repeats (in the group or in the stored
 /// events) and every month total stays within its limit, so every event is
 /// accepted. `None`: nothing was written, and [`commit`] must decide (also
-/// when the group is too big, spans days, or repeats a key itself).
+/// when the group is too big or repeats a key itself).
 pub async fn commit_small(
     pool: &PgPool,
     events: &[Pending],
@@ -205,37 +205,11 @@ pub async fn commit_small(
     let rows: Vec<&Pending> = events.iter().collect();
     let rollups = RollupColumns::of(&accepted);
     let limits = rollups.month_limits(&tenants);
-    let (ids, snapshots): (Vec<Uuid>, Vec<&TenantSnapshot>) = tenants.iter().unzip();
-    let query = EventColumns::of(&rows).bind(sqlx::query(INGEST_SQL));
-    let query = query
+    let query = EventColumns::of(&rows)
+        .bind(sqlx::query(INGEST_SQL))
         .bind(now - IDEMPOTENCY_RETENTION)
-        .bind(now + FUTURE_SKEW)
-        .bind(&ids)
-        .bind(
-            snapshots
-                .iter()
-                .map(|t| t.time_zone.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            snapshots
-                .iter()
-                .map(|t| t.plan.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            snapshots
-                .iter()
-                .map(|t| t.own.api_calls)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            snapshots
-                .iter()
-                .map(|t| t.own.storage_gb)
-                .collect::<Vec<_>>(),
-        )
-        .bind(snapshots.iter().map(|t| t.own.seats).collect::<Vec<_>>());
+        .bind(now + FUTURE_SKEW);
+    let query = TenantColumns::of(&tenants).bind(query);
     let rows = rollups.bind(query).bind(limits).fetch_all(pool).await?;
     if !rows
         .first()
@@ -524,6 +498,43 @@ impl<'a> EventColumns<'a> {
     }
 }
 
+/// Tenants as [`commit_small`] remembers them, as arrays (`tenlyr_ingest`
+/// compares them with the stored rows).
+struct TenantColumns<'a> {
+    ids: Vec<Uuid>,
+    zones: Vec<&'a str>,
+    plans: Vec<&'a str>,
+    api_calls: Vec<Option<i64>>,
+    storage_gb: Vec<Option<i64>>,
+    seats: Vec<Option<i64>>,
+}
+
+impl<'a> TenantColumns<'a> {
+    fn of(tenants: &'a Tenants) -> Self {
+        Self {
+            ids: tenants.keys().copied().collect(),
+            zones: tenants.values().map(|t| t.time_zone.as_str()).collect(),
+            plans: tenants.values().map(|t| t.plan.as_str()).collect(),
+            api_calls: tenants.values().map(|t| t.own.api_calls).collect(),
+            storage_gb: tenants.values().map(|t| t.own.storage_gb).collect(),
+            seats: tenants.values().map(|t| t.own.seats).collect(),
+        }
+    }
+
+    fn bind<'q>(self, query: PgQuery<'q>) -> PgQuery<'q>
+    where
+        'a: 'q,
+    {
+        query
+            .bind(self.ids)
+            .bind(self.zones)
+            .bind(self.plans)
+            .bind(self.api_calls)
+            .bind(self.storage_gb)
+            .bind(self.seats)
+    }
+}
+
 /// A rollup row's key: tenant, granularity, bucket start, metric.
 type BucketKey = (Uuid, Granularity, DateTime<Utc>, Metric);
 
@@ -574,11 +585,10 @@ impl RollupColumns {
     fn month_limits(&self, tenants: &Tenants) -> Vec<Option<f64>> {
         (0..self.tenants.len())
             .map(|i| {
-                let metric = Metric::parse(self.metrics[i])?;
                 if self.grans[i] != Granularity::Month.as_str() {
                     return None;
                 }
-                metric.limit(&tenants.get(&self.tenants[i])?.limits)
+                Metric::parse(self.metrics[i])?.limit(&tenants.get(&self.tenants[i])?.limits)
             })
             .collect()
     }

@@ -419,14 +419,10 @@ fn pending(tenant: Uuid, when: &str, key: Option<&str>) -> Pending {
 }
 
 fn pending_now(tenant: Uuid, key: Option<&str>, value: f64) -> Pending {
-    Pending {
-        event: NewEvent {
-            value,
-            occurred_at: Utc::now(),
-            ..pending(tenant, "2026-01-01T00:00:00Z", key).event
-        },
-        ..pending(tenant, "2026-01-01T00:00:00Z", key)
-    }
+    let mut p = pending(tenant, "2026-01-01T00:00:00Z", key);
+    p.event.value = value;
+    p.event.occurred_at = Utc::now();
+    p
 }
 
 /// A small group whose outcome is known beforehand commits in one call;
