@@ -1,6 +1,8 @@
 //! Logging: JSON or pretty lines on stderr (stdout is reserved for output a
 //! script reads, such as a newly created admin key).
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::config::{LogConfig, LogFormat};
@@ -19,8 +21,13 @@ pub fn init(config: &LogConfig) -> anyhow::Result<()> {
                     .with_writer(std::io::stderr),
             )
             .try_init()?,
+        // Colours only for a terminal: a log file or collector gets plain text.
         LogFormat::Pretty => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init()?,
     }
     Ok(())
