@@ -255,6 +255,11 @@ impl JsonCodec {
         })
     }
 
+    /// Whether an unset `field` is written as `null` (else left out).
+    pub fn is_nullable(&self, field: &FieldDescriptor) -> bool {
+        self.nullable.contains(field.full_name())
+    }
+
     /// Encodes a message as a JSON object.
     pub fn encode(&self, message: &DynamicMessage) -> Json {
         serde_json::to_value(self.encoded(message)).unwrap_or(Json::Null)
@@ -287,7 +292,7 @@ impl Serialize for Encoded<'_> {
         let mut object = serializer.serialize_map(None)?;
         for field in desc.fields() {
             if field.supports_presence() && !message.has_field(&field) {
-                if codec.nullable.contains(field.full_name()) {
+                if codec.is_nullable(&field) {
                     object.serialize_entry(field.json_name(), &())?;
                 }
                 continue;
@@ -323,10 +328,10 @@ impl Serialize for Encoded<'_> {
 }
 
 /// One field value (a list is encoded item by item with the field's kind).
-struct EncodedValue<'a> {
-    codec: &'a JsonCodec,
-    kind: &'a Kind,
-    value: &'a Value,
+pub(super) struct EncodedValue<'a> {
+    pub codec: &'a JsonCodec,
+    pub kind: &'a Kind,
+    pub value: &'a Value,
 }
 
 impl Serialize for EncodedValue<'_> {

@@ -130,12 +130,27 @@ impl Transcoder {
             .single()
             .await
             .map_err(|s| ApiError::from_status(&s))?;
-        let decoded = DynamicMessage::decode(output, bytes).map_err(ApiError::internal)?;
-        let body = match &route.response_body {
-            Some(field) => serde_json::to_vec(&self.encode_field(&decoded, field)),
-            None => serde_json::to_vec(&self.codec.encoded(&decoded)),
-        }
-        .map_err(ApiError::internal)?;
+        // Written straight from the bytes when it can be; else decoded.
+        let reply = wire::Reply {
+            codec: &self.codec,
+            desc: &output,
+            bytes: &bytes,
+        };
+        let short = match route.response_body {
+            None => serde_json::to_vec(&reply).ok(),
+            Some(_) => None,
+        };
+        let body = match short {
+            Some(body) => body,
+            None => {
+                let decoded = DynamicMessage::decode(output, bytes).map_err(ApiError::internal)?;
+                match &route.response_body {
+                    Some(field) => serde_json::to_vec(&self.encode_field(&decoded, field)),
+                    None => serde_json::to_vec(&self.codec.encoded(&decoded)),
+                }
+                .map_err(ApiError::internal)?
+            }
+        };
         builder
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(body))

@@ -1,4 +1,4 @@
-//! The short way from a JSON request body to protobuf bytes.
+//! The short ways between JSON and protobuf bytes.
 //!
 //! [`JsonCodec`] reads a body into a JSON tree, then into a
 //! `DynamicMessage`, which is then encoded: three copies of every event of
@@ -13,18 +13,27 @@
 //! codec refuses, a field given twice, two members of a oneof, a map. For
 //! those it gives up, and the caller takes the general way, which accepts
 //! or writes the documented error.
+//!
+//! The other way, [`Reply`] writes a reply's JSON straight from its bytes:
+//! the same text as [`JsonCodec::encoded`] of the decoded message (fields
+//! in declaration order, defaults written, unset nullable fields `null`;
+//! scalars through the codec's own writer), without decoding it into a
+//! `DynamicMessage` first. It fails on what it does not read (a map, a
+//! message field sent twice, malformed bytes), and the caller decodes.
 
 use std::fmt;
 
-use prost::encoding::{self, WireType, encode_key, encode_varint};
-use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor, Value};
+use bytes::Bytes;
+use prost::encoding::{self, WireType, decode_key, decode_varint, encode_key, encode_varint};
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
 use serde::{
-    Deserialize as _,
+    Deserialize as _, Serialize, Serializer,
     de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor},
+    ser::{self, SerializeMap as _},
 };
 use serde_json::Value as Json;
 
-use super::json::{JsonCodec, is_well_known};
+use super::json::{EncodedValue, JsonCodec, is_well_known};
 
 /// `body`, a JSON object, as the encoded message `desc`; `None` when this
 /// pass does not take it (see the module doc).
@@ -280,6 +289,212 @@ fn put_value<E: de::Error>(
     Ok(())
 }
 
+/// A reply message's bytes, serializable as its JSON (see the module doc).
+pub struct Reply<'a> {
+    pub codec: &'a JsonCodec,
+    pub desc: &'a MessageDescriptor,
+    pub bytes: &'a [u8],
+}
+
+/// One field occurrence on the wire.
+enum Raw<'a> {
+    Varint(u64),
+    Fixed32(u32),
+    Fixed64(u64),
+    Delimited(&'a [u8]),
+}
+
+/// The error that sends a reply to be decoded; its text is never shown.
+fn decode_instead<E: ser::Error>() -> E {
+    E::custom("left to decoding")
+}
+
+impl Serialize for Reply<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let codec = self.codec;
+        if is_well_known(self.desc) {
+            let message = DynamicMessage::decode(self.desc.clone(), self.bytes)
+                .map_err(|_| decode_instead::<S::Error>())?;
+            return codec.encoded(&message).serialize(serializer);
+        }
+        let raw = scan(self.bytes).ok_or_else(decode_instead::<S::Error>)?;
+        let mut object = serializer.serialize_map(None)?;
+        for field in self.desc.fields() {
+            let kind = field.kind();
+            let mut found = raw
+                .iter()
+                .filter(|(number, _)| *number == field.number())
+                .map(|(_, raw)| raw);
+            if field.is_map() {
+                if found.next().is_some() {
+                    return Err(decode_instead());
+                }
+                object.serialize_entry(field.json_name(), &Empty {})?;
+                continue;
+            }
+            if field.is_list() {
+                let items =
+                    list_items(codec, &kind, found).ok_or_else(decode_instead::<S::Error>)?;
+                object.serialize_entry(field.json_name(), &items)?;
+                continue;
+            }
+            let Some(last) = found.next_back() else {
+                if !field.supports_presence() {
+                    let value = field.default_value();
+                    object.serialize_entry(field.json_name(), &encoded(codec, &kind, &value))?;
+                } else if codec.is_nullable(&field) {
+                    object.serialize_entry(field.json_name(), &())?;
+                }
+                continue;
+            };
+            match (&kind, last) {
+                (Kind::Message(desc), Raw::Delimited(bytes)) => {
+                    if found.next().is_some() {
+                        return Err(decode_instead()); // sent twice: the parts merge
+                    }
+                    object.serialize_entry(field.json_name(), &Reply { codec, desc, bytes })?;
+                }
+                (Kind::String, Raw::Delimited(bytes)) => {
+                    let text =
+                        std::str::from_utf8(bytes).map_err(|_| decode_instead::<S::Error>())?;
+                    object.serialize_entry(field.json_name(), text)?;
+                }
+                (kind, raw) => {
+                    let value = scalar(kind, raw).ok_or_else(decode_instead::<S::Error>)?;
+                    object.serialize_entry(field.json_name(), &encoded(codec, kind, &value))?;
+                }
+            }
+        }
+        object.end()
+    }
+}
+
+/// An empty map field: `{}`.
+#[derive(Serialize)]
+struct Empty {}
+
+fn encoded<'a>(codec: &'a JsonCodec, kind: &'a Kind, value: &'a Value) -> EncodedValue<'a> {
+    EncodedValue { codec, kind, value }
+}
+
+/// One item of a list field.
+enum Item<'a> {
+    Message(Reply<'a>),
+    Scalar(&'a JsonCodec, &'a Kind, Value),
+}
+
+impl Serialize for Item<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Item::Message(reply) => reply.serialize(serializer),
+            Item::Scalar(codec, kind, value) => encoded(codec, kind, value).serialize(serializer),
+        }
+    }
+}
+
+/// The items of a list field from its occurrences, packed or not.
+fn list_items<'a>(
+    codec: &'a JsonCodec,
+    kind: &'a Kind,
+    found: impl Iterator<Item = &'a Raw<'a>>,
+) -> Option<Vec<Item<'a>>> {
+    let mut items = Vec::new();
+    for raw in found {
+        match (kind, raw) {
+            (Kind::Message(desc), Raw::Delimited(bytes)) => {
+                items.push(Item::Message(Reply { codec, desc, bytes }));
+            }
+            (Kind::String | Kind::Bytes | Kind::Message(_), raw) => {
+                items.push(Item::Scalar(codec, kind, scalar(kind, raw)?));
+            }
+            (_, Raw::Delimited(packed)) => {
+                let mut packed: &[u8] = packed;
+                while !packed.is_empty() {
+                    let raw = match kind {
+                        Kind::Fixed32 | Kind::Sfixed32 | Kind::Float => {
+                            let (head, rest) = packed.split_first_chunk::<4>()?;
+                            packed = rest;
+                            Raw::Fixed32(u32::from_le_bytes(*head))
+                        }
+                        Kind::Fixed64 | Kind::Sfixed64 | Kind::Double => {
+                            let (head, rest) = packed.split_first_chunk::<8>()?;
+                            packed = rest;
+                            Raw::Fixed64(u64::from_le_bytes(*head))
+                        }
+                        _ => Raw::Varint(decode_varint(&mut packed).ok()?),
+                    };
+                    items.push(Item::Scalar(codec, kind, scalar(kind, &raw)?));
+                }
+            }
+            (_, raw) => items.push(Item::Scalar(codec, kind, scalar(kind, raw)?)),
+        }
+    }
+    Some(items)
+}
+
+/// The field occurrences of one message, in wire order.
+fn scan(mut bytes: &[u8]) -> Option<Vec<(u32, Raw<'_>)>> {
+    let mut found = Vec::new();
+    while !bytes.is_empty() {
+        let (number, wire_type) = decode_key(&mut bytes).ok()?;
+        let raw = match wire_type {
+            WireType::Varint => Raw::Varint(decode_varint(&mut bytes).ok()?),
+            WireType::ThirtyTwoBit => {
+                let (head, rest) = bytes.split_first_chunk::<4>()?;
+                bytes = rest;
+                Raw::Fixed32(u32::from_le_bytes(*head))
+            }
+            WireType::SixtyFourBit => {
+                let (head, rest) = bytes.split_first_chunk::<8>()?;
+                bytes = rest;
+                Raw::Fixed64(u64::from_le_bytes(*head))
+            }
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut bytes).ok()?).ok()?;
+                if bytes.len() < len {
+                    return None;
+                }
+                let (head, rest) = bytes.split_at(len);
+                bytes = rest;
+                Raw::Delimited(head)
+            }
+            WireType::StartGroup | WireType::EndGroup => return None,
+        };
+        found.push((number, raw));
+    }
+    Some(found)
+}
+
+/// A scalar field's value as prost decodes it.
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+fn scalar(kind: &Kind, raw: &Raw<'_>) -> Option<Value> {
+    Some(match (kind, raw) {
+        (Kind::Int32, Raw::Varint(v)) => Value::I32(*v as i32),
+        (Kind::Int64, Raw::Varint(v)) => Value::I64(*v as i64),
+        (Kind::Uint32, Raw::Varint(v)) => Value::U32(*v as u32),
+        (Kind::Uint64, Raw::Varint(v)) => Value::U64(*v),
+        (Kind::Sint32, Raw::Varint(v)) => {
+            let v = *v as u32;
+            Value::I32(((v >> 1) as i32) ^ -((v & 1) as i32))
+        }
+        (Kind::Sint64, Raw::Varint(v)) => Value::I64(((v >> 1) as i64) ^ -((v & 1) as i64)),
+        (Kind::Bool, Raw::Varint(v)) => Value::Bool(*v != 0),
+        (Kind::Enum(_), Raw::Varint(v)) => Value::EnumNumber(*v as i32),
+        (Kind::Fixed32, Raw::Fixed32(v)) => Value::U32(*v),
+        (Kind::Sfixed32, Raw::Fixed32(v)) => Value::I32(*v as i32),
+        (Kind::Float, Raw::Fixed32(v)) => Value::F32(f32::from_bits(*v)),
+        (Kind::Fixed64, Raw::Fixed64(v)) => Value::U64(*v),
+        (Kind::Sfixed64, Raw::Fixed64(v)) => Value::I64(*v as i64),
+        (Kind::Double, Raw::Fixed64(v)) => Value::F64(f64::from_bits(*v)),
+        (Kind::String, Raw::Delimited(b)) => Value::String(std::str::from_utf8(b).ok()?.to_owned()),
+        (Kind::Bytes, Raw::Delimited(b)) => Value::Bytes(Bytes::copy_from_slice(b)),
+        (Kind::Message(desc), Raw::Delimited(b)) => {
+            Value::Message(DynamicMessage::decode(desc.clone(), *b).ok()?)
+        }
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
@@ -388,6 +603,123 @@ mod tests {
         for (name, body) in left {
             assert!(!same_meaning(pool, name, body), "{body} should be left");
         }
+    }
+
+    /// Checks that a reply written from its bytes is the codec's text of
+    /// the decoded message; answers whether it was written.
+    fn same_reply(pool: &DescriptorPool, name: &str, bytes: &[u8]) -> bool {
+        let codec = JsonCodec::new(pool);
+        let desc = desc(pool, name);
+        let Ok(short) = serde_json::to_string(&Reply {
+            codec: &codec,
+            desc: &desc,
+            bytes,
+        }) else {
+            return false;
+        };
+        let decoded = DynamicMessage::decode(desc.clone(), bytes).unwrap();
+        let general = serde_json::to_string(&codec.encoded(&decoded)).unwrap();
+        assert_eq!(short, general);
+        true
+    }
+
+    /// `json` read the general way, encoded.
+    fn bytes(pool: &DescriptorPool, name: &str, json: &str) -> Vec<u8> {
+        let codec = JsonCodec::new(pool);
+        general(&codec, &desc(pool, name), json)
+            .unwrap()
+            .encode_to_vec()
+    }
+
+    #[test]
+    fn replies_written_from_bytes_read_as_decoded() {
+        let pool = proto::pool();
+        let batch = "tenlyr.v1.TrackBatchResponse";
+        let replies = [
+            (
+                batch,
+                r#"{"results":[{"index":0,"outcome":"accepted","eventId":"019a"},
+                    {"index":1,"outcome":"duplicate","eventId":"0199"},
+                    {"index":2,"outcome":"rejected","reason":"value must be at least 1","field":"events[2].value"}],
+                    "accepted":1,"duplicates":1,"rejected":1}"#,
+            ),
+            (batch, "{}"),
+            (
+                "tenlyr.v1.UsageEvent",
+                r#"{"id":"e","tenantId":"t","metric":"storage_gb","value":0.25,"endpoint":"/x",
+                    "timestamp":"2026-11-23T10:00:00.123Z","statusCode":0,"idempotencyKey":""}"#,
+            ),
+            (
+                "tenlyr.v1.UsageEvent",
+                r#"{"id":"e","metric":"api_call","value":1}"#,
+            ),
+            (
+                "tenlyr.v1.TenantUsageMetric",
+                r#"{"tenantId":"t","apiCalls":"9007199254740993","storageGb":1.5,"seats":"-1",
+                    "periodStart":"2026-10-31T23:00:00Z","apiCallLimit":"0"}"#,
+            ),
+        ];
+        for (name, json) in replies {
+            assert!(same_reply(pool, name, &bytes(pool, name, json)), "{json}");
+        }
+    }
+
+    #[test]
+    fn replies_of_every_kind_and_encoding_read_as_decoded() {
+        let pool = proto::testing::pool();
+        let book = "tenlyr.testing.v1.Book";
+        let full = bytes(
+            pool,
+            book,
+            r#"{"shelf":"s1","title":"Dune","pages":"-412","genre":"poetry","tags":["a","b"],
+                "author":{"name":"Frank","bornYear":"1920"},"publishedAt":"2026-03-14T10:00:00Z",
+                "subtitle":"","extra":{"a":[1,null]},"edition":0,"cover":"AAE=","price":"-Infinity",
+                "inPrint":true,"copies":4294967295}"#,
+        );
+        assert!(same_reply(pool, book, &full));
+        assert!(same_reply(pool, book, &[]), "every field unset");
+        let list = "tenlyr.testing.v1.ListBooksRequest";
+        let packed = bytes(
+            pool,
+            list,
+            r#"{"ids":["1","-2","300"],"genres":[1,2],"limit":-5}"#,
+        );
+        assert!(same_reply(pool, list, &packed), "packed lists");
+        let mut unpacked = Vec::new();
+        for id in [7_i64, -8] {
+            encoding::int64::encode(5, &id, &mut unpacked);
+        }
+        let mut twice = [packed.clone(), unpacked, packed].concat();
+        assert!(
+            same_reply(pool, list, &twice),
+            "lists concatenate, scalars: last wins"
+        );
+        twice.push(0x28); // a key with no value
+        assert!(!same_reply_or_undecodable(pool, list, &twice));
+
+        let author = bytes(pool, book, r#"{"author":{"name":"F"}}"#);
+        let merged = [author.clone(), author].concat();
+        assert!(
+            !same_reply(pool, book, &merged),
+            "a message sent twice merges"
+        );
+        let rated = bytes(pool, book, r#"{"ratings":{"alice":5}}"#);
+        assert!(!same_reply(pool, book, &rated), "maps are decoded");
+    }
+
+    /// `same_reply` for bytes that may not decode at all.
+    fn same_reply_or_undecodable(pool: &DescriptorPool, name: &str, bytes: &[u8]) -> bool {
+        if DynamicMessage::decode(desc(pool, name), bytes).is_err() {
+            let codec = JsonCodec::new(pool);
+            let desc = desc(pool, name);
+            let reply = Reply {
+                codec: &codec,
+                desc: &desc,
+                bytes,
+            };
+            return serde_json::to_string(&reply).is_ok();
+        }
+        same_reply(pool, name, bytes)
     }
 
     #[test]
