@@ -9,7 +9,11 @@ cd "$(dirname "$0")/.."
 ensure_deps postgres redis
 which=${1:-tenants}
 cargo build --release --quiet --example "bench_$which"
-# Durable settings: commits wait for fsync, as in production.
-PRIVATE_PG_OPTIONS="" start_private_services
+# Durable settings: commits wait for fsync, as in production. max_wal_size
+# is sized for the write rate, as on a server taking this load: with the
+# default 1 GB the batch and COPY phases forced a checkpoint every ~12 s
+# (PostgreSQL logs "checkpoints are occurring too frequently") and each one's
+# sync stalled commits for up to ~0.8 s. BENCH_PG_OPTIONS replaces these.
+PRIVATE_PG_OPTIONS="${BENCH_PG_OPTIONS--c max_wal_size=4GB}" start_private_services
 BENCH_DATABASE_URL="$PRIVATE_PG_URL" BENCH_REDIS_URL="$PRIVATE_REDIS_URL" \
     "target/release/examples/bench_$which"
