@@ -38,6 +38,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "ingest_one_call",
         sql: include_str!("../../migrations/0005_ingest_one_call.sql"),
     },
+    Migration {
+        version: 6,
+        name: "byte_order_keys",
+        sql: include_str!("../../migrations/0006_byte_order_keys.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.
