@@ -43,6 +43,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "byte_order_keys",
         sql: include_str!("../../migrations/0006_byte_order_keys.sql"),
     },
+    Migration {
+        version: 7,
+        name: "key_probes",
+        sql: include_str!("../../migrations/0007_key_probes.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

@@ -328,23 +328,16 @@ async fn existing_keys(
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
-    // LATERAL … LIMIT 1: one index probe per key, whatever the statistics.
-    let rows = sqlx::query(
-        "SELECT e.* FROM UNNEST($1::uuid[], $2::text[]) AS k(tenant_id, key) \
-         CROSS JOIN LATERAL ( \
-           SELECT id, tenant_id, metric, value, endpoint, status_code, idempotency_key, occurred_at \
-           FROM usage_events \
-           WHERE tenant_id = k.tenant_id AND idempotency_key = k.key \
-             AND occurred_at >= $3 AND occurred_at <= $4 \
-           LIMIT 1) e",
-    )
-    .bind(&tenants)
-    .bind(&keys)
-    .bind(now - IDEMPOTENCY_RETENTION)
-    // The upper bound keeps the partitions created ahead out of the probe.
-    .bind(now + FUTURE_SKEW)
-    .fetch_all(&mut **tx)
-    .await?;
+    // One plain index probe per key (LATERAL … LIMIT 1, no bitmap scans),
+    // whatever the statistics: see migration 0007.
+    let rows = sqlx::query("SELECT * FROM tenlyr_stored_keys($1, $2, $3, $4)")
+        .bind(&tenants)
+        .bind(&keys)
+        .bind(now - IDEMPOTENCY_RETENTION)
+        // The upper bound keeps the partitions created ahead out of the probe.
+        .bind(now + FUTURE_SKEW)
+        .fetch_all(&mut **tx)
+        .await?;
     let mut out = HashMap::with_capacity(rows.len());
     for row in rows {
         let event = event_row(&row)?;
