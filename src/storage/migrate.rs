@@ -48,6 +48,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "key_probes",
         sql: include_str!("../../migrations/0007_key_probes.sql"),
     },
+    Migration {
+        version: 8,
+        name: "partial_key_index",
+        sql: include_str!("../../migrations/0008_partial_key_index.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.
