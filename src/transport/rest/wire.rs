@@ -24,7 +24,10 @@
 use std::fmt;
 
 use bytes::Bytes;
-use prost::encoding::{self, WireType, decode_key, decode_varint, encode_key, encode_varint};
+use prost::{
+    Message as _,
+    encoding::{self, WireType, decode_key, decode_varint, encode_key, encode_varint},
+};
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
 use serde::{
     Deserialize as _, Serialize, Serializer,
@@ -296,6 +299,10 @@ pub struct Reply<'a> {
     pub bytes: &'a [u8],
 }
 
+/// The range prost-reflect writes (years 1 to 9999); outside it, it fails.
+const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
+const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
 /// One field occurrence on the wire.
 enum Raw<'a> {
     Varint(u64),
@@ -312,6 +319,15 @@ fn decode_instead<E: ser::Error>() -> E {
 impl Serialize for Reply<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let codec = self.codec;
+        if self.desc.full_name() == "google.protobuf.Timestamp" {
+            // As prost-reflect writes it, without a DynamicMessage.
+            let timestamp = prost_types::Timestamp::decode(self.bytes)
+                .map_err(|_| decode_instead::<S::Error>())?;
+            if !(MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&timestamp.seconds) {
+                return Err(decode_instead());
+            }
+            return serializer.collect_str(&timestamp);
+        }
         if is_well_known(self.desc) {
             let message = DynamicMessage::decode(self.desc.clone(), self.bytes)
                 .map_err(|_| decode_instead::<S::Error>())?;
@@ -656,7 +672,8 @@ mod tests {
             (
                 "tenlyr.v1.TenantUsageMetric",
                 r#"{"tenantId":"t","apiCalls":"9007199254740993","storageGb":1.5,"seats":"-1",
-                    "periodStart":"2026-10-31T23:00:00Z","apiCallLimit":"0"}"#,
+                    "periodStart":"2026-10-31T23:00:00.000001Z","periodEnd":"0001-01-01T00:00:00.123456789Z",
+                    "apiCallLimit":"0"}"#,
             ),
         ];
         for (name, json) in replies {
