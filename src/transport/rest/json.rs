@@ -148,12 +148,10 @@ impl JsonCodec {
         };
         let mut message = DynamicMessage::new(desc.clone());
         for (key, value) in object {
-            let field = desc
-                .get_field_by_json_name(key)
-                .or_else(|| desc.get_field_by_name(key))
+            let field = field_named(desc, key)
                 .ok_or_else(|| ApiError::bad_field(&Path::Field(path, key), "unknown field"))?;
             let field_path = Path::Field(path, field.json_name());
-            if value.is_null() && !is_json_value(&field) {
+            if value.is_null() && !is_json_value(&field.kind()) {
                 continue; // null means "not set"
             }
             if let Some(oneof) = field.containing_oneof()
@@ -440,8 +438,16 @@ pub fn is_well_known(desc: &MessageDescriptor) -> bool {
     desc.package_name() == "google.protobuf"
 }
 
-fn is_json_value(field: &FieldDescriptor) -> bool {
-    matches!(field.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.Value")
+/// Whether values of `kind` are `google.protobuf.Value`, where JSON `null`
+/// is a value rather than "not set".
+pub(super) fn is_json_value(kind: &Kind) -> bool {
+    matches!(kind, Kind::Message(m) if m.full_name() == "google.protobuf.Value")
+}
+
+/// The field of `desc` that a JSON key names: its JSON name or proto name.
+pub(super) fn field_named(desc: &MessageDescriptor, key: &str) -> Option<FieldDescriptor> {
+    desc.get_field_by_json_name(key)
+        .or_else(|| desc.get_field_by_name(key))
 }
 
 /// Where a value sits in a request, as its JSON path (`events[2].value`);

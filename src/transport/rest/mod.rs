@@ -130,27 +130,29 @@ impl Transcoder {
             .single()
             .await
             .map_err(|s| ApiError::from_status(&s))?;
-        // Written straight from the bytes when it can be; else decoded.
-        let reply = wire::Reply {
-            codec: &self.codec,
-            desc: &output,
-            bytes: &bytes,
-        };
-        let short = match route.response_body {
-            None => serde_json::to_vec(&reply).ok(),
-            Some(_) => None,
-        };
-        let body = match short {
-            Some(body) => body,
-            None => {
-                let decoded = DynamicMessage::decode(output, bytes).map_err(ApiError::internal)?;
-                match &route.response_body {
-                    Some(field) => serde_json::to_vec(&self.encode_field(&decoded, field)),
-                    None => serde_json::to_vec(&self.codec.encoded(&decoded)),
-                }
-                .map_err(ApiError::internal)?
+        let decode = || DynamicMessage::decode(output.clone(), bytes.clone());
+        let body = match &route.response_body {
+            Some(field) => {
+                let decoded = decode().map_err(ApiError::internal)?;
+                serde_json::to_vec(&self.encode_field(&decoded, field))
             }
-        };
+            // Written straight from the bytes when it can be; else decoded.
+            None => {
+                let reply = wire::Reply {
+                    codec: &self.codec,
+                    desc: &output,
+                    bytes: &bytes,
+                };
+                match serde_json::to_vec(&reply) {
+                    Ok(body) => Ok(body),
+                    Err(_) => {
+                        let decoded = decode().map_err(ApiError::internal)?;
+                        serde_json::to_vec(&self.codec.encoded(&decoded))
+                    }
+                }
+            }
+        }
+        .map_err(ApiError::internal)?;
         builder
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(body))
@@ -255,10 +257,7 @@ impl Transcoder {
         let names: Vec<&str> = key.split('.').collect();
         let mut field = None;
         for (i, name) in names.iter().enumerate() {
-            let f = desc
-                .get_field_by_json_name(name)
-                .or_else(|| desc.get_field_by_name(name))
-                .ok_or_else(unknown)?;
+            let f = json::field_named(&desc, name).ok_or_else(unknown)?;
             if i + 1 < names.len() {
                 match f.kind() {
                     Kind::Message(m) if !f.is_list() && !f.is_map() => desc = m,

@@ -18,8 +18,9 @@
 //! the same text as [`JsonCodec::encoded`] of the decoded message (fields
 //! in declaration order, defaults written, unset nullable fields `null`;
 //! scalars through the codec's own writer), without decoding it into a
-//! `DynamicMessage` first. It fails on what it does not read (a map, a
-//! message field sent twice, malformed bytes), and the caller decodes.
+//! `DynamicMessage` first. It fails on what it does not read (a map with
+//! entries, a message field sent twice, malformed bytes), and the caller
+//! decodes.
 
 use std::fmt;
 
@@ -36,7 +37,7 @@ use serde::{
 };
 use serde_json::Value as Json;
 
-use super::json::{EncodedValue, JsonCodec, is_well_known};
+use super::json::{EncodedValue, JsonCodec, field_named, is_json_value, is_well_known};
 
 /// `body`, a JSON object, as the encoded message `desc`; `None` when this
 /// pass does not take it (see the module doc).
@@ -123,10 +124,7 @@ impl Visitor<'_> for FieldName<'_> {
     }
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        self.0
-            .get_field_by_json_name(key)
-            .or_else(|| self.0.get_field_by_name(key))
-            .ok_or_else(give_up)
+        field_named(self.0, key).ok_or_else(give_up)
     }
 }
 
@@ -249,10 +247,6 @@ impl Visitor<'_> for StringField<'_> {
     fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
         Ok(false)
     }
-}
-
-fn is_json_value(kind: &Kind) -> bool {
-    matches!(kind, Kind::Message(m) if m.full_name() == "google.protobuf.Value")
 }
 
 fn put_nested(number: u32, inner: &[u8], out: &mut Vec<u8>) {
