@@ -40,15 +40,18 @@ pub const MAX_COMMIT: usize = 4000;
 /// Committers, each with one commit in flight at a time, in two sets:
 /// `(small, bulk)`. Submissions of fewer than [`repo::SMALL_COMMIT`] events
 /// (single tracks, small batches) go to the small set, one committer per
-/// CPU core (2 to 16); bigger batches to the bulk set, two per core (4 to
-/// 16). Fewer committers make bigger commits, which is what single events
-/// need; batches gain from more COPYs overlapping request parsing. On 2
-/// cores (wrk, three interleaved rounds each): 1 / 2 / 4 committers took
-/// about 200 / 240 / 280 µs of CPU per single track, and 2 committers
-/// carried ~10 % fewer 1,000-event batches than 4.
+/// two CPU cores (1 to 8); bigger batches to the bulk set, two per core (4
+/// to 16). Fewer committers make bigger commits, which is what single
+/// events need: each commit costs a fixed share of CPU (the statement, the
+/// locks, the WAL flush, waking the committer) on top of its events. On 2
+/// cores, single tracks with 1 small committer took 179–188 µs of CPU
+/// each against 224–281 µs with 2, and ran 8.6k–9.2k/s against 6.4k–8.0k/s
+/// (`scripts/bench.sh metering`, four interleaved pairs); batches gain from
+/// more COPYs overlapping request parsing (2 bulk committers carried ~10 %
+/// fewer 1,000-event batches than 4).
 pub fn committers() -> (usize, usize) {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    (cores.clamp(2, 16), (cores * 2).clamp(4, 16))
+    ((cores / 2).clamp(1, 8), (cores * 2).clamp(4, 16))
 }
 
 /// Queued submissions per committer before Track waits (backpressure).
