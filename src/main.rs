@@ -9,6 +9,12 @@ use tenlyr::{
     telemetry,
 };
 
+/// mimalloc instead of the system allocator: glibc's malloc and free took
+/// ~7.5 % of all CPU on single tracks (the server allocates per request and
+/// frees on another worker thread), mimalloc ~4.5 % (perf, same load).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tenlyr: the multi-tenant control plane.
 #[derive(Parser)]
 #[command(version, about)]

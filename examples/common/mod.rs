@@ -13,6 +13,10 @@ use tenlyr::{
     storage::{Db, admin_keys, migrate},
 };
 
+/// The server runs in this process with the allocator `tenlyr serve` uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub const PEPPER: &str = "benchmark-pepper-0123456789";
 
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
