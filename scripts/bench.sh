@@ -13,7 +13,12 @@ cargo build --release --quiet --example "bench_$which"
 # is sized for the write rate, as on a server taking this load: with the
 # default 1 GB the batch and COPY phases forced a checkpoint every ~12 s
 # (PostgreSQL logs "checkpoints are occurring too frequently") and each one's
-# sync stalled commits for up to ~0.8 s. BENCH_PG_OPTIONS replaces these.
-PRIVATE_PG_OPTIONS="${BENCH_PG_OPTIONS--c max_wal_size=4GB}" start_private_services
+# sync stalled commits for up to ~0.8 s. backend_flush_after has backends
+# start the kernel's writeback as they write (COPY writes its own pages):
+# without it ~500 MB of dirty data piled up and was flushed in one burst
+# when the file's oldest page expired (30 s), and WAL flushes waited behind
+# it (batch calls of 0.6-1.0 s in 4 of 6 runs; with it, at most 0.37 s).
+# BENCH_PG_OPTIONS replaces these.
+PRIVATE_PG_OPTIONS="${BENCH_PG_OPTIONS--c max_wal_size=4GB -c backend_flush_after=512kB}" start_private_services
 BENCH_DATABASE_URL="$PRIVATE_PG_URL" BENCH_REDIS_URL="$PRIVATE_REDIS_URL" \
     "target/release/examples/bench_$which"
