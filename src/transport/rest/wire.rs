@@ -189,7 +189,7 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
             out: &mut inner,
         }
         .visit_map(map)?;
-        put_nested(self.field.number(), &inner, self.out);
+        put_delimited(self.field.number(), &inner, self.out);
         Ok(true)
     }
 
@@ -211,7 +211,7 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
                     if seq.next_element_seed(seed)?.is_none() {
                         break;
                     }
-                    put_nested(number, &inner, self.out);
+                    put_delimited(number, &inner, self.out);
                 }
             }
             kind => {
@@ -238,9 +238,7 @@ impl Visitor<'_> for StringField<'_> {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<bool, E> {
-        encode_key(self.number, WireType::LengthDelimited, self.out);
-        encode_varint(text.len() as u64, self.out);
-        self.out.extend_from_slice(text.as_bytes());
+        put_delimited(self.number, text.as_bytes(), self.out);
         Ok(true)
     }
 
@@ -249,10 +247,11 @@ impl Visitor<'_> for StringField<'_> {
     }
 }
 
-fn put_nested(number: u32, inner: &[u8], out: &mut Vec<u8>) {
+/// A length-delimited field: an embedded message's bytes or a string's.
+fn put_delimited(number: u32, payload: &[u8], out: &mut Vec<u8>) {
     encode_key(number, WireType::LengthDelimited, out);
-    encode_varint(inner.len() as u64, out);
-    out.extend_from_slice(inner);
+    encode_varint(payload.len() as u64, out);
+    out.extend_from_slice(payload);
 }
 
 /// One value read by the codec's own rules, written as field `number`.
@@ -422,14 +421,10 @@ fn list_items<'a>(
                 while !packed.is_empty() {
                     let raw = match kind {
                         Kind::Fixed32 | Kind::Sfixed32 | Kind::Float => {
-                            let (head, rest) = packed.split_first_chunk::<4>()?;
-                            packed = rest;
-                            Raw::Fixed32(u32::from_le_bytes(*head))
+                            Raw::Fixed32(u32::from_le_bytes(take(&mut packed)?))
                         }
                         Kind::Fixed64 | Kind::Sfixed64 | Kind::Double => {
-                            let (head, rest) = packed.split_first_chunk::<8>()?;
-                            packed = rest;
-                            Raw::Fixed64(u64::from_le_bytes(*head))
+                            Raw::Fixed64(u64::from_le_bytes(take(&mut packed)?))
                         }
                         _ => Raw::Varint(decode_varint(&mut packed).ok()?),
                     };
@@ -449,16 +444,8 @@ fn scan(mut bytes: &[u8]) -> Option<Vec<(u32, Raw<'_>)>> {
         let (number, wire_type) = decode_key(&mut bytes).ok()?;
         let raw = match wire_type {
             WireType::Varint => Raw::Varint(decode_varint(&mut bytes).ok()?),
-            WireType::ThirtyTwoBit => {
-                let (head, rest) = bytes.split_first_chunk::<4>()?;
-                bytes = rest;
-                Raw::Fixed32(u32::from_le_bytes(*head))
-            }
-            WireType::SixtyFourBit => {
-                let (head, rest) = bytes.split_first_chunk::<8>()?;
-                bytes = rest;
-                Raw::Fixed64(u64::from_le_bytes(*head))
-            }
+            WireType::ThirtyTwoBit => Raw::Fixed32(u32::from_le_bytes(take(&mut bytes)?)),
+            WireType::SixtyFourBit => Raw::Fixed64(u64::from_le_bytes(take(&mut bytes)?)),
             WireType::LengthDelimited => {
                 let len = usize::try_from(decode_varint(&mut bytes).ok()?).ok()?;
                 if bytes.len() < len {
@@ -473,6 +460,13 @@ fn scan(mut bytes: &[u8]) -> Option<Vec<(u32, Raw<'_>)>> {
         found.push((number, raw));
     }
     Some(found)
+}
+
+/// The next `N` bytes of `bytes` (a fixed-width value), consumed.
+fn take<const N: usize>(bytes: &mut &[u8]) -> Option<[u8; N]> {
+    let (head, rest) = bytes.split_first_chunk::<N>()?;
+    *bytes = rest;
+    Some(*head)
 }
 
 /// A scalar field's value as prost decodes it.
