@@ -16,7 +16,7 @@ pg_bindir() {
 }
 
 # Installs what is missing with apt-get (as root), else says what to install.
-# Arguments: the needs, among: postgres node
+# Arguments: the needs, among: postgres node redis curl
 ensure_deps() {
     local packages=()
     for need in "$@"; do
@@ -24,6 +24,7 @@ ensure_deps() {
             postgres) [ -n "$(pg_bindir)" ] || packages+=(postgresql) ;;
             node) command -v npx >/dev/null 2>&1 || packages+=(nodejs npm) ;;
             redis) command -v redis-server >/dev/null 2>&1 || packages+=(redis-server) ;;
+            curl) command -v curl >/dev/null 2>&1 || packages+=(curl ca-certificates) ;;
         esac
     done
     [ ${#packages[@]} -eq 0 ] && return 0
@@ -71,6 +72,10 @@ start_private_services() {
     local port redis_port
     port=$(free_port)
     "${PRIVATE_AS_PG[@]}" "$PRIVATE_BINDIR/initdb" -D "$PRIVATE_DIR/data" -U postgres -A trust -E UTF8 --no-instructions >/dev/null
+    # The application role must prove its (pepper-derived) password, as it
+    # would on a real server; everyone else is trusted on loopback.
+    printf 'host all tenlyr_app 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n' \
+        | "${PRIVATE_AS_PG[@]}" tee "$PRIVATE_DIR/data/pg_hba.conf" >/dev/null
     "${PRIVATE_AS_PG[@]}" "$PRIVATE_BINDIR/pg_ctl" -D "$PRIVATE_DIR/data" -l "$PRIVATE_DIR/server.log" -w -o \
         "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=300 ${PRIVATE_PG_OPTIONS-"-c fsync=off -c synchronous_commit=off -c full_page_writes=off"}" \
         start >/dev/null

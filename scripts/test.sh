@@ -6,17 +6,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-ensure_deps postgres node redis
+ensure_deps postgres node redis curl
 
 BUF_VERSION=1.75.0
 buf() { npx --yes "@bufbuild/buf@$BUF_VERSION" "$@"; }
 
 echo "--- buf lint" >&2
 buf lint
-if git rev-parse --verify -q HEAD >/dev/null 2>&1; then
-    echo "--- buf breaking (WIRE_JSON, against the last commit)" >&2
-    buf breaking --against '.git#ref=HEAD'
+# The published contract is proto/contract.binpb (scripts/contract.sh
+# writes it when a change is released on purpose); the protos may grow but
+# must not break it. The check is shown to bite first: a copy of the
+# protos without one field must be refused.
+echo "--- buf breaking (WIRE_JSON, against proto/contract.binpb)" >&2
+broken=$(mktemp -d)
+cp -r proto buf.yaml "$broken"/
+sed -i '/^  string owner_email = 3;/d' "$broken/proto/tenlyr/v1/tenant.proto"
+if (cd "$broken" && buf breaking --against "$OLDPWD/proto/contract.binpb" >/dev/null 2>&1); then
+    echo "buf breaking accepted a removed field; the check is not working" >&2
+    exit 1
 fi
+rm -rf "$broken"
+buf breaking --against proto/contract.binpb
+
+echo "--- minimum Rust version and the vendored sqlx-core" >&2
+scripts/check-msrv.sh
+scripts/check-vendor.sh
 
 echo "--- cargo fmt --check" >&2
 cargo fmt --check

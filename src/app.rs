@@ -1,13 +1,21 @@
-//! Wiring: configuration → storage → transport, start and ordered shutdown
-//! (stop accepting → drain in-flight requests → close pools → stop the
-//! embedded cluster).
+//! Wiring: configuration → storage → workers → transport, start and
+//! ordered shutdown (stop accepting → drain in-flight requests → stop the
+//! workers → close pools → stop the embedded cluster).
 
-use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{ServeConfig, StorageConfig},
@@ -16,11 +24,21 @@ use crate::{
         admin_keys::AdminKeys,
         counters::LiveCounters,
         keys::KeyResolver,
-        metering::{self, Ingest, IngestWorker, Metering},
+        metering::{self, Ingest, Metering},
         tenants::Tenants,
     },
-    storage::{Db, admin_keys, embedded::EmbeddedPostgres, migrate, redis::Redis},
+    storage::{Db, admin_keys, embedded::EmbeddedPostgres, login::AppLogin, migrate, redis::Redis},
     transport,
+    workers::{
+        self, Runtime, SharedClock, SystemClock,
+        activity::{self, ActivityFlush},
+        counters::CounterPublisher,
+        key_invalidation::KeyInvalidation,
+        partitions::{self, Partitions},
+        periodic::{Election, Periodic},
+        queue::{Listener, Queue, Registry, Runner, Wakeups},
+        tenant_purge::TenantPurge,
+    },
 };
 
 /// What request handlers share.
@@ -31,7 +49,20 @@ pub struct AppState {
     pub tenants: Tenants,
     pub admin_keys: AdminKeys,
     pub metering: Metering,
+    pub queue: Queue,
     pub max_body_bytes: usize,
+    pub lifecycle: Lifecycle,
+}
+
+/// Where the process is in its shutdown.
+#[derive(Clone, Debug, Default)]
+pub struct Lifecycle {
+    /// Shutdown began: `/readyz` answers 503 (requests are still served
+    /// during `TENLYR_SHUTDOWN_DELAY_SECS`).
+    pub draining: Arc<AtomicBool>,
+    /// The listener is closing: requests that still arrive are refused
+    /// with 503 / UNAVAILABLE, never half-run.
+    pub closing: Arc<AtomicBool>,
 }
 
 /// A database URL, possibly backed by an embedded cluster that must be
@@ -111,8 +142,26 @@ fn write_new_pepper(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// How often in-memory last-activity times are written.
-const ACTIVITY_FLUSH: Duration = Duration::from_secs(2);
+/// The application pool, after migrations: logged in as `tenlyr_app`
+/// (see `storage::login`), with the key pepper.
+pub async fn connect(
+    storage: &StorageConfig,
+    owner_url: &str,
+    pool_size: u32,
+) -> anyhow::Result<(Db, Arc<KeyHasher>)> {
+    migrate::run(owner_url)
+        .await
+        .context("applying migrations")?;
+    let hasher = Arc::new(key_hasher(storage)?);
+    let login = AppLogin::new(owner_url, storage.app_database_url.as_deref(), &hasher)?;
+    login.grant(owner_url).await?;
+    let db = Db::connect(
+        &login,
+        pool_size,
+        Duration::from_millis(storage.statement_timeout_ms),
+    )?;
+    Ok((db, hasher))
+}
 
 /// A bound server, ready to run.
 pub struct Server {
@@ -120,21 +169,26 @@ pub struct Server {
     state: AppState,
     redis: Option<Redis>,
     transport: transport::Transport,
+    delay: Duration,
     grace: Duration,
-    ingest: IngestWorker,
-    counters: Arc<LiveCounters>,
-    retention_days: u32,
+    runtime: Runtime,
 }
 
 impl Server {
     /// Migrates, connects, bootstraps the first admin key (printed once on
     /// stdout) and binds the listener.
     pub async fn bind(config: &ServeConfig, database_url: &str) -> anyhow::Result<Self> {
-        migrate::run(database_url)
-            .await
-            .context("applying migrations")?;
-        let db = Db::connect(database_url, config.storage.db_pool_size)?;
-        let hasher = Arc::new(key_hasher(&config.storage)?);
+        Self::bind_with_clock(config, database_url, Arc::new(SystemClock)).await
+    }
+
+    /// [`Self::bind`] with the clock background work reads (tests move it).
+    pub async fn bind_with_clock(
+        config: &ServeConfig,
+        database_url: &str,
+        clock: SharedClock,
+    ) -> anyhow::Result<Self> {
+        let (db, hasher) =
+            connect(&config.storage, database_url, config.storage.db_pool_size).await?;
         if let Some(key) = admin_keys::bootstrap(&db, &hasher).await? {
             tracing::warn!(
                 "no admin key existed; created one and printed it on stdout (shown once)"
@@ -145,36 +199,61 @@ impl Server {
             Some(url) => Some(Redis::connect(url).await?),
             None => None,
         };
+        let runtime = Runtime::new(workers::Context::new(db.clone(), clock));
+        let queue = Queue::new(runtime.context().clone());
         let keys = Arc::new(KeyResolver::new(db.clone(), hasher, redis.clone()));
-        let tenants = Tenants::new(db.clone(), keys.clone());
+        let tenants = Tenants::new(db.clone(), keys.clone(), queue.clone());
         let admin_keys = AdminKeys::new(db.clone(), keys.clone());
         if let Err(err) = metering::maintain(&db, config.usage_retention_days).await {
             tracing::warn!(error = %err, "creating usage partitions failed; ingestion retries");
         }
         let counters = Arc::new(LiveCounters::new(redis.clone()));
         let (ingest_tx, ingest) = Ingest::new(db.clone(), counters.clone());
-        let metering = Metering::new(db.clone(), ingest_tx, tenants.clone(), counters.clone());
+        let metering = Metering::new(db.clone(), ingest_tx, counters.clone());
         let state = AppState {
             db,
-            keys,
+            keys: keys.clone(),
             tenants,
             admin_keys,
             metering,
+            queue,
             max_body_bytes: config.max_body_bytes,
+            lifecycle: Lifecycle::default(),
         };
         let transport = transport::build(&state)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding TENLYR_LISTEN={}", config.listen))?;
+
+        runtime.spawn(ingest);
+        runtime.spawn(CounterPublisher(counters));
+        runtime.spawn(KeyInvalidation(keys.clone()));
+        runtime.spawn(
+            Periodic::new(ActivityFlush(keys), activity::EVERY, Election::Replica)
+                .with_final_tick(),
+        );
+        runtime.spawn(Periodic::new(
+            Partitions {
+                retention_days: config.usage_retention_days,
+            },
+            partitions::EVERY,
+            Election::Cluster,
+        ));
+        let wakeups = Wakeups::default();
+        runtime.spawn(Listener {
+            wakeups: wakeups.clone(),
+        });
+        for _ in 0..config.job_runners {
+            runtime.spawn(Runner::new(jobs_registry(), wakeups.clone()));
+        }
         Ok(Self {
             listener,
             state,
             redis,
             transport,
+            delay: Duration::from_secs(config.shutdown_delay_secs),
             grace: Duration::from_secs(config.shutdown_grace_secs),
-            ingest,
-            counters,
-            retention_days: config.usage_retention_days,
+            runtime,
         })
     }
 
@@ -182,8 +261,15 @@ impl Server {
         Ok(self.listener.local_addr()?)
     }
 
-    /// Serves until `shutdown` resolves, then drains in-flight requests
-    /// (bounded by the grace period) and closes the pool.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves; then, in order: `/readyz` answers
+    /// 503 (requests are still served for the shutdown delay), the listener
+    /// closes and requests still arriving get 503, in-flight requests drain
+    /// (bounded by the grace period), every worker stops (one deadline for
+    /// all, the grace period again), the pools close.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -193,36 +279,11 @@ impl Server {
             state,
             redis,
             transport,
+            delay,
             grace,
-            ingest,
-            counters,
-            retention_days,
+            runtime,
         } = self;
         let health = transport.health.clone();
-        let workers = CancellationToken::new();
-        let flusher = tokio::spawn(
-            state
-                .keys
-                .clone()
-                .run_activity_flusher(ACTIVITY_FLUSH, workers.clone()),
-        );
-        let listener_task = tokio::spawn(
-            state
-                .keys
-                .clone()
-                .run_invalidation_listener(workers.clone()),
-        );
-        // The ingest pipeline stops after the listener has drained: requests
-        // in flight still wait for their commits.
-        let ingest_stop = CancellationToken::new();
-        let ingesting = tokio::spawn(ingest.run(ingest_stop.clone()));
-        // Stops with the workers, after the last commit: sends what is left.
-        let publishing = tokio::spawn(counters.run_publisher(workers.clone()));
-        let maintenance = tokio::spawn(metering::run_maintenance(
-            state.db.clone(),
-            retention_days,
-            workers.clone(),
-        ));
         health
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
@@ -241,49 +302,51 @@ impl Server {
                 let mut rx = stop_rx;
                 let _ = rx.wait_for(|stop| *stop).await;
             });
-        let serving = tokio::spawn(async move { serve.await });
+        let mut serving = tokio::spawn(async move { serve.await });
+        let lifecycle = state.lifecycle.clone();
         let trigger = tokio::spawn(async move {
             shutdown.await;
+            lifecycle.draining.store(true, Ordering::Release);
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
+            if !delay.is_zero() {
+                tracing::info!(
+                    delay_secs = delay.as_secs(),
+                    "shutting down: not ready, still serving"
+                );
+                tokio::time::sleep(delay).await;
+            }
             tracing::info!("shutting down: draining in-flight requests");
+            lifecycle.closing.store(true, Ordering::Release);
             let _ = stop_tx.send(true);
         });
 
         let result = tokio::select! {
-            result = serving => result.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into)),
+            result = &mut serving => result.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into)),
             () = async {
                 let _ = drain_rx.wait_for(|stop| *stop).await;
                 tokio::time::sleep(grace).await;
             } => {
                 tracing::warn!(grace_secs = grace.as_secs(), "grace period over; dropping remaining connections");
+                serving.abort();
                 Ok(())
             }
         };
         trigger.abort();
-        ingest_stop.cancel();
-        if tokio::time::timeout(Duration::from_secs(30), ingesting)
-            .await
-            .is_err()
-        {
-            tracing::warn!("usage commits did not finish in time");
-        }
-        workers.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), maintenance).await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), publishing).await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), flusher).await;
-        match tokio::time::timeout(Duration::from_secs(5), listener_task).await {
-            Ok(Ok(Err(err))) => tracing::warn!(error = %err, "key invalidation listener failed"),
-            Err(_) => tracing::warn!("key invalidation listener did not stop in time"),
-            _ => {}
-        }
+        // The ingest committers commit what is queued; flushers flush.
+        runtime.shutdown(tokio::time::Instant::now() + grace).await;
         if let Some(redis) = redis {
             redis.quit().await;
         }
         state.db.close().await;
         result
     }
+}
+
+/// Every job kind this build runs.
+pub fn jobs_registry() -> Registry {
+    Registry::default().with(TenantPurge)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -34,6 +34,19 @@ pub struct StorageConfig {
     /// Connections in the application pool.
     #[arg(long, env = "TENLYR_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
+
+    /// How the application pool logs in: a URL for a LOGIN role with the
+    /// rights of `tenlyr_app` (a member of it, or `tenlyr_app` itself).
+    /// Unset: `DATABASE_URL` as `tenlyr_app`, with a password derived from
+    /// the key pepper that the server sets when it migrates.
+    #[arg(long, env = "TENLYR_APP_DATABASE_URL", hide_env_values = true)]
+    pub app_database_url: Option<String>,
+
+    /// Longest a single SQL statement of a request or worker may run, in
+    /// milliseconds.
+    #[arg(long, env = "TENLYR_STATEMENT_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub statement_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -50,9 +63,21 @@ pub struct ServeConfig {
     #[arg(long, env = "TENLYR_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Seconds between SIGTERM/SIGINT and closing the listener, during
+    /// which `/readyz` answers 503 but requests are still served, so a
+    /// load balancer stops routing here before connections are refused
+    /// (5-10 s behind one; 0 serves nothing more).
+    #[arg(long, env = "TENLYR_SHUTDOWN_DELAY_SECS", default_value_t = 0)]
+    pub shutdown_delay_secs: u64,
+
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "TENLYR_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+
+    /// Job runners in this process (each claims up to 32 jobs at a time).
+    #[arg(long, env = "TENLYR_JOB_RUNNERS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub job_runners: u32,
 
     /// Days of raw usage events kept (whole day partitions are dropped);
     /// rollups are kept.

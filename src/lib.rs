@@ -15,3 +15,4 @@ pub mod service;
 pub mod storage;
 pub mod telemetry;
 pub mod transport;
+pub mod workers;

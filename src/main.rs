@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use tenlyr::{
     app::{self, Database},
     config::{LogConfig, ServeConfig, StorageConfig},
-    storage::{Db, admin_keys, migrate},
+    storage::admin_keys,
     telemetry,
 };
 
@@ -57,9 +57,10 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(config) => app::serve(config).await,
         Command::Migrate(storage) => {
-            with_database(&storage, |url| async move {
-                let applied = migrate::run(&url).await?;
-                tracing::info!(applied, "migrations up to date");
+            with_database(&storage.clone(), |url| async move {
+                let (db, _) = app::connect(&storage, &url, 1).await?;
+                db.close().await;
+                tracing::info!("migrations up to date");
                 Ok(())
             })
             .await
@@ -71,10 +72,8 @@ async fn main() -> anyhow::Result<()> {
                 (1..=100).contains(&label.chars().count()),
                 "--label must be 1 to 100 characters"
             );
-            let hasher = app::key_hasher(&storage)?;
-            with_database(&storage, |url| async move {
-                migrate::run(&url).await?;
-                let db = Db::connect(&url, 1)?;
+            with_database(&storage.clone(), |url| async move {
+                let (db, hasher) = app::connect(&storage, &url, 1).await?;
                 let key = admin_keys::create(db.app(), &hasher, &label)
                     .await
                     .context("creating the admin key")?;

@@ -9,8 +9,7 @@ use sqlx::{Connection, Executor};
 use tenlyr::{
     app::Server,
     config::{ServeConfig, StorageConfig},
-    domain::keys::KeyHasher,
-    storage::{Db, admin_keys, migrate},
+    storage::{Db, admin_keys},
 };
 
 /// The server runs in this process with the allocator `tenlyr serve` uses.
@@ -60,23 +59,25 @@ impl Bench {
             .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
             .await?;
         let url = format!("{}/{db_name}", base.rsplit_once('/').unwrap().0);
-        migrate::run(&url).await?;
-        let db = Db::connect(&url, 8)?;
-        let admin_key =
-            admin_keys::create(db.app(), &KeyHasher::new(PEPPER.as_bytes()), "bench").await?;
         let config = ServeConfig {
             listen: "127.0.0.1:0".parse()?,
             redis_url: redis_url.clone(),
             max_body_bytes: 1 << 20,
+            shutdown_delay_secs: 0,
             shutdown_grace_secs: 5,
             usage_retention_days: 90,
+            job_runners: 2,
             storage: StorageConfig {
                 database_url: Some(url.clone()),
                 data_dir: "/nonexistent".into(),
                 key_pepper: Some(PEPPER.into()),
                 db_pool_size: 16,
+                app_database_url: None,
+                statement_timeout_ms: 30_000,
             },
         };
+        let (db, hasher) = tenlyr::app::connect(&config.storage, &url, 8).await?;
+        let admin_key = admin_keys::create(db.app(), &hasher, "bench").await?;
         let server = Server::bind(&config, &url).await?;
         let base_url = format!("http://{}", server.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -116,6 +116,12 @@ impl KeyHasher {
         hmac::sign(&self.key, key.as_bytes()).as_ref().to_vec()
     }
 
+    /// A secret derived from the pepper for another purpose (`label` names
+    /// it; no API key starts with a NUL byte, so none collides).
+    pub fn derive(&self, label: &str) -> Vec<u8> {
+        self.digest(&format!("\0tenlyr:{label}"))
+    }
+
     /// Constant-time comparison of a presented key against a stored digest.
     pub fn verify(&self, key: &str, digest: &[u8]) -> bool {
         hmac::verify(&self.key, key.as_bytes(), digest).is_ok()

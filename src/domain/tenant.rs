@@ -13,7 +13,7 @@ pub enum Plan {
 }
 
 /// Monthly limits of a plan; `None` means no limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct PlanLimits {
     pub api_calls: Option<i64>,
     pub storage_gb: Option<i64>,

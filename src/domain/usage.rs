@@ -180,15 +180,21 @@ impl Granularity {
         Self::ALL.into_iter().find(|g| g.as_str() == s)
     }
 
-    /// The start of the bucket holding `at`: UTC hours; local midnights in
-    /// the tenant's zone for days and months.
+    /// The start of the bucket holding `at`, in the tenant's zone: the
+    /// local hour (which starts at :30 UTC in Asia/Kolkata, :15 in
+    /// Asia/Kathmandu), local midnight for days and months.
     pub fn bucket(self, at: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
         match self {
-            Self::Hour => at
-                .with_minute(0)
-                .and_then(|t| t.with_second(0))
-                .and_then(|t| t.with_nanosecond(0))
-                .unwrap_or(at),
+            // Minutes and seconds past the local hour are cut at the
+            // offset in force at `at` (a repeated local hour at a DST
+            // change keeps its two buckets apart).
+            Self::Hour => {
+                let local = at.with_timezone(&tz);
+                let past = Duration::minutes(i64::from(local.minute()))
+                    + Duration::seconds(i64::from(local.second()))
+                    + Duration::nanoseconds(i64::from(local.nanosecond()));
+                at - past
+            }
             Self::Day => local_midnight(at.with_timezone(&tz).date_naive(), tz),
             Self::Month => {
                 let local = at.with_timezone(&tz).date_naive();
@@ -330,6 +336,40 @@ mod tests {
         assert_eq!(
             Granularity::Hour.bucket(at("2026-03-08T12:30:05Z"), ny),
             at("2026-03-08T12:00:00Z")
+        );
+    }
+
+    #[test]
+    fn hours_start_on_the_tenant_local_hour() {
+        let kolkata: Tz = "Asia/Kolkata".parse().unwrap(); // UTC+5:30
+        let kathmandu: Tz = "Asia/Kathmandu".parse().unwrap(); // UTC+5:45
+        let utc = Tz::UTC;
+        let t = at("2026-06-10T10:20:07.5Z");
+        assert_eq!(Granularity::Hour.bucket(t, utc), at("2026-06-10T10:00:00Z"));
+        // 15:50:07 in Kolkata: the local hour began at 15:00 = 09:30Z.
+        assert_eq!(
+            Granularity::Hour.bucket(t, kolkata),
+            at("2026-06-10T09:30:00Z")
+        );
+        // 16:05:07 in Kathmandu: the local hour began at 16:00 = 10:15Z.
+        assert_eq!(
+            Granularity::Hour.bucket(t, kathmandu),
+            at("2026-06-10T10:15:00Z")
+        );
+        // Just before a local hour boundary stays in the previous hour.
+        assert_eq!(
+            Granularity::Hour.bucket(at("2026-06-10T10:14:59Z"), kathmandu),
+            at("2026-06-10T09:15:00Z")
+        );
+        // New York's repeated 01:00 hour (DST ends 2026-11-01): two buckets.
+        let ny: Tz = "America/New_York".parse().unwrap();
+        assert_eq!(
+            Granularity::Hour.bucket(at("2026-11-01T05:30:00Z"), ny),
+            at("2026-11-01T05:00:00Z")
+        );
+        assert_eq!(
+            Granularity::Hour.bucket(at("2026-11-01T06:30:00Z"), ny),
+            at("2026-11-01T06:00:00Z")
         );
     }
 }

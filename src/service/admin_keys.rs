@@ -10,7 +10,7 @@ use super::{Actor, keys::KeyResolver};
 use crate::{
     domain::tenant as rules,
     error::{ApiError, ErrorCode},
-    storage::{Db, admin_keys, entities::admin_key, scope::Scope, tenants as repo},
+    storage::{Db, admin_keys, entities::admin_key, tenants as repo},
 };
 
 #[derive(Clone, Debug)]
@@ -30,7 +30,7 @@ impl AdminKeys {
         label: &str,
     ) -> Result<(admin_key::Model, String), ApiError> {
         let label = rules::label(label).map_err(|v| ApiError::validation(vec![v]))?;
-        let tx = self.db.begin(Scope::Platform).await?;
+        let tx = self.db.begin(actor.platform()?).await?;
         let plaintext = admin_keys::create(&tx, self.keys.hasher(), &label).await?;
         let digest = self.keys.hasher().digest(&plaintext);
         let row = admin_keys::list(&tx)
@@ -52,15 +52,15 @@ impl AdminKeys {
         Ok((row, plaintext))
     }
 
-    pub async fn list(&self) -> Result<Vec<admin_key::Model>, ApiError> {
-        let tx = self.db.begin(Scope::Platform).await?;
+    pub async fn list(&self, actor: &Actor) -> Result<Vec<admin_key::Model>, ApiError> {
+        let tx = self.db.begin(actor.platform()?).await?;
         let rows = admin_keys::list(&tx).await?;
         tx.commit().await?;
         Ok(rows)
     }
 
     pub async fn revoke(&self, actor: &Actor, id: Uuid) -> Result<admin_key::Model, ApiError> {
-        let tx = self.db.begin(Scope::Platform).await?;
+        let tx = self.db.begin(actor.platform()?).await?;
         let Some(row) = admin_keys::revoke(&tx, id).await? else {
             let exists = admin_keys::list(&tx).await?.iter().any(|k| k.id == id);
             return Err(if exists {

@@ -12,19 +12,16 @@
 //!
 //! Commits do not wait for Redis: [`LiveCounters::publish`] merges their
 //! totals into a local "unpublished" map (keeping the greater value) and
-//! [`LiveCounters::run_publisher`] sends whatever accumulated in one call,
+//! the publisher worker (`workers::counters`) sends whatever accumulated in
+//! one call ([`LiveCounters::flush`]),
 //! so under load one Redis call carries many commits. Reads on this node
 //! see the unpublished totals too.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::{collections::HashMap, sync::Mutex};
 
 use chrono::{DateTime, Utc};
 use fred::prelude::*;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
@@ -119,7 +116,7 @@ impl LiveCounters {
     }
 
     /// Applies the totals of a commit (set if greater): in-process at once;
-    /// to Redis by [`Self::run_publisher`], without waiting for it.
+    /// to Redis by [`Self::flush`], without waiting for it.
     pub async fn publish(&self, totals: &[MonthTotal]) {
         let periods = by_period(totals);
         if periods.is_empty() {
@@ -138,25 +135,24 @@ impl LiveCounters {
         }
     }
 
-    /// Sends unpublished totals to Redis, all that accumulated in one call,
-    /// until `stop`; then sends what is left. Failures are logged: the next
-    /// commit or read repairs the mirror.
-    pub async fn run_publisher(self: Arc<Self>, stop: CancellationToken) {
-        if matches!(self.store, Store::Local(_)) {
-            return;
-        }
-        loop {
-            let stopping = tokio::select! {
-                () = self.wake.notified() => false,
-                () = stop.cancelled() => true,
-            };
-            let pending =
-                std::mem::take(&mut *self.unpublished.lock().unwrap_or_else(|p| p.into_inner()));
-            self.set_max(pending).await;
-            if stopping {
-                return;
-            }
-        }
+    /// Whether totals wait in memory for [`Self::flush`] (Redis mode); the
+    /// in-process store applies them at once.
+    pub fn deferred(&self) -> bool {
+        matches!(self.store, Store::Redis(_))
+    }
+
+    /// Resolves when a commit left totals to send.
+    pub async fn pending(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Sends every unpublished total to Redis in one call. Failures are
+    /// logged: the next commit or read repairs the mirror. The publisher
+    /// worker (`workers::counters`) calls this.
+    pub async fn flush(&self) {
+        let pending =
+            std::mem::take(&mut *self.unpublished.lock().unwrap_or_else(|p| p.into_inner()));
+        self.set_max(pending).await;
     }
 
     async fn set_max(&self, periods: HashMap<Period, Totals>) {

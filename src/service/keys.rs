@@ -9,7 +9,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -17,22 +17,49 @@ use std::{
 use chrono::{DateTime, Utc};
 use fred::prelude::*;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Principal;
 use crate::{
     domain::{
         keys::{self, KeyHasher, KeyKind},
-        tenant::TenantStatus,
+        tenant::{PlanLimits, TenantStatus},
     },
     error::ApiError,
-    storage::{Db, admin_keys, redis::Redis, scope::Scope, tenants},
+    storage::{Db, admin_keys, entities::tenant, redis::Redis, scope::Scope, tenants},
 };
 
 const TTL: Duration = Duration::from_secs(60);
 const MARKER_TTL_SECS: i64 = 120;
 const MAX_ENTRIES: usize = 100_000;
+/// How long a lookup stays in this replica's memory while it is not
+/// subscribed to invalidations (Redis configured but the subscription
+/// down): a revoked key is refused here within this bound.
+pub const UNSUBSCRIBED_TTL: Duration = Duration::from_secs(3);
+const MODE_UNSUBSCRIBED: u8 = 0;
+const MODE_SUBSCRIBED: u8 = 1;
+
+/// How this replica learns of other replicas' key changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidationMode {
+    /// No Redis: one node, every change is local.
+    SingleNode,
+    /// Subscribed to the invalidation channel: lookups cached 60 s.
+    Subscribed,
+    /// Redis configured, subscription down: lookups cached at most
+    /// [`UNSUBSCRIBED_TTL`] while the subscriber retries.
+    Unsubscribed,
+}
+
+impl InvalidationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SingleNode => "single-node",
+            Self::Subscribed => "subscribed",
+            Self::Unsubscribed => "unsubscribed",
+        }
+    }
+}
 pub const INVALIDATION_CHANNEL: &str = "tenlyr:keys:invalidate";
 
 /// What a key resolves to; cached.
@@ -43,6 +70,28 @@ pub struct Resolved {
     /// `None` for admin keys.
     pub tenant_id: Option<Uuid>,
     pub tenant_status: Option<String>,
+    /// What requests of a tenant key need to know of their tenant.
+    pub tenant: Option<Arc<TenantFacts>>,
+}
+
+/// The facts of a tenant that a key lookup carries, so hot paths
+/// (GetMetrics) need no tenant read: they change only with a plan or time
+/// zone change, which invalidates the tenant's keys like a suspension.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantFacts {
+    pub time_zone: String,
+    /// The limits in force (the tenant's own, else its plan's).
+    pub limits: PlanLimits,
+}
+
+impl TenantFacts {
+    pub fn of(tenant: &tenant::Model) -> Self {
+        Self {
+            time_zone: tenant.time_zone.clone(),
+            limits: super::tenants::limits(tenant),
+        }
+    }
 }
 
 /// A Redis cache entry: the resolution and when its row was read.
@@ -82,7 +131,7 @@ impl LocalCache {
             .map(|e| e.resolved.clone())
     }
 
-    fn insert(&self, digest: Vec<u8>, resolved: Resolved, generation: u64) {
+    fn insert(&self, digest: Vec<u8>, resolved: Resolved, generation: u64, ttl: Duration) {
         let mut entries = self.entries.write().expect("cache lock");
         if self.generation.load(Ordering::Acquire) != generation {
             return;
@@ -98,7 +147,7 @@ impl LocalCache {
             digest,
             Entry {
                 resolved,
-                expires: Instant::now() + TTL,
+                expires: Instant::now() + ttl,
             },
         );
     }
@@ -126,6 +175,8 @@ pub struct KeyResolver {
     redis: Option<Redis>,
     local: LocalCache,
     activity: Mutex<Activity>,
+    /// `MODE_SUBSCRIBED` while the invalidation subscription is live.
+    mode: AtomicU8,
 }
 
 impl std::fmt::Debug for KeyResolver {
@@ -150,8 +201,9 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// v2: entries carry the tenant's facts.
 fn entry_key(digest_hex: &str) -> String {
-    format!("tenlyr:key:{digest_hex}")
+    format!("tenlyr:key:v2:{digest_hex}")
 }
 
 fn marker_key(digest_hex: &str) -> String {
@@ -166,6 +218,7 @@ impl KeyResolver {
             redis,
             local: LocalCache::default(),
             activity: Mutex::default(),
+            mode: AtomicU8::new(MODE_UNSUBSCRIBED),
         }
     }
 
@@ -183,11 +236,11 @@ impl KeyResolver {
             Some(resolved) => resolved,
             None => self.resolve_slow(kind, digest).await?,
         };
-        match (kind, resolved.tenant_id) {
-            (KeyKind::Admin, _) => Ok(Principal::Admin {
+        match (kind, resolved.tenant_id, resolved.tenant) {
+            (KeyKind::Admin, _, _) => Ok(Principal::Admin {
                 key_id: resolved.key_id,
             }),
-            (KeyKind::Tenant, Some(tenant_id)) => {
+            (KeyKind::Tenant, Some(tenant_id), Some(tenant)) => {
                 let status = resolved
                     .tenant_status
                     .as_deref()
@@ -200,9 +253,10 @@ impl KeyResolver {
                 Ok(Principal::Tenant {
                     tenant_id,
                     key_id: resolved.key_id,
+                    tenant,
                 })
             }
-            (KeyKind::Tenant, None) => Err(ApiError::unauthenticated("unknown or revoked API key")),
+            (KeyKind::Tenant, _, _) => Err(ApiError::unauthenticated("unknown or revoked API key")),
         }
     }
 
@@ -210,7 +264,8 @@ impl KeyResolver {
         let generation = self.local.generation.load(Ordering::Acquire);
         let digest_hex = hex(&digest);
         if let Some(resolved) = self.shared_get(&digest_hex).await {
-            self.local.insert(digest, resolved.clone(), generation);
+            self.local
+                .insert(digest, resolved.clone(), generation, self.local_ttl());
             return Ok(resolved);
         }
         let read_at_ms = Utc::now().timestamp_millis();
@@ -222,6 +277,7 @@ impl KeyResolver {
                     key_id: row.id,
                     tenant_id: None,
                     tenant_status: None,
+                    tenant: None,
                 }),
             KeyKind::Tenant => {
                 let tx = self.db.begin(Scope::Platform).await?;
@@ -232,12 +288,14 @@ impl KeyResolver {
                     .map(|(key, tenant)| Resolved {
                         key_id: key.id,
                         tenant_id: Some(tenant.id),
+                        tenant: Some(Arc::new(TenantFacts::of(&tenant))),
                         tenant_status: Some(tenant.status),
                     })
             }
         }
         .ok_or_else(|| ApiError::unauthenticated("unknown or revoked API key"))?;
-        self.local.insert(digest, resolved.clone(), generation);
+        self.local
+            .insert(digest, resolved.clone(), generation, self.local_ttl());
         self.shared_set(&digest_hex, &resolved, read_at_ms).await;
         Ok(resolved)
     }
@@ -317,34 +375,53 @@ impl KeyResolver {
         }
     }
 
-    /// Applies invalidations published by other replicas until cancelled.
-    pub async fn run_invalidation_listener(
-        self: Arc<Self>,
-        cancel: CancellationToken,
-    ) -> anyhow::Result<()> {
-        let Some(redis) = self.redis.clone() else {
-            return Ok(());
-        };
-        let (subscriber, mut messages) = redis.subscribe(INVALIDATION_CHANNEL).await?;
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                message = messages.recv() => match message {
-                    Ok(message) => {
-                        let text: Option<String> = message.value.convert().ok();
-                        if let Some(invalidation) = text.and_then(|t| serde_json::from_str::<Invalidation>(&t).ok()) {
-                            let digests: Vec<Vec<u8>> = invalidation.digests.iter().filter_map(|h| unhex(h)).collect();
-                            self.local.evict(&digests);
-                        }
-                    }
-                    // Missed messages: forget everything rather than serve stale keys.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.local.evict_all(),
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                },
-            }
+    /// Applies an invalidation another replica published.
+    pub fn apply_published(&self, message: &str) {
+        if let Ok(invalidation) = serde_json::from_str::<Invalidation>(message) {
+            let digests: Vec<Vec<u8>> = invalidation
+                .digests
+                .iter()
+                .filter_map(|h| unhex(h))
+                .collect();
+            self.local.evict(&digests);
         }
-        let _ = subscriber.quit().await;
-        Ok(())
+    }
+
+    /// Whether this replica hears other replicas' invalidations, and what
+    /// it does when it does not. The subscriber worker
+    /// (`workers::key_invalidation`) sets it; every change of state empties
+    /// the local cache, since invalidations may have been missed.
+    pub fn set_subscribed(&self, subscribed: bool) {
+        let mode = if subscribed {
+            MODE_SUBSCRIBED
+        } else {
+            MODE_UNSUBSCRIBED
+        };
+        self.mode.store(mode, Ordering::Release);
+        self.local.evict_all();
+    }
+
+    /// How keys are cached now, for `/readyz`.
+    pub fn invalidation(&self) -> InvalidationMode {
+        if self.redis.is_none() {
+            return InvalidationMode::SingleNode;
+        }
+        match self.mode.load(Ordering::Acquire) {
+            MODE_SUBSCRIBED => InvalidationMode::Subscribed,
+            _ => InvalidationMode::Unsubscribed,
+        }
+    }
+
+    /// How long this replica may keep a key lookup in memory.
+    fn local_ttl(&self) -> Duration {
+        match self.invalidation() {
+            InvalidationMode::Unsubscribed => UNSUBSCRIBED_TTL,
+            _ => TTL,
+        }
+    }
+
+    pub fn redis(&self) -> Option<&Redis> {
+        self.redis.as_ref()
     }
 
     fn record_activity(&self, tenant_id: Uuid, key_id: Uuid) {
@@ -364,29 +441,8 @@ impl KeyResolver {
             .copied()
     }
 
-    /// Writes recorded activity every `period` (and once more on shutdown),
-    /// so authentication itself never writes to the database.
-    pub async fn run_activity_flusher(
-        self: Arc<Self>,
-        period: Duration,
-        cancel: CancellationToken,
-    ) {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let stop = tokio::select! {
-                () = cancel.cancelled() => true,
-                _ = tick.tick() => false,
-            };
-            if let Err(err) = self.flush_activity().await {
-                tracing::warn!(error = %err, "writing last-activity times failed");
-            }
-            if stop {
-                break;
-            }
-        }
-    }
-
+    /// Writes recorded activity (the activity worker calls this every 2 s
+    /// and at shutdown), so authentication itself never writes.
     pub async fn flush_activity(&self) -> Result<(), sea_orm::DbErr> {
         let batch = std::mem::take(&mut *self.activity.lock().expect("activity lock"));
         if batch.tenants.is_empty() {
@@ -426,15 +482,17 @@ mod tests {
             key_id: Uuid::nil(),
             tenant_id: None,
             tenant_status: None,
+            tenant: None,
         };
         let before = cache.generation.load(Ordering::Acquire);
         cache.evict(&[vec![1]]);
-        cache.insert(vec![1], resolved.clone(), before);
+        cache.insert(vec![1], resolved.clone(), before, TTL);
         assert!(cache.get(&[1]).is_none());
         cache.insert(
             vec![1],
             resolved.clone(),
             cache.generation.load(Ordering::Acquire),
+            TTL,
         );
         assert_eq!(cache.get(&[1]), Some(resolved));
     }

@@ -14,14 +14,11 @@ use std::{sync::Arc, time::Duration};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use tokio::{
-    sync::{mpsc, oneshot},
-    task::JoinSet,
-};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{counters::LiveCounters, tenants::Tenants};
+use super::{counters::LiveCounters, keys::TenantFacts};
+use crate::workers::ingest::IngestWorker;
 use crate::{
     domain::{
         tenant::PlanLimits,
@@ -62,8 +59,8 @@ pub const DEFAULT_EVENTS_PAGE: i64 = 100;
 pub const MAX_EVENTS_PAGE: i64 = 1000;
 
 #[derive(Debug)]
-struct Submission {
-    events: Vec<Pending>,
+pub(crate) struct Submission {
+    pub(crate) events: Vec<Pending>,
     reply: oneshot::Sender<Result<Vec<Outcome>, ApiError>>,
 }
 
@@ -72,13 +69,6 @@ struct Submission {
 pub struct Ingest {
     small: Arc<[mpsc::Sender<Submission>]>,
     bulk: Arc<[mpsc::Sender<Submission>]>,
-}
-
-/// The committing half; [`IngestWorker::run`] runs until shutdown.
-pub struct IngestWorker {
-    shards: Vec<mpsc::Receiver<Submission>>,
-    db: Db,
-    counters: Arc<LiveCounters>,
 }
 
 impl Ingest {
@@ -119,55 +109,11 @@ impl Ingest {
     }
 }
 
-impl IngestWorker {
-    /// Commits until `stop` is cancelled, then commits what is still
-    /// queued.
-    pub async fn run(self, stop: CancellationToken) {
-        let mut committers = JoinSet::new();
-        for rx in self.shards {
-            let (db, counters, stop) = (self.db.clone(), self.counters.clone(), stop.clone());
-            committers.spawn(commit_loop(rx, db, counters, stop));
-        }
-        committers.join_all().await;
-    }
-}
-
-async fn commit_loop(
-    mut rx: mpsc::Receiver<Submission>,
-    db: Db,
-    counters: Arc<LiveCounters>,
-    stop: CancellationToken,
-) {
-    // What this committer last read of its tenants (for `commit_small`).
-    let mut known = repo::Tenants::new();
-    loop {
-        let first = tokio::select! {
-            s = rx.recv() => s,
-            () = stop.cancelled() => {
-                rx.close();
-                rx.recv().await
-            }
-        };
-        let Some(first) = first else { return };
-        let mut size = first.events.len();
-        let mut group = vec![first];
-        while size < MAX_COMMIT {
-            match rx.try_recv() {
-                Ok(next) => {
-                    size += next.events.len();
-                    group.push(next);
-                }
-                Err(_) => break,
-            }
-        }
-        commit_group(&db, &counters, &mut known, group).await;
-    }
-}
-
 /// Tenants a committer remembers, at most (then it starts over).
 const KNOWN_TENANTS: usize = 100_000;
 
-async fn commit_group(
+/// Commits one group of submissions and answers each of them.
+pub(crate) async fn commit_group(
     db: &Db,
     counters: &LiveCounters,
     known: &mut repo::Tenants,
@@ -294,16 +240,14 @@ pub struct Summary {
 pub struct Metering {
     db: Db,
     ingest: Ingest,
-    tenants: Tenants,
     counters: Arc<LiveCounters>,
 }
 
 impl Metering {
-    pub fn new(db: Db, ingest: Ingest, tenants: Tenants, counters: Arc<LiveCounters>) -> Self {
+    pub fn new(db: Db, ingest: Ingest, counters: Arc<LiveCounters>) -> Self {
         Self {
             db,
             ingest,
-            tenants,
             counters,
         }
     }
@@ -386,9 +330,15 @@ impl Metering {
             .collect())
     }
 
-    /// Usage in the tenant's current billing period.
-    pub async fn current(&self, tenant_id: Uuid) -> Result<PeriodUsage, ApiError> {
-        let tenant = self.tenants.get(tenant_id).await?;
+    /// Usage in the tenant's current billing period: from the tenant facts
+    /// its key lookup carried and the live counters, so the call reads
+    /// nothing from Postgres unless the counters must be rebuilt (the docs
+    /// tell customers to call it before every expensive operation).
+    pub async fn current(
+        &self,
+        tenant_id: Uuid,
+        tenant: &TenantFacts,
+    ) -> Result<PeriodUsage, ApiError> {
         let tz: Tz = tenant.time_zone.parse().unwrap_or(Tz::UTC);
         let period = rules::billing_period(Utc::now(), tz);
         let totals = match self.counters.get(tenant_id, period.0).await {
@@ -402,7 +352,7 @@ impl Metering {
         Ok(PeriodUsage::new(
             period,
             |m| totals.get(&m).copied().unwrap_or(0.0),
-            super::tenants::limits(&tenant),
+            tenant.limits,
         ))
     }
 
@@ -553,24 +503,9 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     Ok((at, id.parse().map_err(|_| bad())?))
 }
 
-/// Partition upkeep, every [`MAINTENANCE_EVERY`] until `stop` (the server
-/// runs [`maintain`] once itself before it serves): day partitions from the
-/// late window to a week ahead exist, those older than `retention_days` are
-/// dropped.
-pub async fn run_maintenance(db: Db, retention_days: u32, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(MAINTENANCE_EVERY) => {}
-            () = stop.cancelled() => return,
-        }
-        if let Err(err) = maintain(&db, retention_days).await {
-            tracing::warn!(error = %err, "usage maintenance failed; retrying later");
-        }
-    }
-}
-
-pub const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
-
+/// Partition upkeep (`workers::partitions` runs it hourly; the server runs
+/// it once before it serves): day partitions from the late window to a
+/// week ahead exist, those older than `retention_days` are dropped.
 pub async fn maintain(db: &Db, retention_days: u32) -> Result<(), sqlx::Error> {
     let today = Utc::now().date_naive();
     let first = today - chrono::Duration::days(2);

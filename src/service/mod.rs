@@ -7,9 +7,15 @@ pub mod keys;
 pub mod metering;
 pub mod tenants;
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
-use crate::storage::tenants::Audit;
+use self::keys::TenantFacts;
+use crate::{
+    error::ApiError,
+    storage::{scope::Scope, tenants::Audit},
+};
 
 /// Who is calling; the auth layer puts it in the request extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +26,8 @@ pub enum Principal {
     Tenant {
         tenant_id: Uuid,
         key_id: Uuid,
+        /// Its time zone and limits, as the key lookup read them.
+        tenant: Arc<TenantFacts>,
     },
     /// A public method (the request authenticates itself, e.g. by signature).
     Anonymous,
@@ -38,6 +46,39 @@ impl Actor {
             Principal::Admin { .. } => "admin",
             Principal::Tenant { .. } => "tenant",
             Principal::Anonymous => "system",
+        }
+    }
+
+    /// The scope this actor's transactions run in: its tenant, or the
+    /// platform for an admin. Fails closed: no key, no scope (401).
+    pub fn scope(&self) -> Result<Scope, ApiError> {
+        match self.principal {
+            Principal::Admin { .. } => Ok(Scope::Platform),
+            Principal::Tenant { tenant_id, .. } => Ok(Scope::Tenant(tenant_id)),
+            Principal::Anonymous => Err(ApiError::unauthenticated("this method needs an API key")),
+        }
+    }
+
+    /// Platform scope, for admins only: 401 without a key, 403 for a
+    /// tenant key.
+    pub fn platform(&self) -> Result<Scope, ApiError> {
+        match self.principal {
+            Principal::Admin { .. } => Ok(Scope::Platform),
+            Principal::Tenant { .. } => Err(ApiError::permission_denied(
+                "this method requires an admin key",
+            )),
+            Principal::Anonymous => Err(ApiError::unauthenticated("this method needs an API key")),
+        }
+    }
+
+    /// The tenant of a tenant key: 401 without a key, 403 for an admin key.
+    pub fn tenant(&self) -> Result<Uuid, ApiError> {
+        match self.principal {
+            Principal::Tenant { tenant_id, .. } => Ok(tenant_id),
+            Principal::Admin { .. } => Err(ApiError::permission_denied(
+                "this method requires a tenant key",
+            )),
+            Principal::Anonymous => Err(ApiError::unauthenticated("this method needs an API key")),
         }
     }
 
@@ -65,5 +106,58 @@ impl Actor {
             details,
             request_id: self.request_id.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    fn actor(principal: Principal) -> Actor {
+        Actor {
+            principal,
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn no_principal_never_gets_a_scope() {
+        let anonymous = actor(Principal::Anonymous);
+        for result in [anonymous.scope(), anonymous.platform()] {
+            assert_eq!(result.unwrap_err().code, ErrorCode::Unauthenticated);
+        }
+        assert_eq!(
+            anonymous.tenant().unwrap_err().code,
+            ErrorCode::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn only_admins_get_platform_scope() {
+        let tenant_id = Uuid::now_v7();
+        let tenant = actor(Principal::Tenant {
+            tenant_id,
+            key_id: Uuid::now_v7(),
+            tenant: Arc::new(TenantFacts {
+                time_zone: "UTC".into(),
+                limits: Default::default(),
+            }),
+        });
+        assert_eq!(tenant.scope().unwrap(), Scope::Tenant(tenant_id));
+        assert_eq!(
+            tenant.platform().unwrap_err().code,
+            ErrorCode::PermissionDenied
+        );
+        assert_eq!(tenant.tenant().unwrap(), tenant_id);
+        let admin = actor(Principal::Admin {
+            key_id: Uuid::now_v7(),
+        });
+        assert_eq!(admin.scope().unwrap(), Scope::Platform);
+        assert_eq!(admin.platform().unwrap(), Scope::Platform);
+        assert_eq!(
+            admin.tenant().unwrap_err().code,
+            ErrorCode::PermissionDenied
+        );
     }
 }

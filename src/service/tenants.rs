@@ -8,7 +8,7 @@ use sea_orm::{ActiveModelTrait, DatabaseTransaction, IntoActiveModel, Set};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Actor, Principal, keys::KeyResolver};
+use super::{Actor, keys::KeyResolver};
 use crate::{
     domain::{
         keys::{KeyKind, NewKey},
@@ -18,8 +18,13 @@ use crate::{
     storage::{
         Db,
         entities::{api_key, tenant},
+        jobs,
         scope::{self, Scope},
         tenants::{self as repo, Conflict},
+    },
+    workers::{
+        queue::Queue,
+        tenant_purge::{Purge, TenantPurge},
     },
 };
 
@@ -50,6 +55,7 @@ pub struct TenantChanges {
 pub struct Tenants {
     db: Db,
     keys: Arc<KeyResolver>,
+    queue: Queue,
 }
 
 /// The limits in force for `t` (its own enterprise limits, else its plan's).
@@ -73,16 +79,8 @@ fn status_of(t: &tenant::Model) -> TenantStatus {
 }
 
 impl Tenants {
-    pub fn new(db: Db, keys: Arc<KeyResolver>) -> Self {
-        Self { db, keys }
-    }
-
-    /// The transaction scope an actor works in.
-    fn scope(actor: &Actor) -> Scope {
-        match actor.principal {
-            Principal::Tenant { tenant_id, .. } => Scope::Tenant(tenant_id),
-            _ => Scope::Platform,
-        }
+    pub fn new(db: Db, keys: Arc<KeyResolver>, queue: Queue) -> Self {
+        Self { db, keys, queue }
     }
 
     async fn audit(
@@ -133,7 +131,7 @@ impl Tenants {
         // A derived slug that collides gets a random suffix; retried if two
         // provisionings race for the same one.
         for attempt in 0..3 {
-            let tx = self.db.begin(Scope::Platform).await?;
+            let tx = self.db.begin(actor.platform()?).await?;
             let slug = match &chosen_slug {
                 Some(slug) => slug.clone(),
                 None => {
@@ -260,8 +258,8 @@ impl Tenants {
         }
     }
 
-    pub async fn get(&self, id: Uuid) -> Result<tenant::Model, ApiError> {
-        let tx = self.db.begin(Scope::Platform).await?;
+    pub async fn get(&self, actor: &Actor, id: Uuid) -> Result<tenant::Model, ApiError> {
+        let tx = self.db.begin(actor.platform()?).await?;
         let found = repo::find(&tx, id).await?;
         tx.commit().await?;
         let mut tenant = found.ok_or_else(not_found)?;
@@ -279,6 +277,7 @@ impl Tenants {
     /// A page of tenants and the cursor of the next one (`None` on the last).
     pub async fn list(
         &self,
+        actor: &Actor,
         cursor: &str,
         limit: i32,
     ) -> Result<(Vec<tenant::Model>, Option<String>), ApiError> {
@@ -288,7 +287,7 @@ impl Tenants {
         } else {
             Some(decode_cursor(cursor)?)
         };
-        let tx = self.db.begin(Scope::Platform).await?;
+        let tx = self.db.begin(actor.platform()?).await?;
         let mut rows = repo::page(&tx, after, limit + 1).await?;
         tx.commit().await?;
         let next = if rows.len() as u64 > limit {
@@ -321,7 +320,7 @@ impl Tenants {
             region.as_ref().map(drop).map_err(Clone::clone),
             time_zone.as_ref().map(drop).map_err(Clone::clone),
         ])?;
-        let tx = self.db.begin(Scope::Platform).await?;
+        let tx = self.db.begin(actor.platform()?).await?;
         let current = repo::find_for_update(&tx, id)
             .await?
             .ok_or_else(not_found)?;
@@ -342,6 +341,12 @@ impl Tenants {
         }
         model.updated_at = Set(Utc::now());
         let updated = model.update(&tx).await?;
+        // Key lookups carry the time zone (usage periods): forget them.
+        let digests = if changed.contains_key("timeZone") {
+            live_digests(&tx, id).await?
+        } else {
+            Vec::new()
+        };
         Self::audit(
             &tx,
             actor,
@@ -352,6 +357,7 @@ impl Tenants {
         )
         .await?;
         tx.commit().await?;
+        self.keys.invalidate(digests).await;
         Ok(updated)
     }
 
@@ -364,7 +370,7 @@ impl Tenants {
         transition: Transition,
         reason: Option<String>,
     ) -> Result<tenant::Model, ApiError> {
-        let tx = self.db.begin(Scope::Platform).await?;
+        let tx = self.db.begin(actor.platform()?).await?;
         let current = repo::find_for_update(&tx, id)
             .await?
             .ok_or_else(not_found)?;
@@ -399,7 +405,7 @@ impl Tenants {
         id: Uuid,
         plan: Plan,
     ) -> Result<tenant::Model, ApiError> {
-        let tx = self.db.begin(Scope::Platform).await?;
+        let tx = self.db.begin(actor.platform()?).await?;
         let current = repo::find_for_update(&tx, id)
             .await?
             .ok_or_else(not_found)?;
@@ -409,6 +415,8 @@ impl Tenants {
         model.plan = Set(plan.as_str().to_owned());
         model.updated_at = Set(Utc::now());
         let updated = model.update(&tx).await?;
+        // Key lookups carry the plan's limits (GetMetrics): forget them.
+        let digests = live_digests(&tx, id).await?;
         Self::audit(
             &tx,
             actor,
@@ -419,6 +427,7 @@ impl Tenants {
         )
         .await?;
         tx.commit().await?;
+        self.keys.invalidate(digests).await;
         Ok(updated)
     }
 
@@ -428,7 +437,7 @@ impl Tenants {
         actor: &Actor,
         id: Uuid,
     ) -> Result<(tenant::Model, String), ApiError> {
-        let tx = self.db.begin(Scope::Platform).await?;
+        let tx = self.db.begin(actor.platform()?).await?;
         let current = repo::find_for_update(&tx, id)
             .await?
             .ok_or_else(not_found)?;
@@ -457,14 +466,21 @@ impl Tenants {
         Ok((updated, key.plaintext))
     }
 
-    /// Removes the tenant and every row it owns (all tenant tables cascade).
+    /// Removes the tenant and every row it owns: the tenant tables cascade,
+    /// and a job enqueued in the same transaction purges its raw usage
+    /// events in chunks (`workers::tenant_purge`).
     pub async fn delete(&self, actor: &Actor, id: Uuid) -> Result<(), ApiError> {
-        let tx = self.db.begin(Scope::Platform).await?;
+        let tx = self.db.begin(actor.platform()?).await?;
         let current = repo::find_for_update(&tx, id)
             .await?
             .ok_or_else(not_found)?;
         let digests = live_digests(&tx, id).await?;
         repo::delete(&tx, id).await?;
+        let purge = self
+            .queue
+            .job::<TenantPurge>(&Purge { tenant_id: id })
+            .map_err(|err| ApiError::internal(err.to_string()))?;
+        jobs::enqueue_in(&tx, &purge).await?;
         Self::audit(
             &tx,
             actor,
@@ -486,7 +502,7 @@ impl Tenants {
         label: &str,
     ) -> Result<(api_key::Model, String), ApiError> {
         let label = rules::label(label).map_err(|v| ApiError::validation(vec![v]))?;
-        let tx = self.db.begin(Self::scope(actor)).await?;
+        let tx = self.db.begin(actor.scope()?).await?;
         let tenant = repo::find(&tx, tenant_id).await?.ok_or_else(not_found)?;
         rules::ensure_mutable(status_of(&tenant))?;
         let key = NewKey::generate(KeyKind::Tenant);
@@ -509,7 +525,7 @@ impl Tenants {
         actor: &Actor,
         tenant_id: Uuid,
     ) -> Result<Vec<api_key::Model>, ApiError> {
-        let tx = self.db.begin(Self::scope(actor)).await?;
+        let tx = self.db.begin(actor.scope()?).await?;
         repo::find(&tx, tenant_id).await?.ok_or_else(not_found)?;
         let keys = repo::keys(&tx, tenant_id).await?;
         tx.commit().await?;
@@ -522,7 +538,7 @@ impl Tenants {
         tenant_id: Uuid,
         key_id: Uuid,
     ) -> Result<api_key::Model, ApiError> {
-        let tx = self.db.begin(Self::scope(actor)).await?;
+        let tx = self.db.begin(actor.scope()?).await?;
         repo::find(&tx, tenant_id).await?.ok_or_else(not_found)?;
         let revoked = repo::revoke_keys(&tx, tenant_id, Some(key_id), Utc::now()).await?;
         let Some(row) = revoked.into_iter().next() else {
@@ -552,20 +568,31 @@ impl Tenants {
         Ok(row)
     }
 
-    /// Everything the export holds about a tenant (usage, health and billing
-    /// read zero/unknown until those services fill them).
-    pub async fn export(
-        &self,
-        actor: &Actor,
-        id: Uuid,
-    ) -> Result<(tenant::Model, Vec<api_key::Model>), ApiError> {
-        let tx = self.db.begin(Scope::Platform).await?;
+    /// Starts an export: the tenant (usage, health and billing read
+    /// zero/unknown until those services fill them), audited. Its keys
+    /// follow page by page ([`Self::export_keys`]).
+    pub async fn export(&self, actor: &Actor, id: Uuid) -> Result<tenant::Model, ApiError> {
+        let tx = self.db.begin(actor.platform()?).await?;
         let mut tenant = repo::find(&tx, id).await?.ok_or_else(not_found)?;
-        let keys = repo::keys(&tx, id).await?;
         Self::audit(&tx, actor, id, "tenant.export", Some(id), json!({})).await?;
         tx.commit().await?;
         self.merge_activity(&mut tenant);
-        Ok((tenant, keys))
+        Ok(tenant)
+    }
+
+    /// The next page of an export's keys: up to `limit` after `after`, in
+    /// id order.
+    pub async fn export_keys(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Vec<api_key::Model>, ApiError> {
+        let tx = self.db.begin(actor.platform()?).await?;
+        let keys = repo::keys_page(&tx, id, after, limit).await?;
+        tx.commit().await?;
+        Ok(keys)
     }
 }
 

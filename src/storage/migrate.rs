@@ -53,6 +53,16 @@ const MIGRATIONS: &[Migration] = &[
         name: "partial_key_index",
         sql: include_str!("../../migrations/0008_partial_key_index.sql"),
     },
+    Migration {
+        version: 9,
+        name: "workers",
+        sql: include_str!("../../migrations/0009_workers.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "local_hours",
+        sql: include_str!("../../migrations/0010_local_hours.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

@@ -8,16 +8,20 @@
 pub mod admin_keys;
 pub mod embedded;
 pub mod entities;
+pub mod jobs;
+pub mod login;
 pub mod migrate;
 pub mod redis;
 pub mod scope;
 pub mod tenants;
 pub mod usage;
 
-use std::{str::FromStr, time::Duration};
+use std::time::Duration;
 
 use sea_orm::{DatabaseConnection, DbErr, RuntimeErr, SqlxPostgresConnector};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
+
+use self::login::AppLogin;
 
 /// The role requests run as.
 pub const APP_ROLE: &str = "tenlyr_app";
@@ -28,13 +32,26 @@ pub struct Db {
 }
 
 impl Db {
-    /// Connects the application pool; every connection starts as
-    /// [`APP_ROLE`]. Lazy, so the server can start while Postgres is down
-    /// (readiness reports it).
-    pub fn connect(database_url: &str, pool_size: u32) -> anyhow::Result<Self> {
-        let options = PgConnectOptions::from_str(database_url)
-            .map_err(|err| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL: {err}"))?
-            .options([("role", APP_ROLE)])
+    /// Connects the application pool, logged in as [`APP_ROLE`]
+    /// ([`AppLogin`]); every statement is bounded by `statement_timeout`.
+    /// Lazy, so the server can start while Postgres is down (readiness
+    /// reports it).
+    pub fn connect(
+        login: &AppLogin,
+        pool_size: u32,
+        statement_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let options = login
+            .options
+            .clone()
+            .options([
+                (
+                    "statement_timeout",
+                    format!("{}ms", statement_timeout.as_millis()),
+                ),
+                // A transaction left open by a stuck client never pins rows.
+                ("idle_in_transaction_session_timeout", "60s".to_owned()),
+            ])
             .application_name("tenlyr");
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)

@@ -2,12 +2,10 @@
 //! (pub/sub). Without `REDIS_URL` the in-process equivalents serve one node.
 
 use anyhow::Context;
-use fred::{
-    clients::{Client, SubscriberClient},
-    prelude::*,
-    types::Message,
-};
-use tokio::sync::broadcast;
+use fred::{clients::Client, prelude::*};
+
+/// The longest any Redis command may take.
+pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Redis {
@@ -21,33 +19,22 @@ impl std::fmt::Debug for Redis {
 }
 
 impl Redis {
+    /// Connects; afterwards the client reconnects by itself (100 ms
+    /// doubling to 2 s, forever), and while it is disconnected commands
+    /// fail at once (callers fall back to Postgres) and never wait more
+    /// than [`COMMAND_TIMEOUT`].
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let config = Config::from_url(url).context("REDIS_URL is not a valid Redis URL")?;
-        let client = Builder::from_config(config).build()?;
+        let client = Builder::from_config(config)
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .with_performance_config(|c| c.default_command_timeout = COMMAND_TIMEOUT)
+            .build()?;
         client.init().await.context("connecting to Redis")?;
         Ok(Self { client })
     }
 
     pub fn client(&self) -> &Client {
         &self.client
-    }
-
-    /// A dedicated connection subscribed to `channel` (resubscribing after
-    /// reconnects) and its message stream.
-    pub async fn subscribe(
-        &self,
-        channel: &str,
-    ) -> anyhow::Result<(SubscriberClient, broadcast::Receiver<Message>)> {
-        let subscriber =
-            Builder::from_config(self.client.client_config()).build_subscriber_client()?;
-        subscriber
-            .init()
-            .await
-            .context("connecting the Redis subscriber")?;
-        let messages = subscriber.message_rx();
-        let _resubscribe = subscriber.manage_subscriptions();
-        subscriber.subscribe(channel).await?;
-        Ok((subscriber, messages))
     }
 
     pub async fn quit(&self) {

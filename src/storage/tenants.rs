@@ -84,27 +84,44 @@ pub async fn update(
     model.update(tx).await
 }
 
-/// Deletes the tenant; every tenant-owned table cascades from it.
+/// Deletes the tenant; every tenant-owned table cascades from it except
+/// the raw usage events, which carry no foreign key (see
+/// 0003_metering.sql) and may be millions: [`purge_usage_events`] removes
+/// them in chunks, from a job enqueued in the same transaction.
 pub async fn delete(tx: &DatabaseTransaction, id: Uuid) -> Result<bool, DbErr> {
-    // Raw usage events carry no foreign key (see 0003_metering.sql). The
-    // usage lock waits for an ingest commit of this tenant in flight, and
-    // makes the next one find the tenant gone.
-    for sql in [
+    // The usage lock waits for an ingest commit of this tenant in flight,
+    // and makes the next one find the tenant gone.
+    tx.execute_raw(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DatabaseBackend::Postgres,
         "SELECT tenlyr_lock_usage(ARRAY[$1]::uuid[])",
-        "DELETE FROM usage_events WHERE tenant_id = $1",
-    ] {
-        tx.execute_raw(sea_orm::Statement::from_sql_and_values(
-            sea_orm::DatabaseBackend::Postgres,
-            sql,
-            [id.into()],
-        ))
-        .await?;
-    }
+        [id.into()],
+    ))
+    .await?;
     Ok(tenant::Entity::delete_by_id(id)
         .exec(tx)
         .await?
         .rows_affected
         == 1)
+}
+
+/// Deletes up to `chunk` of a deleted tenant's usage events, newest first;
+/// how many it deleted (fewer than `chunk`: none are left).
+pub async fn purge_usage_events(
+    tx: &DatabaseTransaction,
+    id: Uuid,
+    chunk: i64,
+) -> Result<u64, DbErr> {
+    let result = tx
+        .execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Postgres,
+            "DELETE FROM usage_events e USING ( \
+                 SELECT occurred_at, id FROM usage_events WHERE tenant_id = $1 \
+                 ORDER BY occurred_at DESC LIMIT $2) d \
+             WHERE e.tenant_id = $1 AND e.occurred_at = d.occurred_at AND e.id = d.id",
+            [id.into(), chunk.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected())
 }
 
 /// The tenant's own row of RLS-scoped storage (written under its scope).
@@ -129,6 +146,24 @@ pub async fn keys(tx: &DatabaseTransaction, tenant_id: Uuid) -> Result<Vec<api_k
     api_key::Entity::find()
         .filter(api_key::Column::TenantId.eq(tenant_id))
         .order_by_asc(api_key::Column::Id)
+        .all(tx)
+        .await
+}
+
+/// Up to `limit` of a tenant's keys after `after`, in id order.
+pub async fn keys_page(
+    tx: &DatabaseTransaction,
+    tenant_id: Uuid,
+    after: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<api_key::Model>, DbErr> {
+    let mut query = api_key::Entity::find().filter(api_key::Column::TenantId.eq(tenant_id));
+    if let Some(after) = after {
+        query = query.filter(api_key::Column::Id.gt(after));
+    }
+    query
+        .order_by_asc(api_key::Column::Id)
+        .limit(limit)
         .all(tx)
         .await
 }

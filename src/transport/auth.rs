@@ -67,6 +67,44 @@ impl AccessTable {
     pub fn get(&self, grpc_path: &str) -> Option<Access> {
         self.0.get(grpc_path).copied()
     }
+
+    /// What a request to `grpc_path` needs. Fails closed: a tenlyr method
+    /// is checked against its declared access; the operator services
+    /// (health, reflection) are public; any other path is refused, so a
+    /// method that somehow lacks an entry never skips authentication.
+    pub fn decide(&self, grpc_path: &str) -> Decision {
+        if let Some(access) = self.get(grpc_path) {
+            return Decision::Check(access);
+        }
+        let service = grpc_path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .map_or("", |(service, _)| service);
+        if OPERATOR_SERVICES.contains(&service) {
+            Decision::Operator
+        } else {
+            Decision::Refuse
+        }
+    }
+}
+
+/// Services outside the contract that anyone may call: health checks and
+/// server reflection (they expose no tenant data).
+const OPERATOR_SERVICES: &[&str] = &[
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// The auth layer's verdict on a path, before any key is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// A contract method: check the key against its access.
+    Check(Access),
+    /// Health or reflection: passes without a principal.
+    Operator,
+    /// No access rule: refused.
+    Refuse,
 }
 
 /// Checks keys against each method's declared access.
@@ -132,8 +170,19 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(access) = state.table.get(request.uri().path()) else {
-        return next.run(request).await; // reflection, health
+    let access = match state.table.decide(request.uri().path()) {
+        Decision::Check(access) => access,
+        Decision::Operator => return next.run(request).await,
+        Decision::Refuse => {
+            tracing::warn!(
+                path = request.uri().path(),
+                "refused a method without an access rule"
+            );
+            return tonic::Status::from(ApiError::permission_denied(
+                "this method has no access rule",
+            ))
+            .into_http::<Body>();
+        }
     };
     match state.authenticator.check(access, request.headers()).await {
         Ok(principal) => {
@@ -169,6 +218,34 @@ mod tests {
             Some(Access::Public)
         );
         assert_eq!(table.get("/grpc.health.v1.Health/Check"), None);
+    }
+
+    #[test]
+    fn paths_without_an_access_rule_are_refused() {
+        let table = AccessTable::from_pool(proto::pool(), proto::PACKAGE).unwrap();
+        assert_eq!(
+            table.decide("/tenlyr.v1.TenantService/CreateTenant"),
+            Decision::Check(Access::Admin)
+        );
+        assert_eq!(
+            table.decide("/grpc.health.v1.Health/Check"),
+            Decision::Operator
+        );
+        assert_eq!(
+            table.decide("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            Decision::Operator
+        );
+        // A method added to a tenlyr service without an entry, a service
+        // that is not in the contract, a path that is not a method at all.
+        for path in [
+            "/tenlyr.v1.TenantService/DropEverything",
+            "/tenlyr.v1.SecretService/Get",
+            "/grpc.health.v1.Health",
+            "/",
+            "",
+        ] {
+            assert_eq!(table.decide(path), Decision::Refuse, "{path}");
+        }
     }
 
     #[test]

@@ -13,7 +13,13 @@ pub mod auth;
 pub mod grpc;
 pub mod rest;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::anyhow;
 use axum::{
@@ -36,7 +42,7 @@ use self::{
     auth::{AccessTable, AuthState, Authenticator},
     rest::{Transcoder, json::JsonCodec, routes::RouteTable},
 };
-use crate::{app::AppState, proto};
+use crate::{app::AppState, error::ApiError, proto};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -94,6 +100,7 @@ pub fn build(state: &AppState) -> anyhow::Result<Transport> {
         grpc: grpc_router,
         grpc_web,
         transcoder,
+        closing: state.lifecycle.closing.clone(),
     };
 
     let router = Router::new()
@@ -119,6 +126,9 @@ struct Protocols {
     grpc: Router,
     grpc_web: Router,
     transcoder: Arc<Transcoder>,
+    /// The listener is closing: new requests are refused (503 /
+    /// UNAVAILABLE).
+    closing: Arc<AtomicBool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,10 +154,29 @@ fn protocol(request: &Request) -> Protocol {
 }
 
 async fn dispatch(State(protocols): State<Protocols>, request: Request) -> Response {
+    if protocols.closing.load(Ordering::Acquire) {
+        return refuse_draining(protocol(&request));
+    }
     match protocol(&request) {
         Protocol::GrpcWeb => protocols.grpc_web.oneshot(request).await.into_response(),
         Protocol::Grpc => protocols.grpc.oneshot(request).await.into_response(),
         Protocol::Rest => protocols.transcoder.handle(request).await,
+    }
+}
+
+/// A request that arrived after shutdown began: the client should go to
+/// another replica. Nothing of it ran.
+fn refuse_draining(protocol: Protocol) -> Response {
+    let err = ApiError::unavailable("server is shutting down");
+    match protocol {
+        Protocol::Rest => {
+            let mut response = rest::error_response(&err);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            response
+        }
+        Protocol::Grpc | Protocol::GrpcWeb => tonic::Status::from(err).into_http::<Body>(),
     }
 }
 
@@ -156,21 +185,36 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Postgres is reachable.
+/// Ready for traffic: not shutting down and Postgres reachable. The body
+/// also says how API keys are cached (`keyInvalidation`: `subscribed` to
+/// other replicas' invalidations, `unsubscribed` — lookups kept at most a
+/// few seconds while the subscriber reconnects — or `single-node`).
 async fn readyz(State(state): State<AppState>) -> Response {
+    let keys = state.keys.invalidation().as_str();
+    if state.lifecycle.draining.load(Ordering::Acquire) {
+        return not_ready("draining", "server is shutting down", keys);
+    }
     match tokio::time::timeout(Duration::from_secs(2), state.db.ping()).await {
-        Ok(Ok(())) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
-        Ok(Err(err)) => not_ready(&err.to_string()),
-        Err(_) => not_ready("database ping timed out"),
+        Ok(Ok(())) => axum::Json(serde_json::json!({"status": "ready", "keyInvalidation": keys}))
+            .into_response(),
+        Ok(Err(err)) => {
+            tracing::warn!(cause = %err, "not ready");
+            not_ready("unavailable", "database unavailable", keys)
+        }
+        Err(_) => {
+            tracing::warn!(cause = "database ping timed out", "not ready");
+            not_ready("unavailable", "database unavailable", keys)
+        }
     }
 }
 
-fn not_ready(cause: &str) -> Response {
-    tracing::warn!(cause, "not ready");
+fn not_ready(status: &str, message: &str, keys: &str) -> Response {
     let body = serde_json::json!({
-        "message": "database unavailable",
+        "message": message,
         "error": "Service Unavailable",
         "statusCode": 503,
+        "status": status,
+        "keyInvalidation": keys,
     });
     (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }

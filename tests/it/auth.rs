@@ -21,7 +21,7 @@ async fn rest_status(app: &TestApp, key: Option<&str>) -> (u16, serde_json::Valu
     json(request.send().await.unwrap()).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_keys_get_401_on_rest_and_grpc() {
     let app = TestApp::spawn().await;
     let unknown = NewKey::generate(KeyKind::Admin).plaintext;
@@ -68,7 +68,7 @@ async fn bad_keys_get_401_on_rest_and_grpc() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_admin_keys_stop_working() {
     let app = TestApp::spawn().await;
     let (status, _) = rest_status(&app, Some(&format!("Bearer {}", app.admin_key))).await;
@@ -85,7 +85,7 @@ async fn revoked_admin_keys_stop_working() {
     assert_eq!(status, 401, "{body}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_key_on_tenant_method_is_403() {
     let app = TestApp::spawn().await;
     let (status, body) = json(
@@ -106,7 +106,7 @@ async fn admin_key_on_tenant_method_is_403() {
     assert_eq!(status.message(), body["message"].as_str().unwrap());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_keys_are_listable_and_revocable_at_once() {
     let app = TestApp::spawn().await;
     let (status, created) = json(
@@ -174,4 +174,49 @@ async fn admin_keys_are_listable_and_revocable_at_once() {
             .await
             .unwrap();
     assert_eq!(actions, ["admin_key.create", "admin_key.revoke"]);
+}
+
+/// Fail closed, handler by handler: every RPC of the contract, called on
+/// the service router *without* the auth layer (as if a route had been
+/// wired around it), refuses to run rather than treating the caller as
+/// anonymous or as the platform.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_handler_refuses_a_request_the_auth_layer_did_not_pass() {
+    use tower::ServiceExt as _;
+
+    let db = crate::helpers::TestDb::migrated().await;
+    let config = crate::helpers::serve_config(&db.url);
+    let server = tenlyr::app::Server::bind(&config, &db.url).await.unwrap();
+    let router = tenlyr::transport::grpc::routes(server.state())
+        .prepare()
+        .into_axum_router();
+    let built = ["AdminKeyService", "TenantService", "MeteringService"];
+    let mut checked = 0;
+    for service in tenlyr::proto::pool()
+        .services()
+        .filter(|s| s.package_name() == tenlyr::proto::PACKAGE)
+    {
+        for method in service.methods() {
+            let path = format!("/{}/{}", service.full_name(), method.name());
+            let request = http::Request::post(&path)
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                // One empty message: every field at its default.
+                .body(axum::body::Body::from(vec![0u8, 0, 0, 0, 0]))
+                .unwrap();
+            let response = router.clone().oneshot(request).await.unwrap();
+            let status = response
+                .headers()
+                .get("grpc-status")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let expected = if built.contains(&service.name()) {
+                "16" // UNAUTHENTICATED
+            } else {
+                "12" // UNIMPLEMENTED until built
+            };
+            assert_eq!(status.as_deref(), Some(expected), "{path}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "{checked} methods");
 }

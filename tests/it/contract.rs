@@ -167,7 +167,7 @@ fn documented_routes() -> Vec<(Method, String, &'static str, u16)> {
     ]
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_route_exists() {
     let app = TestApp::spawn().await;
     for (method, path, key, expected) in documented_routes() {
@@ -202,7 +202,7 @@ async fn every_documented_route_exists() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_get_the_documented_404_body() {
     let app = TestApp::spawn().await;
     for path in [

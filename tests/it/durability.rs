@@ -51,7 +51,7 @@ async fn start(db: &TestDb, data_dir: &std::path::Path) -> Process {
     panic!("tenlyr serve did not become ready");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_sigkill_and_count_once() {
     let db = TestDb::migrated().await;
     let admin = create_admin_key(&db.url, "kill-test").await;

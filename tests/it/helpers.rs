@@ -143,13 +143,17 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         redis_url: None,
         max_body_bytes: 1024 * 1024, // the default
+        shutdown_delay_secs: 0,
         shutdown_grace_secs: 5,
         usage_retention_days: 90,
+        job_runners: 2,
         storage: StorageConfig {
             database_url: Some(database_url.to_owned()),
             data_dir: PathBuf::from("/nonexistent-tenlyr-test-data-dir"),
             key_pepper: Some(PEPPER.to_owned()),
             db_pool_size: 4,
+            app_database_url: None,
+            statement_timeout_ms: 30_000,
         },
     }
 }
@@ -172,27 +176,62 @@ pub fn redis_url() -> String {
 
 impl TestApp {
     pub async fn spawn() -> Self {
-        let db = TestDb::migrated().await;
-        let admin_key = create_admin_key(&db.url, "test").await;
-        Self::start(db, admin_key, None).await
+        Self::spawn_with(|_| {}).await
     }
 
-    /// Two replicas sharing one database and one Redis.
-    pub async fn spawn_pair() -> (Self, Self) {
+    /// A server with its configuration adjusted by `adjust`.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut ServeConfig)) -> Self {
+        let db = TestDb::migrated().await;
+        let admin_key = create_admin_key(&db.url, "test").await;
+        let mut config = serve_config(&db.url);
+        adjust(&mut config);
+        Self::start_with(db, admin_key, config).await
+    }
+
+    /// Two replicas sharing one database and the Redis at `redis`.
+    pub async fn spawn_pair_on(redis: &str) -> (Self, Self) {
         let db = TestDb::migrated().await;
         let admin_key = create_admin_key(&db.url, "test").await;
         let second = TestDb {
             name: String::new(),
             url: db.url.clone(),
         };
-        let a = Self::start(db, admin_key.clone(), Some(redis_url())).await;
-        let b = Self::start(second, admin_key, Some(redis_url())).await;
+        let a = Self::start(db, admin_key.clone(), Some(redis.to_owned())).await;
+        let b = Self::start(second, admin_key, Some(redis.to_owned())).await;
+        // Until a replica is subscribed it keeps keys only 3 s; tests of
+        // "at once" start from subscribed replicas.
+        for app in [&a, &b] {
+            for _ in 0..250 {
+                let ready: serde_json::Value = app
+                    .http
+                    .get(app.url("/readyz"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if ready["keyInvalidation"] == "subscribed" {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
         (a, b)
+    }
+
+    /// Two replicas sharing one database and one Redis.
+    pub async fn spawn_pair() -> (Self, Self) {
+        Self::spawn_pair_on(&redis_url()).await
     }
 
     async fn start(db: TestDb, admin_key: String, redis: Option<String>) -> Self {
         let mut config = serve_config(&db.url);
         config.redis_url = redis;
+        Self::start_with(db, admin_key, config).await
+    }
+
+    async fn start_with(db: TestDb, admin_key: String, config: ServeConfig) -> Self {
         let server = Server::bind(&config, &db.url).await.expect("server binds");
         let addr = server.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
@@ -230,9 +269,19 @@ impl TestApp {
 
     /// Stops the server gracefully and waits for it.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.begin_shutdown();
+        self.stopped().await
+    }
+
+    /// Sends the shutdown signal (as SIGTERM would) without waiting.
+    pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Waits until the server stopped.
+    pub async fn stopped(&mut self) -> anyhow::Result<()> {
         self.task.take().unwrap().await?
     }
 }
@@ -245,8 +294,18 @@ impl Drop for TestApp {
     }
 }
 
+/// An application pool on a test database, logged in as the server's is
+/// (`tenlyr_app` with the pepper-derived password).
+pub async fn app_db(database_url: &str, pool_size: u32) -> Db {
+    let storage = serve_config(database_url).storage;
+    tenlyr::app::connect(&storage, database_url, pool_size)
+        .await
+        .expect("application pool connects")
+        .0
+}
+
 pub async fn create_admin_key(database_url: &str, label: &str) -> String {
-    let db = Db::connect(database_url, 1).unwrap();
+    let db = app_db(database_url, 1).await;
     let key = admin_keys::create(db.app(), &KeyHasher::new(PEPPER.as_bytes()), label)
         .await
         .unwrap();

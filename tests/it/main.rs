@@ -1,5 +1,10 @@
 //! Integration tests: real PostgreSQL, real servers on loopback ports.
 //! Each test owns its database (see `helpers::TestDb`).
+//!
+//! Tests run on a multi-threaded runtime: a test's end drops its database
+//! from a blocking `Drop`, and the server's tasks (a pool connection in
+//! the middle of its SCRAM login, say) must keep running meanwhile, or
+//! `DROP DATABASE … WITH (FORCE)` waits for that login to time out.
 
 mod auth;
 mod contract;
@@ -8,6 +13,8 @@ mod helpers;
 mod metering;
 mod operations;
 mod protocols;
+mod resilience;
 mod storage;
 mod tenants;
 mod transcoding;
+mod workers;

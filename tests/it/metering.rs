@@ -7,14 +7,11 @@ use serde_json::{Value, json};
 use tenlyr::{
     domain::usage::{Metric, NewEvent},
     proto::v1::{self, metering_service_client::MeteringServiceClient},
-    storage::{
-        Db,
-        usage::{self, Outcome, Pending},
-    },
+    storage::usage::{self, Outcome, Pending},
 };
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, assert_error_body, json, provision, with_key};
+use crate::helpers::{TestApp, app_db, assert_error_body, json, provision, with_key};
 
 async fn call(
     app: &TestApp,
@@ -48,7 +45,7 @@ async fn list_events(app: &TestApp, key: &str) -> Vec<Value> {
     body.as_array().unwrap().clone()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn track_returns_the_documented_event_and_counts_it() {
     let app = TestApp::spawn().await;
     let (tenant, key) = provision(&app, "meter@one.test", "growth", "UTC").await;
@@ -106,7 +103,7 @@ async fn track_returns_the_documented_event_and_counts_it() {
     assert_eq!(row["storageGb"], 2.5);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_4xx_naming_the_field() {
     let app = TestApp::spawn().await;
     let (_, key) = provision(&app, "meter@bad.test", "growth", "UTC").await;
@@ -161,7 +158,7 @@ async fn bad_input_gets_a_4xx_naming_the_field() {
     assert_eq!(metrics(&app, &key).await["apiCalls"], "0");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_tracks_are_counted_exactly_and_retries_once() {
     let app = TestApp::spawn().await;
     let (_, key) = provision(&app, "meter@exact.test", "growth", "UTC").await;
@@ -193,7 +190,7 @@ async fn concurrent_tracks_are_counted_exactly_and_retries_once() {
     assert_eq!(list_events(&app, &key).await.len(), 100);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_report_each_event_and_one_bad_event_sinks_only_itself() {
     let app = TestApp::spawn().await;
     let (_, key) = provision(&app, "meter@batch.test", "growth", "UTC").await;
@@ -266,7 +263,7 @@ async fn batches_report_each_event_and_one_bad_event_sinks_only_itself() {
 /// A full batch takes the COPY path (small groups take a multi-row
 /// insert): every event is stored once, across two day partitions, and the
 /// same batch again is all duplicates with the original ids.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_batch_is_stored_once_and_its_resend_is_all_duplicates() {
     let app = TestApp::spawn().await;
     let (_, key) = provision(&app, "meter@copy.test", "enterprise", "UTC").await;
@@ -305,7 +302,7 @@ async fn a_full_batch_is_stored_once_and_its_resend_is_all_duplicates() {
     assert_eq!(ids.len(), 1000);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plan_limit_holds_exactly_across_two_replicas() {
     let (a, b) = TestApp::spawn_pair().await;
     let (tenant, key) = provision(&a, "meter@limit.test", "starter", "UTC").await;
@@ -429,12 +426,12 @@ fn pending_now(tenant: Uuid, key: Option<&str>, value: f64) -> Pending {
 /// whatever needs deciding (a tenant not seen or changed since, a key seen
 /// before or repeated, a limit) is refused with nothing written, for the
 /// long way to decide.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_call_commits_take_only_what_needs_no_decision() {
     let app = TestApp::spawn().await;
     let (tenant, _) = provision(&app, "meter@onecall.test", "starter", "Europe/Paris").await;
     let tenant: Uuid = tenant.parse().unwrap();
-    let db = Db::connect(&app.db.url, 2).unwrap();
+    let db = app_db(&app.db.url, 2).await;
     let first = [pending_now(tenant, Some("a"), 1.0)];
     let unknown = usage::Tenants::new();
     assert!(
@@ -516,12 +513,12 @@ async fn one_call_commits_take_only_what_needs_no_decision() {
 /// Periods are calendar months in the tenant's zone. Events are committed
 /// straight through the storage layer because the API only accepts
 /// timestamps from the last 24 hours.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_month_in_the_tenant_time_zone_starts_from_zero() {
     let app = TestApp::spawn().await;
     let (tenant, key) = provision(&app, "meter@tokyo.test", "starter", "Asia/Tokyo").await;
     let tenant: Uuid = tenant.parse().unwrap();
-    let db = Db::connect(&app.db.url, 2).unwrap();
+    let db = app_db(&app.db.url, 2).await;
     usage::ensure_partitions(
         db.pool(),
         at("2026-02-27T00:00:00Z").date_naive(),
@@ -587,7 +584,7 @@ async fn a_new_month_in_the_tenant_time_zone_starts_from_zero() {
     db.close().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_page_newest_first_with_a_cursor() {
     let app = TestApp::spawn().await;
     let (_, key) = provision(&app, "meter@pages.test", "growth", "UTC").await;
@@ -668,7 +665,7 @@ async fn events_page_newest_first_with_a_cursor() {
 
 /// With Redis, replicas share live counters; Redis losing them (a restart
 /// with no persistence) costs nothing: reads rebuild them from Postgres.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_counters_are_shared_and_rebuilt_when_redis_forgets_them() {
     use fred::prelude::*;
     let (a, b) = TestApp::spawn_pair().await;
@@ -725,10 +722,10 @@ async fn live_counters_are_shared_and_rebuilt_when_redis_forgets_them() {
 }
 
 /// Retention drops whole day partitions past the setting; rollups stay.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_drops_old_day_partitions_and_keeps_rollups() {
     let app = TestApp::spawn().await;
-    let db = Db::connect(&app.db.url, 2).unwrap();
+    let db = app_db(&app.db.url, 2).await;
     let today = Utc::now().date_naive();
     let old = today - Duration::days(120);
     usage::ensure_partitions(db.pool(), old, old).await.unwrap();
@@ -758,4 +755,46 @@ async fn partitions(conn: &mut sqlx::PgConnection) -> Vec<String> {
     .fetch_all(conn)
     .await
     .unwrap()
+}
+
+/// Hour rollups follow the tenant's local hour: in Asia/Kolkata (UTC+5:30)
+/// an hour starts at :30 UTC, in Asia/Kathmandu (UTC+5:45) at :15.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hourly_rollups_start_on_the_tenant_local_hour() {
+    use chrono::DurationRound;
+
+    let app = TestApp::spawn().await;
+    for (zone, offset_minutes) in [("Asia/Kolkata", 30), ("Asia/Kathmandu", 15)] {
+        let email = format!("hours@{offset_minutes}.test");
+        let (_, key) = provision(&app, &email, "growth", zone).await;
+        // A local hour that began 3 to 4 hours ago, and events 50 and 70
+        // minutes into it: one each side of the next local hour.
+        let utc_hour = (Utc::now() - Duration::hours(4))
+            .duration_trunc(Duration::hours(1))
+            .unwrap();
+        let start = utc_hour + Duration::minutes(offset_minutes);
+        for minutes in [50, 70] {
+            let ts = (start + Duration::minutes(minutes)).to_rfc3339();
+            let (status, body) = track(
+                &app,
+                &key,
+                json!({"metric": "api_call", "value": 1, "timestamp": ts}),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let (status, summary) = call(&app, &key, Method::GET, "/api/v1/usage/summary", None).await;
+        assert_eq!(status, 200, "{summary}");
+        let hourly: Vec<String> = summary["hourly"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["bucketStart"].as_str().unwrap().to_owned())
+            .collect();
+        let expected: Vec<String> = [start, start + Duration::hours(1)]
+            .iter()
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .collect();
+        assert_eq!(hourly, expected, "{zone}: {summary}");
+    }
 }

@@ -13,7 +13,7 @@ use crate::helpers::{PEPPER, TestApp, TestDb};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tenlyr");
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_create_key_prints_only_the_key() {
     let db = TestDb::migrated().await;
     let output = Command::new(BIN)
@@ -63,7 +63,7 @@ async fn admin_create_key_prints_only_the_key() {
     assert!(bad.stdout.is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_stops_the_server() {
     let app = TestApp::spawn().await;
     let url = app.url("/healthz");
@@ -142,7 +142,7 @@ impl ServeProcess {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_the_embedded_default_and_reuse_it() {
     let data_dir =
         std::env::temp_dir().join(format!("tenlyr-embedded-{}", uuid::Uuid::new_v4().simple()));

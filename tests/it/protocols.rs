@@ -10,7 +10,7 @@ use tonic_reflection::pb::v1::{
 
 use crate::helpers::{TestApp, grpc_web, json, with_key};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_rpc_three_protocols_same_outcome() {
     let app = TestApp::spawn().await;
     let request = ListTenantsRequest {
@@ -103,7 +103,7 @@ async fn one_rpc_three_protocols_same_outcome() {
     assert_eq!(rest["message"], grpc.message());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_web_serves_browsers_with_cors() {
     let app = TestApp::spawn().await;
     let preflight = app
@@ -149,7 +149,7 @@ async fn grpc_web_serves_browsers_with_cors() {
     assert_eq!(web.body.unwrap().as_ref(), &[0x08, 0x01]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_every_service_in_both_versions() {
     let app = TestApp::spawn().await;
     let mut client = ServerReflectionClient::new(app.channel().await);
@@ -233,7 +233,7 @@ fn tokio_stream_once<T: Send + 'static>(
     futures_util::stream::iter([item])
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes() {
     let app = TestApp::spawn().await;
     let (status, body) = json(app.http.get(app.url("/healthz")).send().await.unwrap()).await;

@@ -1,11 +1,11 @@
 //! Migrations, the application role and the first admin key.
 
 use sqlx::Row;
-use tenlyr::storage::{Db, migrate};
+use tenlyr::storage::migrate;
 
-use crate::helpers::{TestDb, serve_config};
+use crate::helpers::{TestDb, app_db, serve_config};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_are_idempotent_and_safe_for_concurrent_replicas() {
     let db = TestDb::empty().await;
     let (a, b, c) = tokio::join!(
@@ -23,10 +23,10 @@ async fn migrations_are_idempotent_and_safe_for_concurrent_replicas() {
     assert_eq!(migrate::run(&db.url).await.unwrap(), 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_run_as_a_role_without_bypassrls() {
     let db = TestDb::migrated().await;
-    let app = Db::connect(&db.url, 1).unwrap();
+    let app = app_db(&db.url, 1).await;
     let row = sea_orm::ConnectionTrait::query_one_raw(
         app.app(),
         sea_orm::Statement::from_string(
@@ -51,7 +51,7 @@ async fn requests_run_as_a_role_without_bypassrls() {
     assert_eq!(owned, 0, "the application role owns nothing");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_start_creates_exactly_one_admin_key_even_with_two_replicas() {
     let db = TestDb::migrated().await;
     let config = serve_config(&db.url);
@@ -78,4 +78,75 @@ async fn the_first_start_creates_exactly_one_admin_key_even_with_two_replicas() 
         32,
         "HMAC-SHA256 digest, not the key"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_application_pool_cannot_regain_the_owner_role_or_read_unscoped() {
+    let db = TestDb::migrated().await;
+    crate::helpers::create_admin_key(&db.url, "x").await;
+    let app = app_db(&db.url, 1).await;
+    let mut conn = app.pool().acquire().await.unwrap();
+    let who = |sql: &'static str| sqlx::query_scalar::<_, String>(sql);
+    assert_eq!(
+        who("SELECT session_user::text")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap(),
+        "tenlyr_app",
+        "the pool logs in as the application role itself"
+    );
+    // RESET ROLE returns to the login role, which is tenlyr_app.
+    sqlx::query("RESET ROLE").execute(&mut *conn).await.unwrap();
+    assert_eq!(
+        who("SELECT current_user::text")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap(),
+        "tenlyr_app"
+    );
+    let err = sqlx::query("SET ROLE postgres")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("permission denied"),
+        "SET ROLE postgres: {err}"
+    );
+    assert_eq!(
+        who("SELECT current_user::text")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap(),
+        "tenlyr_app"
+    );
+    // Tenant rows exist, yet without a scope none is visible.
+    let mut owner = db.connect().await;
+    let provisioned = sqlx::query(
+        "INSERT INTO tenants (id, name, slug, owner_email, plan, status, region, time_zone, created_at, updated_at) \
+         VALUES (gen_random_uuid(), 'Acme', 'acme', 'a@acme.test', 'starter', 'active', 'us-east-1', 'UTC', now(), now())",
+    )
+    .execute(&mut owner)
+    .await
+    .unwrap();
+    assert_eq!(provisioned.rows_affected(), 1);
+    for table in [
+        "tenants",
+        "api_keys",
+        "tenant_settings",
+        "audit_log",
+        "usage_events",
+        "usage_rollups",
+    ] {
+        let visible: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        assert_eq!(visible, 0, "{table} is readable without a tenant scope");
+    }
+    let statement_timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(statement_timeout, "30s", "request statements are bounded");
 }

@@ -38,7 +38,7 @@ async fn as_tenant(app: &TestApp, key: &str, method: Method, path: &str) -> (u16
     .await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioning_returns_the_documented_tenant_and_a_working_key() {
     let app = TestApp::spawn().await;
     let (tenant, key) = create(&app, "Café Zürich", "ops@cafe.test").await;
@@ -122,7 +122,7 @@ async fn provisioning_returns_the_documented_tenant_and_a_working_key() {
     assert_eq!(count, 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_changes_apply_to_keys_at_once() {
     let app = TestApp::spawn().await;
     let (tenant, key) = create(&app, "Acme", "ops@acme.test").await;
@@ -291,7 +291,7 @@ async fn lifecycle_changes_apply_to_keys_at_once() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_cannot_reach_each_other_and_rls_holds() {
     let app = TestApp::spawn().await;
     let (_, key_a) = create(&app, "Tenant A", "a@a.test").await;
@@ -342,7 +342,7 @@ async fn tenants_cannot_reach_each_other_and_rls_holds() {
     assert_eq!(ids[0].to_string(), b_id);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pagination_never_skips_or_repeats_while_tenants_are_created() {
     let app = TestApp::spawn().await;
     let mut before = Vec::new();
@@ -422,7 +422,7 @@ async fn pagination_never_skips_or_repeats_while_tenants_are_created() {
     assert_eq!(status, 422, "{body}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_is_an_attachment_in_json_or_csv() {
     let app = TestApp::spawn().await;
     let (tenant, _) = create(&app, "Acme", "ops@acme.test").await;
@@ -457,7 +457,7 @@ async fn export_is_an_attachment_in_json_or_csv() {
 
 /// Two replicas sharing Postgres and Redis: a change made through one is
 /// seen by the other at once, although both had the key cached.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidation_reaches_every_replica_at_once() {
     let (a, b) = TestApp::spawn_pair().await;
     let (tenant, key) = create(&a, "Shared", "ops@shared.test").await;
@@ -538,7 +538,7 @@ where
     panic!("not applied within 1 s");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_active_at_moves_without_a_write_per_request() {
     let app = TestApp::spawn().await;
     let (tenant, key) = create(&app, "Busy", "ops@busy.test").await;
@@ -587,7 +587,7 @@ async fn last_active_at_moves_without_a_write_per_request() {
     assert!(used.is_some());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_tenant_rpc_over_grpc() {
     use tenlyr::proto::v1::{self, Plan};
     let app = TestApp::spawn().await;

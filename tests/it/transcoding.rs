@@ -12,7 +12,7 @@ async fn send(app: &TestApp, method: Method, path: &str, body: &str) -> (u16, se
     json(request.send().await.unwrap()).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bodies_are_400_naming_the_field() {
     let app = TestApp::spawn().await;
     let cases = [
@@ -51,7 +51,7 @@ async fn malformed_bodies_are_400_naming_the_field() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_contradicting_the_path_is_400() {
     let app = TestApp::spawn().await;
     let path = "/api/v1/tenants/51fad484-7f82-4c97-a3e1-b0c29d4f8201";
@@ -77,7 +77,7 @@ async fn body_contradicting_the_path_is_400() {
     assert_eq!(reply["message"], "Tenant not found");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_parameters_are_typed_and_known() {
     let app = TestApp::spawn().await;
     let (status, reply) = send(&app, Method::GET, "/api/v1/tenants?limit=ten", "").await;
@@ -101,7 +101,7 @@ async fn query_parameters_are_typed_and_known() {
     assert_eq!(status, 400);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_unexpected_bodies() {
     let app = TestApp::spawn().await;
     let big = format!("{{\"name\": \"{}\"}}", "x".repeat(1100 * 1024));
@@ -118,7 +118,7 @@ async fn oversized_and_unexpected_bodies() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_body_routes_accept_any_bytes() {
     let app = TestApp::spawn().await;
     // Not JSON at all: the webhook route keeps the bytes for the signature

@@ -27,7 +27,7 @@ impl v1::admin_key_service_server::AdminKeyService for AdminKeyApi {
         &self,
         request: Request<v1::CreateAdminKeyRequest>,
     ) -> Result<Response<v1::CreateAdminKeyResponse>, Status> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let (key, api_key) = self
             .state
             .admin_keys
@@ -41,9 +41,10 @@ impl v1::admin_key_service_server::AdminKeyService for AdminKeyApi {
 
     async fn list_admin_keys(
         &self,
-        _request: Request<v1::ListAdminKeysRequest>,
+        request: Request<v1::ListAdminKeysRequest>,
     ) -> Result<Response<v1::ListAdminKeysResponse>, Status> {
-        let keys = self.state.admin_keys.list().await?;
+        let actor = actor(&request)?;
+        let keys = self.state.admin_keys.list(&actor).await?;
         Ok(Response::new(v1::ListAdminKeysResponse {
             data: keys.iter().map(to_proto).collect(),
         }))
@@ -53,7 +54,7 @@ impl v1::admin_key_service_server::AdminKeyService for AdminKeyApi {
         &self,
         request: Request<v1::RevokeAdminKeyRequest>,
     ) -> Result<Response<v1::AdminKey>, Status> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
         Ok(Response::new(to_proto(
             &self.state.admin_keys.revoke(&actor, id).await?,

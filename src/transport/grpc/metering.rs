@@ -5,10 +5,10 @@ use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::timestamp;
+use super::{actor, timestamp};
 use crate::{
     app::AppState,
-    domain::usage::{EventInput, Metric},
+    domain::usage::{EventInput, MAX_BATCH, Metric},
     error::ApiError,
     proto::v1,
     service::{
@@ -25,12 +25,10 @@ pub struct MeteringApi {
     pub state: AppState,
 }
 
-/// The tenant of the calling key (the access table admits tenant keys only).
+/// The tenant of the calling key (the access table admits tenant keys
+/// only): 401 without a principal, 403 for any other.
 fn tenant_of<T>(request: &Request<T>) -> Result<Uuid, ApiError> {
-    match request.extensions().get::<Principal>() {
-        Some(Principal::Tenant { tenant_id, .. }) => Ok(*tenant_id),
-        _ => Err(ApiError::permission_denied("metering needs a tenant key")),
-    }
+    actor(request)?.tenant()
 }
 
 fn metric_from_proto(metric: i32) -> Option<Metric> {
@@ -143,6 +141,14 @@ impl v1::metering_service_server::MeteringService for MeteringApi {
     ) -> ApiResult<v1::TrackBatchResponse> {
         let tenant = tenant_of(&request)?;
         let events = request.into_inner().events;
+        // Bounded before any conversion work.
+        if events.len() > MAX_BATCH {
+            return Err(ApiError::validation(vec![crate::error::FieldViolation {
+                field: "events".into(),
+                description: format!("must hold 1 to {MAX_BATCH} events"),
+            }])
+            .into());
+        }
         let mut inputs = Vec::with_capacity(events.len());
         let mut malformed = Vec::new();
         for (i, e) in events.into_iter().enumerate() {
@@ -206,9 +212,14 @@ impl v1::metering_service_server::MeteringService for MeteringApi {
         &self,
         request: Request<v1::GetMetricsRequest>,
     ) -> ApiResult<v1::TenantUsageMetric> {
-        let tenant = tenant_of(&request)?;
-        let usage = self.state.metering.current(tenant).await?;
-        Ok(Response::new(usage_to_proto(tenant, &usage)))
+        let Principal::Tenant {
+            tenant_id, tenant, ..
+        } = actor(&request)?.principal
+        else {
+            return Err(ApiError::permission_denied("this method requires a tenant key").into());
+        };
+        let usage = self.state.metering.current(tenant_id, &tenant).await?;
+        Ok(Response::new(usage_to_proto(tenant_id, &usage)))
     }
 
     async fn get_summary(

@@ -3,6 +3,7 @@
 //! then, so every documented route exists from the start.
 
 pub mod admin;
+pub mod export;
 pub mod metering;
 pub mod tenant;
 
@@ -16,20 +17,36 @@ use crate::{
     service::{Actor, Principal},
 };
 
-/// The caller, as the auth layer resolved it, and its request id.
-pub fn actor<T>(request: &Request<T>) -> Actor {
-    Actor {
-        principal: request
-            .extensions()
-            .get::<Principal>()
-            .cloned()
-            .unwrap_or(Principal::Anonymous),
+/// The longest request id the audit log keeps (a client may send its own
+/// `x-request-id`; a longer one is cut).
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// The caller, as the auth layer resolved it, and its request id. Fails
+/// closed: a request the auth layer did not pass (no principal at all) is
+/// 401, never an anonymous or platform caller.
+pub fn actor<T>(request: &Request<T>) -> Result<Actor, ApiError> {
+    let principal = request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| ApiError::unauthenticated("this method needs an API key"))?;
+    Ok(Actor {
+        principal,
         request_id: request
             .metadata()
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-    }
+            .map(bounded_request_id),
+    })
+}
+
+/// A request id as stored: printable ASCII only, at most
+/// [`MAX_REQUEST_ID`] characters.
+fn bounded_request_id(id: &str) -> String {
+    id.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(MAX_REQUEST_ID)
+        .collect()
 }
 
 /// A protobuf timestamp.
@@ -60,14 +77,17 @@ macro_rules! unimplemented_services {
             impl v1::$server::$trait_ for $api {}
         )*
 
-        /// Every tenlyr.v1 service, ready to add to the router.
+        /// Every tenlyr.v1 service, ready to add to the router. Each
+        /// refuses a message larger than the REST body limit before
+        /// decoding it.
         pub fn routes(state: &AppState) -> tonic::service::Routes {
+            let limit = state.max_body_bytes;
             let mut routes = tonic::service::Routes::default()
-                .add_service(v1::admin_key_service_server::AdminKeyServiceServer::new(admin::AdminKeyApi { state: state.clone() }))
-                .add_service(v1::tenant_service_server::TenantServiceServer::new(tenant::TenantApi { state: state.clone() }))
-                .add_service(v1::metering_service_server::MeteringServiceServer::new(metering::MeteringApi { state: state.clone() }));
+                .add_service(v1::admin_key_service_server::AdminKeyServiceServer::new(admin::AdminKeyApi { state: state.clone() }).max_decoding_message_size(limit))
+                .add_service(v1::tenant_service_server::TenantServiceServer::new(tenant::TenantApi { state: state.clone() }).max_decoding_message_size(limit))
+                .add_service(v1::metering_service_server::MeteringServiceServer::new(metering::MeteringApi { state: state.clone() }).max_decoding_message_size(limit));
             $(
-                routes = routes.add_service(v1::$server::$ctor::new($api { state: state.clone() }));
+                routes = routes.add_service(v1::$server::$ctor::new($api { state: state.clone() }).max_decoding_message_size(limit));
             )*
             routes
         }
@@ -82,4 +102,32 @@ unimplemented_services! {
     WebhookApi => webhook_service_server::WebhookService, WebhookServiceServer;
     WebhookEndpointApi => webhook_endpoint_service_server::WebhookEndpointService, WebhookEndpointServiceServer;
     RecordApi => record_service_server::RecordService, RecordServiceServer;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    #[test]
+    fn a_request_the_auth_layer_did_not_pass_is_unauthenticated() {
+        let request = Request::new(());
+        assert_eq!(
+            actor(&request).unwrap_err().code,
+            ErrorCode::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn stored_request_ids_are_bounded_printable_ascii() {
+        let mut request = Request::new(());
+        request.extensions_mut().insert(Principal::Anonymous);
+        let long = format!("a b\tc{}", "x".repeat(10_000));
+        request
+            .metadata_mut()
+            .insert("x-request-id", long.parse().unwrap());
+        let id = actor(&request).unwrap().request_id.unwrap();
+        assert_eq!(id.len(), MAX_REQUEST_ID);
+        assert!(id.starts_with("abcxxx"));
+    }
 }

@@ -1,19 +1,18 @@
 //! TenantService: proto ⇄ service conversions; the logic is in
 //! `service::tenants`.
 
-use bytes::Bytes;
-use futures_util::stream;
 use tonic::{Request, Response, Status, codegen::BoxStream};
 use uuid::Uuid;
 
-use super::{actor, parse_id, timestamp};
+use super::{actor, export, parse_id, timestamp};
 use crate::{
     app::AppState,
     domain::tenant::{self as rules, Plan, TenantStatus, Transition},
     error::ApiError,
-    proto::{google::api::HttpBody, v1},
+    proto::v1,
     service::{
-        Principal,
+        Actor, Principal,
+        keys::TenantFacts,
         metering::PeriodUsage,
         tenants::{NewTenantInput, TenantChanges},
     },
@@ -126,12 +125,13 @@ fn key_to_proto(k: &api_key::Model) -> v1::ApiKey {
     }
 }
 
-/// A tenant key may act on its own tenant only.
-fn own_tenant<T>(request: &Request<T>, tenant_id: Uuid) -> Result<(), ApiError> {
-    match request.extensions().get::<Principal>() {
-        Some(Principal::Tenant { tenant_id: own, .. }) if *own != tenant_id => Err(
+/// A tenant key may act on its own tenant only; no principal at all is 401.
+fn own_tenant(actor: &Actor, tenant_id: Uuid) -> Result<(), ApiError> {
+    match actor.principal {
+        Principal::Tenant { tenant_id: own, .. } if own != tenant_id => Err(
             ApiError::permission_denied("a tenant key can only access its own tenant"),
         ),
+        Principal::Anonymous => Err(ApiError::unauthenticated("this method needs an API key")),
         _ => Ok(()),
     }
 }
@@ -144,7 +144,7 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<v1::CreateTenantRequest>,
     ) -> ApiResult<v1::CreateTenantResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let input = NewTenantInput {
             plan: plan_from_proto(r.plan)?,
@@ -165,8 +165,9 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<v1::ListTenantsRequest>,
     ) -> ApiResult<v1::ListTenantsResponse> {
+        let actor = actor(&request)?;
         let r = request.into_inner();
-        let (rows, next_cursor) = self.state.tenants.list(&r.cursor, r.limit).await?;
+        let (rows, next_cursor) = self.state.tenants.list(&actor, &r.cursor, r.limit).await?;
         Ok(Response::new(v1::ListTenantsResponse {
             data: rows.iter().map(tenant_to_proto).collect(),
             next_cursor,
@@ -177,8 +178,9 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<v1::ListDashboardTenantsRequest>,
     ) -> ApiResult<v1::ListDashboardTenantsResponse> {
+        let actor = actor(&request)?;
         let r = request.into_inner();
-        let (rows, next_cursor) = self.state.tenants.list(&r.cursor, r.limit).await?;
+        let (rows, next_cursor) = self.state.tenants.list(&actor, &r.cursor, r.limit).await?;
         let usage = self.state.metering.current_many(&rows).await?;
         Ok(Response::new(v1::ListDashboardTenantsResponse {
             data: rows
@@ -191,9 +193,10 @@ impl v1::tenant_service_server::TenantService for TenantApi {
     }
 
     async fn get_tenant(&self, request: Request<v1::GetTenantRequest>) -> ApiResult<v1::Tenant> {
+        let actor = actor(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
         Ok(Response::new(tenant_to_proto(
-            &self.state.tenants.get(id).await?,
+            &self.state.tenants.get(&actor, id).await?,
         )))
     }
 
@@ -201,7 +204,7 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<v1::UpdateTenantRequest>,
     ) -> ApiResult<v1::Tenant> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let id = parse_id("id", &r.id)?;
         let masked = |field: &str| {
@@ -235,7 +238,7 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<v1::SuspendTenantRequest>,
     ) -> ApiResult<v1::Tenant> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let id = parse_id("id", &r.id)?;
         let reason = Some(r.reason).filter(|s| !s.is_empty());
@@ -252,7 +255,7 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<v1::ReactivateTenantRequest>,
     ) -> ApiResult<v1::Tenant> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
         Ok(Response::new(tenant_to_proto(
             &self
@@ -267,7 +270,7 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<v1::TerminateTenantRequest>,
     ) -> ApiResult<v1::Tenant> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
         Ok(Response::new(tenant_to_proto(
             &self
@@ -282,7 +285,7 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<v1::RotateTenantKeyRequest>,
     ) -> ApiResult<v1::RotateTenantKeyResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
         let (tenant, api_key) = self.state.tenants.rotate_key(&actor, id).await?;
         Ok(Response::new(v1::RotateTenantKeyResponse {
@@ -295,7 +298,7 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<v1::ChangeTenantPlanRequest>,
     ) -> ApiResult<v1::Tenant> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let id = parse_id("id", &r.id)?;
         let plan = plan_from_proto(r.plan)?.ok_or_else(|| {
@@ -313,7 +316,7 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<v1::DeleteTenantRequest>,
     ) -> ApiResult<v1::DeleteTenantResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
         self.state.tenants.delete(&actor, id).await?;
         Ok(Response::new(v1::DeleteTenantResponse {}))
@@ -323,41 +326,25 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<v1::ExportTenantRequest>,
     ) -> ApiResult<BoxStream<v1::ExportTenantResponse>> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let id = parse_id("id", &r.id)?;
-        let csv = match v1::ExportFormat::try_from(r.format) {
-            Ok(v1::ExportFormat::Csv) => true,
-            Ok(_) => false,
+        let format = match v1::ExportFormat::try_from(r.format) {
+            Ok(v1::ExportFormat::Csv) => export::Format::Csv,
+            Ok(_) => export::Format::Json,
             Err(_) => {
                 return Err(ApiError::bad_field("format", "expected one of: json, csv").into());
             }
         };
-        let (tenant, keys) = self.state.tenants.export(&actor, id).await?;
-        let usage = self.state.metering.current(tenant.id).await?;
-        let (content_type, extension, body) = if csv {
-            ("text/csv", "csv", export_csv(&tenant, &usage, &keys))
-        } else {
-            (
-                "application/json",
-                "json",
-                export_json(&tenant, &usage, &keys),
-            )
-        };
-        let chunks: Vec<Result<v1::ExportTenantResponse, Status>> = Bytes::from(body)
-            .chunks(64 * 1024)
-            .map(|chunk| {
-                Ok(v1::ExportTenantResponse {
-                    chunk: Some(HttpBody {
-                        content_type: content_type.to_owned(),
-                        data: Bytes::copy_from_slice(chunk).into(),
-                        extensions: vec![],
-                    }),
-                })
-            })
-            .collect();
-        let mut response =
-            Response::new(Box::pin(stream::iter(chunks)) as BoxStream<v1::ExportTenantResponse>);
+        let tenant = self.state.tenants.export(&actor, id).await?;
+        let usage = self
+            .state
+            .metering
+            .current(tenant.id, &TenantFacts::of(&tenant))
+            .await?;
+        let chunks = export::stream(self.state.clone(), actor, &tenant, &usage, format);
+        let mut response = Response::new(Box::pin(chunks) as BoxStream<v1::ExportTenantResponse>);
+        let extension = format.extension();
         let disposition = format!(
             "attachment; filename=\"tenant-{}-export.{extension}\"",
             tenant.slug
@@ -372,9 +359,9 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<v1::CreateApiKeyRequest>,
     ) -> ApiResult<v1::CreateApiKeyResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let tenant_id = parse_id("tenantId", &request.get_ref().tenant_id)?;
-        own_tenant(&request, tenant_id)?;
+        own_tenant(&actor, tenant_id)?;
         let (key, api_key) = self
             .state
             .tenants
@@ -390,9 +377,9 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<v1::ListApiKeysRequest>,
     ) -> ApiResult<v1::ListApiKeysResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let tenant_id = parse_id("tenantId", &request.get_ref().tenant_id)?;
-        own_tenant(&request, tenant_id)?;
+        own_tenant(&actor, tenant_id)?;
         let keys = self.state.tenants.list_keys(&actor, tenant_id).await?;
         Ok(Response::new(v1::ListApiKeysResponse {
             data: keys.iter().map(key_to_proto).collect(),
@@ -403,10 +390,10 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<v1::RevokeApiKeyRequest>,
     ) -> ApiResult<v1::ApiKey> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let tenant_id = parse_id("tenantId", &request.get_ref().tenant_id)?;
         let key_id = parse_id("keyId", &request.get_ref().key_id)?;
-        own_tenant(&request, tenant_id)?;
+        own_tenant(&actor, tenant_id)?;
         Ok(Response::new(key_to_proto(
             &self
                 .state
@@ -415,66 +402,4 @@ impl v1::tenant_service_server::TenantService for TenantApi {
                 .await?,
         )))
     }
-}
-
-fn export_json(t: &tenant::Model, usage: &PeriodUsage, keys: &[api_key::Model]) -> Vec<u8> {
-    let limits = usage.limits;
-    let value = serde_json::json!({
-        "tenant": {
-            "id": t.id, "name": t.name, "slug": t.slug, "ownerEmail": t.owner_email, "plan": t.plan,
-            "status": t.status, "region": t.region, "timeZone": t.time_zone, "isolationLevel": t.isolation_level,
-            "apiKeyPrefix": t.api_key_prefix, "createdAt": t.created_at, "lastActiveAt": t.last_active_at,
-        },
-        "usage": {"apiCalls": usage.api_calls, "storageGb": usage.storage_gb, "seats": usage.seats,
-                  "compute": usage.compute, "periodStart": usage.period_start, "periodEnd": usage.period_end,
-                  "apiCallLimit": limits.api_calls, "storageGbLimit": limits.storage_gb, "seatsLimit": limits.seats},
-        "health": {"healthStatus": "unknown", "errorRate": 0.0, "requestRate": 0.0, "slaRisk": false, "rateLimit": null},
-        "billing": {"mrrCents": Plan::parse(&t.plan).map_or(0, Plan::mrr_cents), "usageCostCents": 0},
-        "apiKeys": keys.iter().map(|k| serde_json::json!({
-            "id": k.id, "label": k.label, "prefix": k.prefix, "primary": k.is_primary,
-            "createdAt": k.created_at, "lastUsedAt": k.last_used_at, "revokedAt": k.revoked_at,
-        })).collect::<Vec<_>>(),
-        "exportedAt": chrono::Utc::now(),
-    });
-    serde_json::to_vec_pretty(&value).unwrap_or_default()
-}
-
-/// `section,field,value` rows, quoted where needed.
-fn export_csv(t: &tenant::Model, usage: &PeriodUsage, keys: &[api_key::Model]) -> Vec<u8> {
-    let json: serde_json::Value =
-        serde_json::from_slice(&export_json(t, usage, keys)).unwrap_or_default();
-    let mut out = String::from("section,field,value\n");
-    let quote = |s: &str| {
-        if s.contains([',', '"', '\n']) {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        } else {
-            s.to_owned()
-        }
-    };
-    for section in ["tenant", "usage", "health", "billing"] {
-        if let Some(fields) = json[section].as_object() {
-            for (field, value) in fields {
-                let text = match value {
-                    serde_json::Value::String(s) => s.clone(),
-                    serde_json::Value::Null => String::new(),
-                    other => other.to_string(),
-                };
-                out.push_str(&format!("{section},{field},{}\n", quote(&text)));
-            }
-        }
-    }
-    for key in json["apiKeys"].as_array().into_iter().flatten() {
-        let summary = format!(
-            "{} {} {}",
-            key["label"].as_str().unwrap_or(""),
-            key["prefix"].as_str().unwrap_or(""),
-            key["revokedAt"].as_str().map_or("live", |_| "revoked")
-        );
-        out.push_str(&format!(
-            "apiKey,{},{}\n",
-            key["id"].as_str().unwrap_or(""),
-            quote(&summary)
-        ));
-    }
-    out.into_bytes()
 }

@@ -1,0 +1,76 @@
+//! The committing half of the usage ingest pipeline (`service::metering`):
+//! one loop per committer, each taking whatever queued up for its tenants
+//! while its previous commit ran. On shutdown — after the listener drained
+//! its requests — every committer stops receiving and commits what is
+//! still queued, so a caller waiting for an acknowledgement gets its
+//! commit or an error, never silence; then the live counters those commits
+//! produced are sent.
+
+use std::sync::Arc;
+
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::{Context, Worker};
+use crate::{
+    service::{
+        counters::LiveCounters,
+        metering::{MAX_COMMIT, Submission, commit_group},
+    },
+    storage::{Db, usage as repo},
+};
+
+/// Created with its sending half by `service::metering::Ingest::new`.
+#[derive(Debug)]
+pub struct IngestWorker {
+    pub(crate) shards: Vec<mpsc::Receiver<Submission>>,
+    pub(crate) db: Db,
+    pub(crate) counters: Arc<LiveCounters>,
+}
+
+impl Worker for IngestWorker {
+    const NAME: &'static str = "ingest";
+
+    async fn run(self, _ctx: Context, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut committers = JoinSet::new();
+        for rx in self.shards {
+            let (db, counters, stop) = (self.db.clone(), self.counters.clone(), cancel.clone());
+            committers.spawn(commit_loop(rx, db, counters, stop));
+        }
+        committers.join_all().await;
+        self.counters.flush().await;
+        Ok(())
+    }
+}
+
+async fn commit_loop(
+    mut rx: mpsc::Receiver<Submission>,
+    db: Db,
+    counters: Arc<LiveCounters>,
+    stop: CancellationToken,
+) {
+    // What this committer last read of its tenants (for `commit_small`).
+    let mut known = repo::Tenants::new();
+    loop {
+        let first = tokio::select! {
+            s = rx.recv() => s,
+            () = stop.cancelled() => {
+                rx.close();
+                rx.recv().await
+            }
+        };
+        let Some(first) = first else { return };
+        let mut size = first.events.len();
+        let mut group = vec![first];
+        while size < MAX_COMMIT {
+            match rx.try_recv() {
+                Ok(next) => {
+                    size += next.events.len();
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        commit_group(&db, &counters, &mut known, group).await;
+    }
+}
