@@ -94,8 +94,8 @@ where
     (samples, events, started.elapsed())
 }
 
-/// Whether to run `phase` (BENCH_PHASES: a comma list of floor, single,
-/// grpc, storage, batch, copy; all by default).
+/// Whether to run `phase` (BENCH_PHASES: a comma list of floor, metrics,
+/// single, grpc, storage, batch, copy; all by default).
 fn wanted(phase: &str) -> bool {
     std::env::var("BENCH_PHASES").map_or(true, |v| v.split(',').any(|p| p == phase))
 }
@@ -167,6 +167,9 @@ async fn main() -> anyhow::Result<()> {
     );
     if wanted("floor") {
         floor(&bench, &http).await;
+    }
+    if wanted("metrics") {
+        metrics(&bench, &http, &tenants).await;
     }
     if wanted("single") {
         single(&bench, &http, &tenants).await;
@@ -242,6 +245,67 @@ async fn floor(bench: &Bench, http: &reqwest::Client) {
         &format!("floor: GET /healthz, {connections} connections"),
         "  latency per call",
         measured,
+    );
+}
+
+/// GET calls of `url` (with `key`, if any) over 64 connections for
+/// `duration`: calls made, latencies, time taken.
+async fn gets(
+    http: &reqwest::Client,
+    url: String,
+    keys: Vec<Option<String>>,
+    duration: Duration,
+) -> (Vec<Duration>, usize, Duration) {
+    let http = http.clone();
+    load(64, duration, move |c, _| {
+        let (http, url, key) = (http.clone(), url.clone(), keys[c % keys.len()].clone());
+        async move {
+            let mut request = http.get(&url);
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let _ = r.bytes().await;
+            1
+        }
+    })
+    .await
+}
+
+/// `GET /api/v1/usage/metrics` (the call the docs put before every
+/// expensive operation) against `GET /healthz`, in interleaved rounds on
+/// the same 64 connections so both see the same machine.
+async fn metrics(bench: &Bench, http: &reqwest::Client, tenants: &Tenants) {
+    let slice = phase() / ROUNDS;
+    let keys: Vec<Option<String>> = tenants.iter().map(|t| Some(t.1.clone())).collect();
+    let (mut floor_calls, mut floor_time) = (0, Duration::ZERO);
+    let (mut samples, mut calls, mut time) = (Vec::new(), 0, Duration::ZERO);
+    for _ in 0..ROUNDS {
+        let (_, n, t) = gets(
+            http,
+            format!("{}/healthz", bench.base_url),
+            vec![None],
+            slice,
+        )
+        .await;
+        (floor_calls, floor_time) = (floor_calls + n, floor_time + t);
+        let (s, n, t) = gets(
+            http,
+            format!("{}/api/v1/usage/metrics", bench.base_url),
+            keys.clone(),
+            slice,
+        )
+        .await;
+        samples.extend(s);
+        (calls, time) = (calls + n, time + t);
+    }
+    let floor = rate("GET /healthz, 64 connections", floor_calls, floor_time);
+    let metrics = rate("GET /api/v1/usage/metrics, 64 connections", calls, time);
+    report("  latency per metrics call", samples);
+    println!(
+        "usage.metrics / healthz = {:.0} % ({ROUNDS} interleaved rounds each)",
+        metrics / floor * 100.0
     );
 }
 

@@ -27,6 +27,49 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_due ON jobs (run_at) WHERE state IN ('queued', 'running');
 CREATE INDEX jobs_dead ON jobs (updated_at) WHERE state = 'dead';
 
+-- A runner's claim: up to max_jobs due jobs of its kinds, oldest first,
+-- skipping rows other runners hold, each leased for its kind's lease_ms.
+--
+-- Claims and acknowledgements (tenlyr_finish_jobs) commit without waiting
+-- for the WAL flush (synchronous_commit off, for their own transaction
+-- only): a crash may forget the last few, which only means those jobs run
+-- again, as the at-least-once contract every handler meets already
+-- allows. Enqueues stay durable. Two fsyncs per batch were most of a
+-- runner's time.
+-- Planned as an index scan in run_at order whatever the statistics say: a
+-- queue's table churns faster than ANALYZE follows, and with a deep
+-- backlog the planner's bitmap scan and sort of every due row took 58 ms
+-- per claim of 32 at 50,000 queued jobs, the index scan 1.5 ms (EXPLAIN
+-- ANALYZE).
+CREATE FUNCTION tenlyr_claim_jobs(kinds text[], lease_ms bigint[], at timestamptz,
+                                  max_jobs integer, runner text)
+    RETURNS TABLE (id bigint, kind text, payload jsonb, attempts integer, max_attempts integer)
+    LANGUAGE sql
+    SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = off
+    AS $$
+    SELECT set_config('synchronous_commit', 'off', true);
+    WITH due AS (
+        SELECT j.id FROM jobs j
+        WHERE j.state IN ('queued', 'running') AND j.run_at <= at AND j.kind = ANY(kinds)
+        ORDER BY j.run_at LIMIT max_jobs FOR UPDATE SKIP LOCKED)
+    UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, locked_by = runner, updated_at = at,
+        run_at = at + lease_ms[array_position(kinds, j.kind)] * interval '1 millisecond'
+    FROM due WHERE j.id = due.id
+    RETURNING j.id, j.kind, j.payload, j.attempts, j.max_attempts
+$$;
+
+-- Deletes finished jobs whose claim is still current (the attempt number
+-- fences a runner whose lease lapsed); how many.
+CREATE FUNCTION tenlyr_finish_jobs(ids bigint[], claims integer[]) RETURNS bigint
+    LANGUAGE sql AS $$
+    SELECT set_config('synchronous_commit', 'off', true);
+    WITH done AS (
+        DELETE FROM jobs j USING unnest(ids, claims) AS d(id, attempts)
+        WHERE j.id = d.id AND j.attempts = d.attempts AND j.state = 'running'
+        RETURNING 1)
+    SELECT count(*) FROM done
+$$;
+
 -- One row per elected periodic worker: who runs the current tick, until
 -- when (a holder that died loses it then), and when the last tick started,
 -- so a replica whose timer fires later in the same period does not tick
@@ -39,6 +82,8 @@ CREATE TABLE worker_leases (
 );
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobs, worker_leases TO tenlyr_app;
+GRANT EXECUTE ON FUNCTION tenlyr_claim_jobs(text[], bigint[], timestamptz, integer, text),
+    tenlyr_finish_jobs(bigint[], integer[]) TO tenlyr_app;
 
 -- Runners LISTEN on tenlyr_jobs; every statement that adds jobs tells them
 -- which kinds, once per kind, when it commits.

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks, against a private PostgreSQL and Redis on free ports.
 #   scripts/bench.sh tenants     # provisioning p50/p99, auth on a cache hit
-#   scripts/bench.sh metering    # tracks/s, batched events/s, raw COPY anchor
+#   scripts/bench.sh metering    # tracks/s, batched events/s, raw COPY anchor,
+#                                # usage.metrics against /healthz
+#   scripts/bench.sh jobs        # job queue: jobs/s, enqueue-to-start latency
 # BENCH_TENANTS (default 500) sets how many tenants are provisioned.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -17,7 +17,11 @@
 //! so under load one Redis call carries many commits. Reads on this node
 //! see the unpublished totals too.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
 use fred::prelude::*;
@@ -67,8 +71,19 @@ pub struct LiveCounters {
     store: Store,
     /// Committed totals not yet sent to Redis.
     unpublished: Mutex<HashMap<Period, Totals>>,
+    /// Totals read from Redis in the last [`READ_FRESH`], with this node's
+    /// own commits merged in as they happen (Redis mode).
+    recent: Mutex<HashMap<Period, (Totals, Instant)>>,
     wake: Notify,
 }
+
+/// How long a total read from Redis serves further reads on this node.
+/// Another replica's commits show here at most this late; this node's own
+/// show at once. (GetMetrics is a hot path the docs put before every
+/// expensive operation; the limits themselves are checked in Postgres.)
+pub const READ_FRESH: Duration = Duration::from_millis(250);
+/// Periods kept in `recent`, at most (then it starts over).
+const RECENT_MAX: usize = 100_000;
 
 #[derive(Debug)]
 enum Store {
@@ -111,6 +126,7 @@ impl LiveCounters {
                 None => Store::Local(Mutex::default()),
             },
             unpublished: Mutex::default(),
+            recent: Mutex::default(),
             wake: Notify::new(),
         }
     }
@@ -124,6 +140,13 @@ impl LiveCounters {
         }
         match &self.store {
             Store::Redis(_) => {
+                let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                for (period, totals) in &periods {
+                    if let Some((seen, _)) = recent.get_mut(period) {
+                        merge(seen, totals);
+                    }
+                }
+                drop(recent);
                 let mut unpublished = self.unpublished.lock().unwrap_or_else(|p| p.into_inner());
                 for (period, totals) in periods {
                     merge(unpublished.entry(period).or_default(), &totals);
@@ -206,13 +229,33 @@ impl LiveCounters {
     pub async fn get(&self, tenant: Uuid, start: DateTime<Utc>) -> Option<HashMap<Metric, f64>> {
         let mut totals: Totals = match &self.store {
             Store::Redis(redis) => {
-                let stored: HashMap<String, f64> = redis
-                    .client()
-                    .hgetall(key(tenant, start))
-                    .await
-                    .map_err(|err| tracing::warn!(error = %err, "reading usage counters from redis failed"))
-                    .ok()?;
-                Metric::ALL.map(|m| stored.get(m.as_str()).copied())
+                let fresh = self
+                    .recent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&(tenant, start))
+                    .filter(|(_, read)| read.elapsed() < READ_FRESH)
+                    .map(|(totals, _)| *totals);
+                match fresh {
+                    Some(totals) => totals,
+                    None => {
+                        let stored: HashMap<String, f64> = redis
+                            .client()
+                            .hgetall(key(tenant, start))
+                            .await
+                            .map_err(|err| tracing::warn!(error = %err, "reading usage counters from redis failed"))
+                            .ok()?;
+                        let totals = Metric::ALL.map(|m| stored.get(m.as_str()).copied());
+                        if totals.iter().all(Option::is_some) {
+                            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                            if recent.len() >= RECENT_MAX {
+                                recent.clear();
+                            }
+                            recent.insert((tenant, start), (totals, Instant::now()));
+                        }
+                        totals
+                    }
+                }
             }
             Store::Local(map) => *map
                 .lock()

@@ -84,24 +84,18 @@ pub async fn enqueue_in(tx: &DatabaseTransaction, job: &NewJob) -> Result<i64, D
 }
 
 /// Claims up to `limit` due jobs of `kinds`, oldest first, skipping rows
-/// other runners hold; each is leased until `now + lease_ms` of its kind.
+/// other runners hold; each is leased until `now + lease_ms` of its kind
+/// (`tenlyr_claim_jobs`, migration 0009).
 pub async fn claim(
     pool: &PgPool,
     kinds: &[&str],
     lease_ms: &[i64],
     now: DateTime<Utc>,
-    limit: i64,
+    limit: i32,
     runner: &str,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let rows = sqlx::query(
-        "WITH due AS ( \
-             SELECT id FROM jobs \
-             WHERE state IN ('queued', 'running') AND run_at <= $3 AND kind = ANY($1) \
-             ORDER BY run_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
-         UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, locked_by = $5, updated_at = $3, \
-             run_at = $3 + ($2::bigint[])[array_position($1, j.kind)] * interval '1 millisecond' \
-         FROM due WHERE j.id = due.id \
-         RETURNING j.id, j.kind, j.payload, j.attempts, j.max_attempts",
+        "SELECT id, kind, payload, attempts, max_attempts FROM tenlyr_claim_jobs($1, $2, $3, $4, $5)",
     )
     .bind(kinds)
     .bind(lease_ms)
@@ -134,18 +128,16 @@ pub async fn next_due(pool: &PgPool, kinds: &[&str]) -> Result<Option<DateTime<U
     .await
 }
 
-/// Deletes finished jobs whose claim is still current; returns how many.
+/// Deletes finished jobs whose claim is still current; returns how many
+/// (`tenlyr_finish_jobs`, migration 0009).
 pub async fn complete(pool: &PgPool, done: &[(i64, i32)]) -> Result<u64, sqlx::Error> {
     let (ids, attempts): (Vec<i64>, Vec<i32>) = done.iter().copied().unzip();
-    let result = sqlx::query(
-        "DELETE FROM jobs j USING unnest($1::bigint[], $2::int[]) AS d(id, attempts) \
-         WHERE j.id = d.id AND j.attempts = d.attempts AND j.state = 'running'",
-    )
-    .bind(&ids)
-    .bind(&attempts)
-    .execute(pool)
-    .await?;
-    Ok(result.rows_affected())
+    let done: i64 = sqlx::query_scalar("SELECT tenlyr_finish_jobs($1, $2)")
+        .bind(&ids)
+        .bind(&attempts)
+        .fetch_one(pool)
+        .await?;
+    Ok(u64::try_from(done).unwrap_or(0))
 }
 
 /// Records a failed attempt: queued again at `retry_at`, or `dead` when it

@@ -247,7 +247,7 @@ impl Worker for Listener {
 pub struct Runner {
     pub registry: Registry,
     pub wakeups: Wakeups,
-    pub batch: i64,
+    pub batch: i32,
     /// Longest idle wait without a notification.
     pub poll: Duration,
 }
