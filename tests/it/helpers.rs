@@ -202,16 +202,7 @@ impl TestApp {
         // "at once" start from subscribed replicas.
         for app in [&a, &b] {
             for _ in 0..250 {
-                let ready: serde_json::Value = app
-                    .http
-                    .get(app.url("/readyz"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                if ready["keyInvalidation"] == "subscribed" {
+                if app.ready().await.1["keyInvalidation"] == "subscribed" {
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -246,6 +237,11 @@ impl TestApp {
             shutdown: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// `GET /readyz`: status and body.
+    pub async fn ready(&self) -> (u16, serde_json::Value) {
+        json(self.http.get(self.url("/readyz")).send().await.unwrap()).await
     }
 
     pub fn url(&self, path: &str) -> String {

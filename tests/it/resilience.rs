@@ -66,18 +66,13 @@ async fn a_track_during_shutdown_is_committed_and_acknowledged_or_refused() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let http = reqwest::Client::new();
-    assert_eq!(
-        http.get(app.url("/readyz")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(app.ready().await.0, 200);
     app.begin_shutdown();
     // Not ready at once, while requests are still served.
     let began = Instant::now();
     loop {
-        let response = http.get(app.url("/readyz")).send().await.unwrap();
-        if response.status() == 503 {
-            let body: Value = response.json().await.unwrap();
+        let (status, body) = app.ready().await;
+        if status == 503 {
             assert_eq!(body["status"], "draining", "{body}");
             assert_eq!(body["statusCode"], 503, "{body}");
             break;
@@ -179,22 +174,9 @@ impl KillableRedis {
     }
 }
 
-async fn key_invalidation(app: &TestApp) -> String {
-    let body: Value = app
-        .http
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["keyInvalidation"].as_str().unwrap_or("").to_owned()
-}
-
 async fn wait_for_mode(app: &TestApp, mode: &str) {
     let began = Instant::now();
-    while key_invalidation(app).await != mode {
+    while app.ready().await.1["keyInvalidation"] != mode {
         assert!(
             began.elapsed() < Duration::from_secs(10),
             "readyz never said {mode}"
@@ -403,4 +385,72 @@ async fn oversized_batches_are_refused_before_any_work() {
         .await
         .unwrap();
     assert_eq!(stored, 0);
+}
+
+/// The export streams: a tenant with more keys than one page (500) comes
+/// out whole, in JSON and CSV, and a name that a spreadsheet would run as
+/// a formula is neutralised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_stream_every_key_and_neutralise_formulas() {
+    let app = TestApp::spawn().await;
+    let (status, created) = json(
+        app.admin(Method::POST, "/api/v1/tenants")
+            .json(&json!({"name": "=HYPERLINK(\"http://x\")", "ownerEmail": "csv@export.test"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["tenant"]["id"].as_str().unwrap().to_owned();
+    let mut conn = app.db.connect().await;
+    sqlx::query(
+        "INSERT INTO api_keys (id, tenant_id, label, prefix, key_digest, created_at) \
+         SELECT gen_random_uuid(), $1, 'bulk-' || g, 'tenlyr_live_bulk', sha256(g::text::bytea), now() \
+         FROM generate_series(1, 1200) g",
+    )
+    .bind(id.parse::<uuid::Uuid>().unwrap())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let response = app
+        .admin(Method::GET, &format!("/api/v1/tenants/{id}/export"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let keys = body["apiKeys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1201, "the primary key and 1,200 more");
+    let mut ids: Vec<&str> = keys.iter().map(|k| k["id"].as_str().unwrap()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 1201, "no key twice");
+    assert_eq!(
+        body["tenant"]["name"], "=HYPERLINK(\"http://x\")",
+        "JSON is data, unchanged"
+    );
+
+    let csv = app
+        .admin(
+            Method::GET,
+            &format!("/api/v1/tenants/{id}/export?format=csv"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        csv.lines().filter(|l| l.starts_with("apiKey,")).count(),
+        1201
+    );
+    assert!(
+        csv.contains("tenant,name,\"'=HYPERLINK(\"\"http://x\"\")\"\n"),
+        "the formula is neutralised: {}",
+        csv.lines()
+            .find(|l| l.starts_with("tenant,name"))
+            .unwrap_or("")
+    );
 }
