@@ -25,6 +25,7 @@ use crate::{
         counters::LiveCounters,
         keys::KeyResolver,
         metering::{self, Ingest, Metering},
+        records::Records,
         tenants::Tenants,
     },
     storage::{Db, admin_keys, embedded::EmbeddedPostgres, login::AppLogin, migrate, redis::Redis},
@@ -37,6 +38,7 @@ use crate::{
         partitions::{self, Partitions},
         periodic::{Election, Periodic},
         queue::{Listener, Queue, Registry, Runner, Wakeups},
+        record_expiry::{self, RecordExpiry},
         tenant_purge::TenantPurge,
     },
 };
@@ -49,6 +51,7 @@ pub struct AppState {
     pub tenants: Tenants,
     pub admin_keys: AdminKeys,
     pub metering: Metering,
+    pub records: Records,
     pub queue: Queue,
     pub max_body_bytes: usize,
     pub lifecycle: Lifecycle,
@@ -210,12 +213,18 @@ impl Server {
         let counters = Arc::new(LiveCounters::new(redis.clone()));
         let (ingest_tx, ingest) = Ingest::new(db.clone(), counters.clone());
         let metering = Metering::new(db.clone(), ingest_tx, counters.clone());
+        let records = Records::new(
+            db.clone(),
+            runtime.context().clock.clone(),
+            chrono::Duration::hours(i64::from(config.record_retention_hours)),
+        );
         let state = AppState {
             db,
             keys: keys.clone(),
             tenants,
             admin_keys,
             metering,
+            records,
             queue,
             max_body_bytes: config.max_body_bytes,
             lifecycle: Lifecycle::default(),
@@ -237,6 +246,11 @@ impl Server {
                 retention_days: config.usage_retention_days,
             },
             partitions::EVERY,
+            Election::Cluster,
+        ));
+        runtime.spawn(Periodic::new(
+            RecordExpiry,
+            record_expiry::EVERY,
             Election::Cluster,
         ));
         let wakeups = Wakeups::default();

@@ -74,6 +74,12 @@ pub struct ServeConfig {
     #[arg(long, env = "TENLYR_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 
+    /// Hours an idempotent record (`/v1/record`) is kept after it was
+    /// saved.
+    #[arg(long, env = "TENLYR_RECORD_RETENTION_HOURS", default_value_t = 24,
+          value_parser = clap::value_parser!(u32).range(1..=8760))]
+    pub record_retention_hours: u32,
+
     /// Job runners in this process (each claims up to 32 jobs at a time).
     #[arg(long, env = "TENLYR_JOB_RUNNERS", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=64))]

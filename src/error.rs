@@ -268,6 +268,9 @@ fn static_reason(reason: &str) -> &'static str {
         "INTERNAL",
         "PLAN_LIMIT_EXCEEDED",
         "ROUTE_NOT_FOUND",
+        "RECORD_LOCKED",
+        "LOCK_TOKEN_STALE",
+        "RECORD_ALREADY_SAVED",
     ];
     KNOWN
         .iter()

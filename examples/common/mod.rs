@@ -67,6 +67,7 @@ impl Bench {
             shutdown_grace_secs: 5,
             usage_retention_days: 90,
             job_runners: 2,
+            record_retention_hours: 24,
             storage: StorageConfig {
                 database_url: Some(url.clone()),
                 data_dir: "/nonexistent".into(),

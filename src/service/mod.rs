@@ -5,6 +5,7 @@ pub mod admin_keys;
 pub mod counters;
 pub mod keys;
 pub mod metering;
+pub mod records;
 pub mod tenants;
 
 use std::sync::Arc;

@@ -63,6 +63,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "local_hours",
         sql: include_str!("../../migrations/0010_local_hours.sql"),
     },
+    Migration {
+        version: 11,
+        name: "records",
+        sql: include_str!("../../migrations/0011_records.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

@@ -11,6 +11,7 @@ pub mod entities;
 pub mod jobs;
 pub mod login;
 pub mod migrate;
+pub mod records;
 pub mod redis;
 pub mod scope;
 pub mod tenants;

@@ -26,6 +26,7 @@ pub mod key_invalidation;
 pub mod partitions;
 pub mod periodic;
 pub mod queue;
+pub mod record_expiry;
 pub mod tenant_purge;
 
 use std::{future::Future, sync::Arc};

@@ -190,7 +190,12 @@ async fn every_handler_refuses_a_request_the_auth_layer_did_not_pass() {
     let router = tenlyr::transport::grpc::routes(server.state())
         .prepare()
         .into_axum_router();
-    let built = ["AdminKeyService", "TenantService", "MeteringService"];
+    let built = [
+        "AdminKeyService",
+        "TenantService",
+        "MeteringService",
+        "RecordService",
+    ];
     let mut checked = 0;
     for service in tenlyr::proto::pool()
         .services()

@@ -147,6 +147,7 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         shutdown_grace_secs: 5,
         usage_retention_days: 90,
         job_runners: 2,
+        record_retention_hours: 24,
         storage: StorageConfig {
             database_url: Some(database_url.to_owned()),
             data_dir: PathBuf::from("/nonexistent-tenlyr-test-data-dir"),
@@ -222,8 +223,23 @@ impl TestApp {
         Self::start_with(db, admin_key, config).await
     }
 
+    /// A server whose background work and records read `clock`.
+    pub async fn spawn_with_clock(clock: tenlyr::workers::ManualClock) -> Self {
+        let db = TestDb::migrated().await;
+        let admin_key = create_admin_key(&db.url, "test").await;
+        let config = serve_config(&db.url);
+        let server = Server::bind_with_clock(&config, &db.url, std::sync::Arc::new(clock))
+            .await
+            .expect("server binds");
+        Self::run(db, admin_key, server)
+    }
+
     async fn start_with(db: TestDb, admin_key: String, config: ServeConfig) -> Self {
         let server = Server::bind(&config, &db.url).await.expect("server binds");
+        Self::run(db, admin_key, server)
+    }
+
+    fn run(db: TestDb, admin_key: String, server: Server) -> Self {
         let addr = server.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server.run(async move {

@@ -13,6 +13,7 @@ mod helpers;
 mod metering;
 mod operations;
 mod protocols;
+mod records;
 mod resilience;
 mod storage;
 mod tenants;

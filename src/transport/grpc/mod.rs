@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod export;
 pub mod metering;
+pub mod record;
 pub mod tenant;
 
 use tonic::Request;
@@ -85,7 +86,8 @@ macro_rules! unimplemented_services {
             let mut routes = tonic::service::Routes::default()
                 .add_service(v1::admin_key_service_server::AdminKeyServiceServer::new(admin::AdminKeyApi { state: state.clone() }).max_decoding_message_size(limit))
                 .add_service(v1::tenant_service_server::TenantServiceServer::new(tenant::TenantApi { state: state.clone() }).max_decoding_message_size(limit))
-                .add_service(v1::metering_service_server::MeteringServiceServer::new(metering::MeteringApi { state: state.clone() }).max_decoding_message_size(limit));
+                .add_service(v1::metering_service_server::MeteringServiceServer::new(metering::MeteringApi { state: state.clone() }).max_decoding_message_size(limit))
+                .add_service(v1::record_service_server::RecordServiceServer::new(record::RecordApi { state: state.clone() }).max_decoding_message_size(limit));
             $(
                 routes = routes.add_service(v1::$server::$ctor::new($api { state: state.clone() }).max_decoding_message_size(limit));
             )*
@@ -101,7 +103,6 @@ unimplemented_services! {
     BillingApi => billing_service_server::BillingService, BillingServiceServer;
     WebhookApi => webhook_service_server::WebhookService, WebhookServiceServer;
     WebhookEndpointApi => webhook_endpoint_service_server::WebhookEndpointService, WebhookEndpointServiceServer;
-    RecordApi => record_service_server::RecordService, RecordServiceServer;
 }
 
 #[cfg(test)]

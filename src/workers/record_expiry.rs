@@ -1,0 +1,37 @@
+//! Forgets idempotent records past their retention (24 h after saving by
+//! default; a lock never saved, as long after its lease), on one replica
+//! per tick, a bounded chunk per transaction.
+
+use std::time::Duration;
+
+use super::{Context, periodic::Tick};
+use crate::storage::{records, scope::Scope};
+
+pub const EVERY: Duration = Duration::from_secs(300);
+/// Records deleted per transaction.
+const CHUNK: i64 = 10_000;
+
+#[derive(Debug, Default)]
+pub struct RecordExpiry;
+
+impl Tick for RecordExpiry {
+    const NAME: &'static str = "record-expiry";
+
+    async fn tick(&self, ctx: &Context) -> anyhow::Result<()> {
+        let now = ctx.clock.now();
+        let mut total = 0;
+        loop {
+            let tx = ctx.db.begin(Scope::Platform).await?;
+            let deleted = records::purge_expired(&tx, now, CHUNK).await?;
+            tx.commit().await?;
+            total += deleted;
+            if deleted < CHUNK as u64 {
+                break;
+            }
+        }
+        if total > 0 {
+            tracing::info!(records = total, "forgot expired idempotent records");
+        }
+        Ok(())
+    }
+}
