@@ -17,7 +17,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Bench, report};
+use common::{Bench, load, report};
 use serde_json::{Value, json};
 use sqlx::Connection;
 use tenlyr::{
@@ -56,42 +56,6 @@ async fn provision(
         ));
     }
     Ok(tenants)
-}
-
-/// Runs `clients` loops of `send` for one phase; returns per-call latencies
-/// and the events they carried.
-async fn load<F, Fut>(
-    clients: usize,
-    duration: Duration,
-    send: F,
-) -> (Vec<Duration>, usize, Duration)
-where
-    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = usize> + Send,
-{
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let send = send.clone();
-        tasks.push(tokio::spawn(async move {
-            let (mut samples, mut events, mut n) = (Vec::new(), 0, 0);
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                events += send(c, n).await;
-                samples.push(t.elapsed());
-                n += 1;
-            }
-            (samples, events)
-        }));
-    }
-    let (mut samples, mut events) = (Vec::new(), 0);
-    for task in tasks {
-        let (s, e) = task.await.unwrap();
-        samples.extend(s);
-        events += e;
-    }
-    (samples, events, started.elapsed())
 }
 
 /// Whether to run `phase` (BENCH_PHASES: a comma list of floor, metrics,

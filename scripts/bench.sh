@@ -4,6 +4,7 @@
 #   scripts/bench.sh metering    # tracks/s, batched events/s, raw COPY anchor,
 #                                # usage.metrics against /healthz
 #   scripts/bench.sh jobs        # job queue: jobs/s, enqueue-to-start latency
+#   scripts/bench.sh records     # /v1/record lock -> save -> get cycles/s, p99 per call
 # BENCH_TENANTS (default 500) sets how many tenants are provisioned.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::{Connection, Executor};
 use tenlyr::{
@@ -31,6 +31,42 @@ pub fn report(name: &str, mut samples: Vec<Duration>) {
         percentile(&samples, 0.99).as_secs_f64() * 1e3,
         samples.last().unwrap().as_secs_f64() * 1e3,
     );
+}
+
+/// Runs `clients` loops of `send` for one phase; returns per-call latencies
+/// and the events they carried.
+pub async fn load<F, Fut>(
+    clients: usize,
+    duration: Duration,
+    send: F,
+) -> (Vec<Duration>, usize, Duration)
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = usize> + Send,
+{
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let send = send.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut samples, mut events, mut n) = (Vec::new(), 0, 0);
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                events += send(c, n).await;
+                samples.push(t.elapsed());
+                n += 1;
+            }
+            (samples, events)
+        }));
+    }
+    let (mut samples, mut events) = (Vec::new(), 0);
+    for task in tasks {
+        let (s, e) = task.await.unwrap();
+        samples.extend(s);
+        events += e;
+    }
+    (samples, events, started.elapsed())
 }
 
 /// A fresh database (dropped by [`Bench::finish`]) and a server on it.
