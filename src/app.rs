@@ -53,6 +53,9 @@ pub struct AppState {
     pub metering: Metering,
     pub records: Records,
     pub queue: Queue,
+    /// The clock of background work and time-bound state (records,
+    /// idempotency keys).
+    pub clock: SharedClock,
     pub max_body_bytes: usize,
     pub lifecycle: Lifecycle,
 }
@@ -226,6 +229,7 @@ impl Server {
             metering,
             records,
             queue,
+            clock: runtime.context().clock.clone(),
             max_body_bytes: config.max_body_bytes,
             lifecycle: Lifecycle::default(),
         };

@@ -68,6 +68,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "records",
         sql: include_str!("../../migrations/0011_records.sql"),
     },
+    Migration {
+        version: 12,
+        name: "idempotency_keys",
+        sql: include_str!("../../migrations/0012_idempotency_keys.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

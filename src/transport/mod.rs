@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod grpc;
+pub mod idempotency;
 pub mod rest;
 
 use std::{
@@ -79,12 +80,38 @@ pub fn build(state: &AppState) -> anyhow::Result<Transport> {
         table: access,
         authenticator: Authenticator::new(state.keys.clone()),
     };
+    // Idempotency-Key: the RPCs bound to REST POST or PATCH.
+    let mutations = routes
+        .routes()
+        .iter()
+        .filter(|r| r.http_method == http::Method::POST || r.http_method == http::Method::PATCH)
+        .map(|r| {
+            format!(
+                "/{}/{}",
+                r.method.parent_service().full_name(),
+                r.method.name()
+            )
+        })
+        .collect();
+    let idempotency = idempotency::Idempotency::new(
+        state.db.clone(),
+        state.clock.clone(),
+        mutations,
+        state.max_body_bytes,
+        &state.keys.hasher().derive("idempotency-responses"),
+    );
+    // Authentication wraps the idempotency layer, which keys on the
+    // principal.
     let grpc_router = grpc::routes(state)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .prepare()
         .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            idempotency,
+            idempotency::layer,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             auth,
             auth::authenticate,
@@ -233,6 +260,7 @@ fn cors() -> CorsLayer {
             header::CONTENT_DISPOSITION,
             header::RETRY_AFTER,
             REQUEST_ID,
+            HeaderName::from_static(idempotency::REPLAYED),
         ])
         .max_age(Duration::from_secs(600))
 }

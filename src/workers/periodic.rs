@@ -123,7 +123,10 @@ impl<T: Tick> Worker for Periodic<T> {
     const NAME: &'static str = T::NAME;
 
     async fn run(self, ctx: Context, cancel: CancellationToken) -> anyhow::Result<()> {
-        let mut timer = tokio::time::interval(self.every);
+        // The first tick comes one period after start (the server runs what
+        // must happen at start itself, e.g. partition upkeep in `bind`).
+        let mut timer =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.every, self.every);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {

@@ -1,11 +1,12 @@
 //! Forgets idempotent records past their retention (24 h after saving by
-//! default; a lock never saved, as long after its lease), on one replica
-//! per tick, a bounded chunk per transaction.
+//! default; a lock never saved, as long after its lease) and stored
+//! `Idempotency-Key` responses past theirs (24 h), on one replica per
+//! tick, a bounded chunk per transaction.
 
 use std::time::Duration;
 
 use super::{Context, periodic::Tick};
-use crate::storage::{records, scope::Scope};
+use crate::storage::{idempotency, records, scope::Scope};
 
 pub const EVERY: Duration = Duration::from_secs(300);
 /// Records deleted per transaction.
@@ -22,15 +23,16 @@ impl Tick for RecordExpiry {
         let mut total = 0;
         loop {
             let tx = ctx.db.begin(Scope::Platform).await?;
-            let deleted = records::purge_expired(&tx, now, CHUNK).await?;
+            let records = records::purge_expired(&tx, now, CHUNK).await?;
+            let responses = idempotency::purge_expired(&tx, now, CHUNK).await?;
             tx.commit().await?;
-            total += deleted;
-            if deleted < CHUNK as u64 {
+            total += records + responses;
+            if records.max(responses) < CHUNK as u64 {
                 break;
             }
         }
         if total > 0 {
-            tracing::info!(records = total, "forgot expired idempotent records");
+            tracing::info!(rows = total, "forgot expired records and idempotency keys");
         }
         Ok(())
     }

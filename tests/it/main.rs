@@ -10,6 +10,7 @@ mod auth;
 mod contract;
 mod durability;
 mod helpers;
+mod idempotency;
 mod metering;
 mod operations;
 mod protocols;

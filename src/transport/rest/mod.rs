@@ -41,6 +41,7 @@ const FORWARDED_HEADERS: &[&str] = &[
     "location",
     "cache-control",
     "retry-after",
+    super::idempotency::REPLAYED,
 ];
 
 /// Metadata key a service sets to choose a non-200 success status (202).
