@@ -36,6 +36,13 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency_keys TO tenlyr_app;
 -- Claims the key for a request, or returns the row that holds it: `took`
 -- says which. Scope: the tenant's for a tenant key, the platform's for an
 -- admin key (tenant NULL).
+--
+-- The claim commits without waiting for the WAL flush: the WAL is written
+-- in order, so the claim is durable as soon as anything committed after it
+-- is — the request's own change, or the response stored by
+-- tenlyr_idempotency_finish (which waits). A crash before either loses the
+-- claim together with everything the request did, and nobody was answered.
+-- One fsync instead of two per keyed request.
 CREATE FUNCTION tenlyr_idempotency_begin(key uuid, tenant uuid, idem text, rpc text, hash bytea,
                                          at timestamptz, stale_before timestamptz, forget_at timestamptz)
     RETURNS TABLE (took boolean, method text, request_hash bytea, state text,
@@ -44,7 +51,8 @@ CREATE FUNCTION tenlyr_idempotency_begin(key uuid, tenant uuid, idem text, rpc t
 #variable_conflict use_column
 BEGIN
     PERFORM set_config('app.tenant_id', coalesce(tenant::text, ''), true),
-            set_config('app.scope', CASE WHEN tenant IS NULL THEN 'platform' ELSE '' END, true);
+            set_config('app.scope', CASE WHEN tenant IS NULL THEN 'platform' ELSE '' END, true),
+            set_config('synchronous_commit', 'off', true);
     RETURN QUERY
         INSERT INTO idempotency_keys AS k (key_id, idempotency_key, tenant_id, method, request_hash,
                                            state, started_at, expires_at)
