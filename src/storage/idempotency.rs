@@ -3,7 +3,6 @@
 //! each setting the caller's scope for its own transaction.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, Statement};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -85,23 +84,4 @@ pub async fn finish(
         .execute(pool)
         .await?;
     Ok(())
-}
-
-/// Deletes up to `chunk` rows past their expiry (platform scope); how many.
-pub async fn purge_expired(
-    tx: &DatabaseTransaction,
-    now: DateTime<Utc>,
-    chunk: i64,
-) -> Result<u64, DbErr> {
-    let result = tx
-        .execute_raw(Statement::from_sql_and_values(
-            DatabaseBackend::Postgres,
-            "DELETE FROM idempotency_keys k USING ( \
-                 SELECT key_id, idempotency_key FROM idempotency_keys WHERE expires_at <= $1 \
-                 ORDER BY expires_at LIMIT $2) d \
-             WHERE k.key_id = d.key_id AND k.idempotency_key = d.idempotency_key",
-            [now.into(), chunk.into()],
-        ))
-        .await?;
-    Ok(result.rows_affected())
 }

@@ -86,6 +86,30 @@ impl Db {
     }
 }
 
+/// Deletes up to `chunk` rows of `table` whose `expires_at` passed, oldest
+/// first, in `tx` (platform scope for tenant tables); how many. For the
+/// time-bound tables (records, idempotency keys), which are not
+/// partitioned, so a row's `ctid` names it.
+pub async fn purge_expired(
+    tx: &sea_orm::DatabaseTransaction,
+    table: &'static str,
+    now: chrono::DateTime<chrono::Utc>,
+    chunk: i64,
+) -> Result<u64, DbErr> {
+    use sea_orm::ConnectionTrait as _;
+    let result = tx
+        .execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Postgres,
+            format!(
+                "DELETE FROM {table} WHERE ctid = ANY(ARRAY( \
+                     SELECT ctid FROM {table} WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2))"
+            ),
+            [now.into(), chunk.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected())
+}
+
 /// Whether an error means "Postgres unreachable" (503) rather than a bug.
 pub fn is_connection_error(err: &DbErr) -> bool {
     match err {

@@ -4,7 +4,6 @@
 //! for every tenant table.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, Statement};
 use sqlx::{PgPool, Row, postgres::PgRow};
 use uuid::Uuid;
 
@@ -85,23 +84,4 @@ pub async fn get(pool: &PgPool, tenant: Uuid, key: &str) -> Result<Option<Record
         .fetch_optional(pool)
         .await?;
     row.map(|row| record(key, &row)).transpose()
-}
-
-/// Deletes up to `chunk` records past their expiry (any tenant: the
-/// transaction is in platform scope); how many.
-pub async fn purge_expired(
-    tx: &DatabaseTransaction,
-    now: DateTime<Utc>,
-    chunk: i64,
-) -> Result<u64, DbErr> {
-    let result = tx
-        .execute_raw(Statement::from_sql_and_values(
-            DatabaseBackend::Postgres,
-            "DELETE FROM records r USING ( \
-                 SELECT tenant_id, key FROM records WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2) d \
-             WHERE r.tenant_id = d.tenant_id AND r.key = d.key",
-            [now.into(), chunk.into()],
-        ))
-        .await?;
-    Ok(result.rows_affected())
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::{Context, periodic::Tick};
-use crate::storage::{idempotency, records, scope::Scope};
+use crate::storage::{self, scope::Scope};
 
 pub const EVERY: Duration = Duration::from_secs(300);
 /// Records deleted per transaction.
@@ -23,8 +23,8 @@ impl Tick for RecordExpiry {
         let mut total = 0;
         loop {
             let tx = ctx.db.begin(Scope::Platform).await?;
-            let records = records::purge_expired(&tx, now, CHUNK).await?;
-            let responses = idempotency::purge_expired(&tx, now, CHUNK).await?;
+            let records = storage::purge_expired(&tx, "records", now, CHUNK).await?;
+            let responses = storage::purge_expired(&tx, "idempotency_keys", now, CHUNK).await?;
             tx.commit().await?;
             total += records + responses;
             if records.max(responses) < CHUNK as u64 {

@@ -334,6 +334,21 @@ pub async fn json(response: reqwest::Response) -> (u16, serde_json::Value) {
     (status, body)
 }
 
+/// A REST call with `key` (and a JSON body, if any): status and JSON body.
+pub async fn call(
+    app: &TestApp,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = app.http.request(method, app.url(path)).bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    json(request.send().await.unwrap()).await
+}
+
 /// Asserts the documented error body.
 pub fn assert_error_body(body: &serde_json::Value, status: u16, error: &str) {
     assert_eq!(body["statusCode"], status, "{body}");

@@ -11,21 +11,7 @@ use tenlyr::{
 };
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, app_db, assert_error_body, json, provision, with_key};
-
-async fn call(
-    app: &TestApp,
-    key: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = app.http.request(method, app.url(path)).bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    json(request.send().await.unwrap()).await
-}
+use crate::helpers::{TestApp, app_db, assert_error_body, call, json, provision, with_key};
 
 async fn track(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
     call(app, key, Method::POST, "/api/v1/usage/track", Some(body)).await
@@ -385,15 +371,24 @@ async fn the_plan_limit_holds_exactly_across_two_replicas() {
         .unwrap()
         .into_inner();
     assert_eq!(event.tenant_id, tenant);
-    let usage = client
-        .get_metrics(with_key(v1::GetMetricsRequest {}, &key))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        (usage.api_calls, usage.api_call_limit),
-        (1001, Some(100_000))
-    );
+    // GetMetrics on the other replica reads the limits its key lookup
+    // carries: they follow the change as soon as the invalidation arrives
+    // (pub/sub, milliseconds).
+    let mut usage = None;
+    for _ in 0..20 {
+        let read = client
+            .get_metrics(with_key(v1::GetMetricsRequest {}, &key))
+            .await
+            .unwrap()
+            .into_inner();
+        if read.api_call_limit == Some(100_000) {
+            usage = Some(read);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let usage = usage.expect("the new plan's limit within 1 s");
+    assert_eq!(usage.api_calls, 1001);
 }
 
 fn at(s: &str) -> DateTime<Utc> {

@@ -13,21 +13,7 @@ use tenlyr::{
     workers::{Context, ManualClock, periodic::Tick, record_expiry::RecordExpiry},
 };
 
-use crate::helpers::{TestApp, app_db, assert_error_body, json, provision, with_key};
-
-async fn call(
-    app: &TestApp,
-    key: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = app.http.request(method, app.url(path)).bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    json(request.send().await.unwrap()).await
-}
+use crate::helpers::{TestApp, app_db, assert_error_body, call, json, provision, with_key};
 
 async fn lock(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
     call(app, key, Method::POST, "/v1/record/lock", Some(body)).await
