@@ -35,6 +35,14 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON records TO tenlyr_app;
 -- scope for that transaction (as Db::begin does) and runs under it, so a
 -- record call is one round trip.
 
+-- The scope of the calling transaction, as storage::scope::set_scope sets
+-- it: one tenant's rows, or (tenant NULL) the platform's.
+CREATE FUNCTION tenlyr_enter_scope(tenant uuid) RETURNS void
+    LANGUAGE sql AS $$
+    SELECT set_config('app.tenant_id', coalesce(tenant::text, ''), true),
+           set_config('app.scope', CASE WHEN tenant IS NULL THEN 'platform' ELSE '' END, true);
+$$;
+
 -- Takes the lock on a free key or on one whose lock expired (same
 -- fingerprint); returns the row as it is now and whether this call took
 -- the lock (`took`). The caller decides from the row when it did not.
@@ -46,7 +54,7 @@ CREATE FUNCTION tenlyr_record_lock(tenant uuid, record_key text, token uuid, pri
     LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
-    PERFORM set_config('app.tenant_id', tenant::text, true), set_config('app.scope', '', true);
+    PERFORM tenlyr_enter_scope(tenant);
     RETURN QUERY
         INSERT INTO records AS r (tenant_id, key, state, lock_token, fingerprint, locked_until,
                                   created_at, updated_at, expires_at)
@@ -77,7 +85,7 @@ CREATE FUNCTION tenlyr_record_save(tenant uuid, record_key text, token uuid, pay
     LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
-    PERFORM set_config('app.tenant_id', tenant::text, true), set_config('app.scope', '', true);
+    PERFORM tenlyr_enter_scope(tenant);
     RETURN QUERY
         UPDATE records r SET state = 'saved', data = payload, updated_at = at, expires_at = forget_at
         WHERE r.tenant_id = tenant AND r.key = record_key AND r.lock_token = token
@@ -101,7 +109,7 @@ CREATE FUNCTION tenlyr_record_get(tenant uuid, record_key text)
     LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
-    PERFORM set_config('app.tenant_id', tenant::text, true), set_config('app.scope', '', true);
+    PERFORM tenlyr_enter_scope(tenant);
     RETURN QUERY
         SELECT r.state, r.lock_token, r.fingerprint, r.locked_until, r.data,
                r.created_at, r.updated_at, r.expires_at
@@ -109,6 +117,7 @@ BEGIN
 END $$;
 
 GRANT EXECUTE ON FUNCTION
+    tenlyr_enter_scope(uuid),
     tenlyr_record_lock(uuid, text, uuid, text, timestamptz, timestamptz, timestamptz),
     tenlyr_record_save(uuid, text, uuid, jsonb, timestamptz, timestamptz),
     tenlyr_record_get(uuid, text)

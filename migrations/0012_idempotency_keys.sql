@@ -50,9 +50,7 @@ CREATE FUNCTION tenlyr_idempotency_begin(key uuid, tenant uuid, idem text, rpc t
     LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
-    PERFORM set_config('app.tenant_id', coalesce(tenant::text, ''), true),
-            set_config('app.scope', CASE WHEN tenant IS NULL THEN 'platform' ELSE '' END, true),
-            set_config('synchronous_commit', 'off', true);
+    PERFORM tenlyr_enter_scope(tenant), set_config('synchronous_commit', 'off', true);
     RETURN QUERY
         INSERT INTO idempotency_keys AS k (key_id, idempotency_key, tenant_id, method, request_hash,
                                            state, started_at, expires_at)
@@ -79,8 +77,7 @@ CREATE FUNCTION tenlyr_idempotency_finish(key uuid, tenant uuid, idem text, done
     RETURNS void
     LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM set_config('app.tenant_id', coalesce(tenant::text, ''), true),
-            set_config('app.scope', CASE WHEN tenant IS NULL THEN 'platform' ELSE '' END, true);
+    PERFORM tenlyr_enter_scope(tenant);
     IF done THEN
         UPDATE idempotency_keys SET state = 'done', response_headers = headers,
                response_body = body, response_trailers = trailers

@@ -398,6 +398,12 @@ impl KeyResolver {
             MODE_UNSUBSCRIBED
         };
         self.mode.store(mode, Ordering::Release);
+        self.forget_all();
+    }
+
+    /// Empties this replica's key cache (invalidations may have been
+    /// missed).
+    pub fn forget_all(&self) {
         self.local.evict_all();
     }
 

@@ -95,7 +95,7 @@ impl KeyInvalidation {
                         }
                     }
                     // Missed messages: forget everything rather than serve stale keys.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.0.set_subscribed(true),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.0.forget_all(),
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return false,
                 },
                 _ = errors.recv() => return false,

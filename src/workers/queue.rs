@@ -245,7 +245,11 @@ impl Worker for Listener {
 /// `batch` at a time, run concurrently, acknowledged together.
 #[derive(Debug)]
 pub struct Runner {
-    pub registry: Registry,
+    registry: Registry,
+    /// The registry's kinds and, in the same order, their leases in
+    /// milliseconds, as every claim passes them.
+    kinds: Vec<&'static str>,
+    lease_ms: Vec<i64>,
     pub wakeups: Wakeups,
     pub batch: i32,
     /// Longest idle wait without a notification.
@@ -254,8 +258,15 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(registry: Registry, wakeups: Wakeups) -> Self {
+        let kinds: Vec<&'static str> = registry.handlers.keys().copied().collect();
+        let lease_ms = kinds
+            .iter()
+            .map(|k| i64::try_from(registry.handlers[k].lease().as_millis()).unwrap_or(i64::MAX))
+            .collect();
         Self {
             registry,
+            kinds,
+            lease_ms,
             wakeups,
             batch: 32,
             poll: Duration::from_secs(2),
@@ -264,16 +275,16 @@ impl Runner {
 
     /// Claims and runs one batch; how many jobs it ran.
     pub async fn run_batch(&self, ctx: &Context, runner: &str) -> Result<usize, sqlx::Error> {
-        let kinds: Vec<&str> = self.registry.handlers.keys().copied().collect();
-        let leases: Vec<i64> = kinds
-            .iter()
-            .map(|k| {
-                i64::try_from(self.registry.handlers[k].lease().as_millis()).unwrap_or(i64::MAX)
-            })
-            .collect();
         let pool = ctx.db.pool();
-        let claimed =
-            jobs::claim(pool, &kinds, &leases, ctx.clock.now(), self.batch, runner).await?;
+        let claimed = jobs::claim(
+            pool,
+            &self.kinds,
+            &self.lease_ms,
+            ctx.clock.now(),
+            self.batch,
+            runner,
+        )
+        .await?;
         if claimed.is_empty() {
             return Ok(0);
         }
@@ -323,8 +334,7 @@ impl Runner {
 
     /// How long to sleep when idle: until the next due job, at most `poll`.
     async fn idle_wait(&self, ctx: &Context) -> Duration {
-        let kinds: Vec<&str> = self.registry.handlers.keys().copied().collect();
-        match jobs::next_due(ctx.db.pool(), &kinds).await {
+        match jobs::next_due(ctx.db.pool(), &self.kinds).await {
             Ok(Some(at)) => until(at, ctx.clock.now()).min(self.poll),
             Ok(None) => self.poll,
             Err(err) => {
@@ -343,7 +353,7 @@ impl Worker for Runner {
     const NAME: &'static str = "job-runner";
 
     async fn run(self, ctx: Context, cancel: CancellationToken) -> anyhow::Result<()> {
-        if self.registry.handlers.is_empty() {
+        if self.kinds.is_empty() {
             return Ok(());
         }
         let me = format!("{}/{}", ctx.node, uuid::Uuid::new_v4().simple());
