@@ -79,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let wakeups = Wakeups::default();
     runtime.spawn(Listener {
         wakeups: wakeups.clone(),
+        webhooks: Wakeups::default(),
     });
     for _ in 0..2 {
         runtime.spawn(Runner::new(

@@ -19,14 +19,17 @@ use tokio::net::TcpListener;
 
 use crate::{
     config::{ServeConfig, StorageConfig},
-    domain::keys::KeyHasher,
+    domain::{keys::KeyHasher, secrets::SecretBox},
     service::{
         admin_keys::AdminKeys,
         counters::LiveCounters,
+        events::Outbox,
         keys::KeyResolver,
         metering::{self, Ingest, Metering},
+        outbound::{Guard, Outbound},
         records::Records,
         tenants::Tenants,
+        webhook_endpoints::WebhookEndpoints,
     },
     storage::{Db, admin_keys, embedded::EmbeddedPostgres, login::AppLogin, migrate, redis::Redis},
     transport,
@@ -40,6 +43,7 @@ use crate::{
         queue::{Listener, Queue, Registry, Runner, Wakeups},
         record_expiry::{self, RecordExpiry},
         tenant_purge::TenantPurge,
+        webhook_delivery::{self, Dispatcher, EventRetention},
     },
 };
 
@@ -52,6 +56,7 @@ pub struct AppState {
     pub admin_keys: AdminKeys,
     pub metering: Metering,
     pub records: Records,
+    pub webhook_endpoints: WebhookEndpoints,
     pub queue: Queue,
     /// The clock of background work and time-bound state (records,
     /// idempotency keys).
@@ -119,11 +124,37 @@ pub fn key_hasher(config: &StorageConfig) -> anyhow::Result<KeyHasher> {
         return Ok(KeyHasher::new(&pepper));
     }
     tracing::warn!(path = %path.display(), "TENLYR_KEY_PEPPER is not set; generating a pepper file (replicas must share it)");
-    write_new_pepper(&path)?;
+    write_new_secret(&path)?;
     Ok(KeyHasher::new(&std::fs::read(&path)?))
 }
 
-fn write_new_pepper(path: &Path) -> anyhow::Result<()> {
+/// The key that seals secrets at rest: SHA-256 of `TENLYR_SECRETS_KEY`,
+/// else `<data dir>/secrets-key`, created once with 32 random bytes.
+pub fn secrets_box(config: &StorageConfig) -> anyhow::Result<SecretBox> {
+    if let Some(key) = &config.secrets_key {
+        anyhow::ensure!(
+            key.len() >= 32,
+            "TENLYR_SECRETS_KEY must be at least 32 characters"
+        );
+        let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        return Ok(SecretBox::new(digest.as_ref()));
+    }
+    let path = config.data_dir.join("secrets-key");
+    if std::fs::metadata(&path).is_err() {
+        tracing::warn!(path = %path.display(), "TENLYR_SECRETS_KEY is not set; generating a key file (replicas must share it)");
+        write_new_secret(&path)?;
+    }
+    let key = std::fs::read(&path)?;
+    anyhow::ensure!(
+        key.len() >= 32,
+        "{} holds fewer than 32 bytes",
+        path.display()
+    );
+    Ok(SecretBox::new(&key))
+}
+
+/// Writes 32 random bytes to a new file readable by its owner only.
+fn write_new_secret(path: &Path) -> anyhow::Result<()> {
     use ring::rand::SecureRandom;
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
     if let Some(dir) = path.parent() {
@@ -206,9 +237,24 @@ impl Server {
             None => None,
         };
         let runtime = Runtime::new(workers::Context::new(db.clone(), clock));
+        let clock = runtime.context().clock.clone();
         let queue = Queue::new(runtime.context().clone());
         let keys = Arc::new(KeyResolver::new(db.clone(), hasher, redis.clone()));
-        let tenants = Tenants::new(db.clone(), keys.clone(), queue.clone());
+        let outbox = Outbox::new(clock.clone());
+        let tenants = Tenants::new(db.clone(), keys.clone(), queue.clone(), outbox.clone());
+        let secrets = secrets_box(&config.storage)?;
+        let guard = Guard::new(config.webhook_allowed_cidrs.clone());
+        let timeout = Duration::from_secs(config.webhook_timeout_secs);
+        let outbound = Outbound::new(guard.clone(), timeout)?;
+        let webhook_wakeups = Wakeups::default();
+        let webhook_endpoints = WebhookEndpoints::new(
+            db.clone(),
+            secrets.clone(),
+            guard,
+            outbox,
+            clock.clone(),
+            webhook_wakeups.clone(),
+        );
         let admin_keys = AdminKeys::new(db.clone(), keys.clone());
         if let Err(err) = metering::maintain(&db, config.usage_retention_days).await {
             tracing::warn!(error = %err, "creating usage partitions failed; ingestion retries");
@@ -218,7 +264,7 @@ impl Server {
         let metering = Metering::new(db.clone(), ingest_tx, counters.clone());
         let records = Records::new(
             db.clone(),
-            runtime.context().clock.clone(),
+            clock.clone(),
             chrono::Duration::hours(i64::from(config.record_retention_hours)),
         );
         let state = AppState {
@@ -228,8 +274,9 @@ impl Server {
             admin_keys,
             metering,
             records,
+            webhook_endpoints,
             queue,
-            clock: runtime.context().clock.clone(),
+            clock,
             max_body_bytes: config.max_body_bytes,
             lifecycle: Lifecycle::default(),
         };
@@ -257,9 +304,24 @@ impl Server {
             record_expiry::EVERY,
             Election::Cluster,
         ));
+        runtime.spawn(Periodic::new(
+            EventRetention {
+                retention: chrono::Duration::days(i64::from(config.event_retention_days)),
+            },
+            webhook_delivery::RETENTION_EVERY,
+            Election::Cluster,
+        ));
         let wakeups = Wakeups::default();
         runtime.spawn(Listener {
             wakeups: wakeups.clone(),
+            webhooks: webhook_wakeups.clone(),
+        });
+        runtime.spawn(Dispatcher {
+            outbound,
+            secrets,
+            wakeups: webhook_wakeups,
+            concurrency: config.webhook_concurrency as usize,
+            lease: timeout + Duration::from_secs(30),
         });
         for _ in 0..config.job_runners {
             runtime.spawn(Runner::new(jobs_registry(), wakeups.clone()));

@@ -31,6 +31,13 @@ pub struct StorageConfig {
     #[arg(long, env = "TENLYR_KEY_PEPPER", hide_env_values = true)]
     pub key_pepper: Option<String>,
 
+    /// Key that seals secrets at rest (webhook endpoint secrets): any
+    /// string of at least 32 characters (its SHA-256 is the AES-256 key).
+    /// Unset: one is generated once into `<data dir>/secrets-key`.
+    /// Replicas must share it.
+    #[arg(long, env = "TENLYR_SECRETS_KEY", hide_env_values = true)]
+    pub secrets_key: Option<String>,
+
     /// Connections in the application pool.
     #[arg(long, env = "TENLYR_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
@@ -90,6 +97,29 @@ pub struct ServeConfig {
     #[arg(long, env = "TENLYR_USAGE_RETENTION_DAYS", default_value_t = 90,
           value_parser = clap::value_parser!(u32).range(3..))]
     pub usage_retention_days: u32,
+
+    /// Address ranges outbound webhooks may reach although the SSRF guard
+    /// refuses them (loopback, private …), comma-separated CIDRs, e.g.
+    /// `10.0.0.0/8` when self-hosting; empty by default.
+    #[arg(long, env = "TENLYR_WEBHOOK_ALLOWED_CIDRS", value_delimiter = ',')]
+    pub webhook_allowed_cidrs: Vec<ipnet::IpNet>,
+
+    /// Seconds one webhook delivery attempt may take, connection to last
+    /// byte.
+    #[arg(long, env = "TENLYR_WEBHOOK_TIMEOUT_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub webhook_timeout_secs: u64,
+
+    /// Webhook requests in flight at most, per process.
+    #[arg(long, env = "TENLYR_WEBHOOK_CONCURRENCY", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub webhook_concurrency: u32,
+
+    /// Days platform events (with their deliveries and attempts) are kept
+    /// once every delivery finished.
+    #[arg(long, env = "TENLYR_EVENT_RETENTION_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub event_retention_days: u32,
 
     #[command(flatten)]
     pub storage: StorageConfig,

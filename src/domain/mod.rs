@@ -2,5 +2,7 @@
 
 pub mod keys;
 pub mod record;
+pub mod secrets;
 pub mod tenant;
 pub mod usage;
+pub mod webhook;

@@ -161,6 +161,15 @@ impl Transition {
             Self::Terminate => "tenant.terminate",
         }
     }
+
+    /// The platform event it causes.
+    pub fn event(self) -> &'static str {
+        match self {
+            Self::Suspend => "tenant.suspended",
+            Self::Reactivate => "tenant.reactivated",
+            Self::Terminate => "tenant.terminated",
+        }
+    }
 }
 
 /// A terminated tenant is read-only until it is deleted.

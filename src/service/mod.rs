@@ -3,10 +3,13 @@
 
 pub mod admin_keys;
 pub mod counters;
+pub mod events;
 pub mod keys;
 pub mod metering;
+pub mod outbound;
 pub mod records;
 pub mod tenants;
+pub mod webhook_endpoints;
 
 use std::sync::Arc;
 
@@ -108,6 +111,28 @@ impl Actor {
             request_id: self.request_id.clone(),
         }
     }
+}
+
+/// An opaque page cursor: `tag:value` in URL-safe base64 (the tag keeps
+/// one list's cursor from being taken for another's).
+pub(crate) fn encode_cursor(tag: &str, value: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{tag}:{value}"))
+}
+
+/// The value of a cursor [`encode_cursor`] made with `tag`, or 400.
+pub(crate) fn decode_cursor<T: std::str::FromStr>(tag: &str, cursor: &str) -> Result<T, ApiError> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| {
+            text.strip_prefix(tag)
+                .and_then(|rest| rest.strip_prefix(':'))
+                .and_then(|value| value.parse().ok())
+        })
+        .ok_or_else(|| ApiError::bad_field("cursor", "not a cursor returned by this API"))
 }
 
 #[cfg(test)]

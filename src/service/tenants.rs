@@ -2,13 +2,12 @@
 
 use std::sync::Arc;
 
-use base64::Engine as _;
 use chrono::Utc;
 use sea_orm::{ActiveModelTrait, DatabaseTransaction, IntoActiveModel, Set};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Actor, keys::KeyResolver};
+use super::{Actor, events::Outbox, keys::KeyResolver};
 use crate::{
     domain::{
         keys::{KeyKind, NewKey},
@@ -56,6 +55,7 @@ pub struct Tenants {
     db: Db,
     keys: Arc<KeyResolver>,
     queue: Queue,
+    outbox: Outbox,
 }
 
 /// The limits in force for `t` (its own enterprise limits, else its plan's).
@@ -79,8 +79,13 @@ fn status_of(t: &tenant::Model) -> TenantStatus {
 }
 
 impl Tenants {
-    pub fn new(db: Db, keys: Arc<KeyResolver>, queue: Queue) -> Self {
-        Self { db, keys, queue }
+    pub fn new(db: Db, keys: Arc<KeyResolver>, queue: Queue, outbox: Outbox) -> Self {
+        Self {
+            db,
+            keys,
+            queue,
+            outbox,
+        }
     }
 
     async fn audit(
@@ -226,6 +231,14 @@ impl Tenants {
         active.status = Set(TenantStatus::Active.as_str().to_owned());
         let tenant = repo::update(tx, active).await?;
         let details = json!({"name": name, "plan": plan.as_str(), "region": region, "slug": slug});
+        self.outbox
+            .emit_in(
+                tx,
+                "tenant.provisioned",
+                Some(id),
+                json!({"tenantId": id, "name": name, "plan": plan.as_str(), "region": region}),
+            )
+            .await?;
         repo::audit(
             tx,
             actor.audit(Some(id), "tenant.create", Some(id), details),
@@ -394,6 +407,13 @@ impl Tenants {
             json!({"reason": reason}),
         )
         .await?;
+        let mut data = json!({"tenantId": id, "status": next.as_str()});
+        if next == TenantStatus::Suspended {
+            data["reason"] = json!(updated.suspended_reason);
+        }
+        self.outbox
+            .emit_in(&tx, transition.event(), Some(id), data)
+            .await?;
         tx.commit().await?;
         self.keys.invalidate(digests).await;
         Ok(updated)
@@ -426,6 +446,14 @@ impl Tenants {
             json!({"from": from, "to": plan.as_str()}),
         )
         .await?;
+        self.outbox
+            .emit_in(
+                &tx,
+                "tenant.plan_changed",
+                Some(id),
+                json!({"tenantId": id, "fromPlan": from, "toPlan": plan.as_str()}),
+            )
+            .await?;
         tx.commit().await?;
         self.keys.invalidate(digests).await;
         Ok(updated)
@@ -459,6 +487,14 @@ impl Tenants {
             json!({"revoked": old}),
         )
         .await?;
+        self.outbox
+            .emit_in(
+                &tx,
+                "tenant.key_rotated",
+                Some(id),
+                json!({"tenantId": id, "apiKeyPrefix": key.display_prefix(), "keyId": row.id}),
+            )
+            .await?;
         tx.commit().await?;
         self.keys
             .invalidate(revoked.into_iter().map(|k| k.key_digest).collect())
@@ -490,6 +526,14 @@ impl Tenants {
             json!({"name": current.name, "slug": current.slug}),
         )
         .await?;
+        self.outbox
+            .emit_in(
+                &tx,
+                "tenant.deleted",
+                Some(id),
+                json!({"tenantId": id, "name": current.name, "slug": current.slug}),
+            )
+            .await?;
         tx.commit().await?;
         self.keys.invalidate(digests).await;
         Ok(())
@@ -609,7 +653,7 @@ fn short_random() -> String {
     Uuid::new_v4().simple().to_string()[..6].to_owned()
 }
 
-fn page_size(limit: i32) -> Result<u64, ApiError> {
+pub(crate) fn page_size(limit: i32) -> Result<u64, ApiError> {
     match limit {
         0 => Ok(DEFAULT_PAGE),
         1..=100 => Ok(limit as u64),
@@ -620,22 +664,14 @@ fn page_size(limit: i32) -> Result<u64, ApiError> {
     }
 }
 
-const CURSOR_PREFIX: &str = "t1:";
+const CURSOR_TAG: &str = "t1";
 
 fn encode_cursor(id: Uuid) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{id}"))
+    super::encode_cursor(CURSOR_TAG, &id.to_string())
 }
 
 fn decode_cursor(cursor: &str) -> Result<Uuid, ApiError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|text| {
-            text.strip_prefix(CURSOR_PREFIX)
-                .and_then(|id| id.parse().ok())
-        })
-        .ok_or_else(|| ApiError::bad_field("cursor", "not a cursor returned by this API"))
+    super::decode_cursor(CURSOR_TAG, cursor)
 }
 
 #[cfg(test)]

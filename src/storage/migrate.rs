@@ -73,6 +73,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "idempotency_keys",
         sql: include_str!("../../migrations/0012_idempotency_keys.sql"),
     },
+    Migration {
+        version: 13,
+        name: "webhook_delivery",
+        sql: include_str!("../../migrations/0013_webhook_delivery.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

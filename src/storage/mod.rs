@@ -17,6 +17,7 @@ pub mod redis;
 pub mod scope;
 pub mod tenants;
 pub mod usage;
+pub mod webhooks;
 
 use std::time::Duration;
 

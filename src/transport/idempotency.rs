@@ -26,9 +26,9 @@ use bytes::Bytes;
 use futures_util::stream;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Limited, StreamBody};
-use ring::aead;
 
 use crate::{
+    domain::secrets::SecretBox,
     error::{ApiError, ErrorCode},
     service::Principal,
     storage::{
@@ -54,7 +54,7 @@ pub struct Idempotency {
     /// gRPC paths of the RPCs bound to REST `POST` or `PATCH`.
     pub methods: Arc<HashSet<String>>,
     pub max_body_bytes: usize,
-    key: Arc<aead::LessSafeKey>,
+    secrets: SecretBox,
 }
 
 impl Idempotency {
@@ -65,40 +65,13 @@ impl Idempotency {
         max_body_bytes: usize,
         secret: &[u8],
     ) -> Self {
-        let key = aead::UnboundKey::new(&aead::AES_256_GCM, &secret[..32])
-            .expect("a 32-byte AES-256 key");
         Self {
             db,
             clock,
             methods: Arc::new(methods),
             max_body_bytes,
-            key: Arc::new(aead::LessSafeKey::new(key)),
+            secrets: SecretBox::new(secret),
         }
-    }
-
-    fn seal(&self, plain: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; 12];
-        nonce.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..12]);
-        let mut out = plain.to_vec();
-        self.key
-            .seal_in_place_append_tag(
-                aead::Nonce::assume_unique_for_key(nonce),
-                aead::Aad::empty(),
-                &mut out,
-            )
-            .expect("sealing cannot fail for in-memory data");
-        [nonce.as_slice(), &out].concat()
-    }
-
-    fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
-        let (nonce, data) = sealed.split_at_checked(12)?;
-        let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut data = data.to_vec();
-        let plain = self
-            .key
-            .open_in_place(nonce, aead::Aad::empty(), &mut data)
-            .ok()?;
-        Some(plain.to_vec())
     }
 }
 
@@ -278,7 +251,7 @@ async fn claim_and_run(
         let body = held
             .body
             .as_deref()
-            .and_then(|b| state.open(b))
+            .and_then(|b| state.secrets.open(b))
             .unwrap_or_default();
         let mut headers = json_to_headers(held.headers.as_ref());
         headers.insert(REPLAYED, HeaderValue::from_static("true"));
@@ -305,7 +278,7 @@ async fn claim_and_run(
     } else {
         Some((
             headers_to_json(&parts.headers),
-            state.seal(&data),
+            state.secrets.seal(&data),
             trailers
                 .as_ref()
                 .map_or(serde_json::Value::Null, headers_to_json),

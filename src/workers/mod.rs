@@ -28,6 +28,7 @@ pub mod periodic;
 pub mod queue;
 pub mod record_expiry;
 pub mod tenant_purge;
+pub mod webhook_delivery;
 
 use std::{future::Future, sync::Arc};
 

@@ -20,7 +20,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Context, Worker};
-use crate::storage::jobs::{self, Claimed, NewJob};
+use crate::storage::{
+    jobs::{self, Claimed, NewJob},
+    webhooks,
+};
 
 /// Retry delays: `base · 2^(attempt-1)`, at most `max`, ±20 % jitter.
 #[derive(Debug, Clone, Copy)]
@@ -47,7 +50,7 @@ impl Backoff {
 }
 
 /// A uniform number in `[0, 1)` from the thread-local generator uuid uses.
-fn jitter() -> f64 {
+pub(crate) fn jitter() -> f64 {
     (uuid::Uuid::new_v4().as_u128() as u64 >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -188,15 +191,30 @@ impl Wakeups {
         self.tx.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.tx.subscribe()
     }
 }
 
-/// LISTENs on the job channel and wakes the runners of this process.
+/// LISTENs on the job channel (and the webhook channel) and wakes the
+/// runners (and dispatchers) of this process.
 #[derive(Debug)]
 pub struct Listener {
     pub wakeups: Wakeups,
+    pub webhooks: Wakeups,
+}
+
+impl Listener {
+    fn wake(&self, channel: Option<&str>) {
+        match channel {
+            Some(jobs::CHANNEL) => self.wakeups.wake(),
+            Some(_) => self.webhooks.wake(),
+            None => {
+                self.wakeups.wake();
+                self.webhooks.wake();
+            }
+        }
+    }
 }
 
 impl Worker for Listener {
@@ -208,7 +226,7 @@ impl Worker for Listener {
                 () = cancel.cancelled() => return Ok(()),
                 listener = async {
                     let mut l = sqlx::postgres::PgListener::connect_with(ctx.db.pool()).await?;
-                    l.listen(jobs::CHANNEL).await?;
+                    l.listen_all([jobs::CHANNEL, webhooks::CHANNEL]).await?;
                     Ok::<_, sqlx::Error>(l)
                 } => match listener {
                     Ok(listener) => listener,
@@ -222,14 +240,14 @@ impl Worker for Listener {
                 },
             };
             // A reconnect may have missed notifications: look once.
-            self.wakeups.wake();
+            self.wake(None);
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
                     message = listener.try_recv() => match message {
-                        Ok(Some(_)) => self.wakeups.wake(),
+                        Ok(Some(n)) => self.wake(Some(n.channel())),
                         // Connection lost; try_recv reconnects on the next call.
-                        Ok(None) => self.wakeups.wake(),
+                        Ok(None) => self.wake(None),
                         Err(err) => {
                             tracing::warn!(error = %err, "job notifications failed; reconnecting");
                             break;

@@ -14,6 +14,7 @@ use tenlyr::{
 use tokio::sync::{OnceCell, oneshot};
 
 pub const PEPPER: &str = "integration-test-pepper";
+pub const SECRETS_KEY: &str = "integration-test-secrets-key-0123456789";
 
 /// The server the tests use: `TENLYR_TEST_DATABASE_URL` (scripts/test.sh
 /// starts a private cluster and sets it), else the local default.
@@ -146,12 +147,17 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         shutdown_delay_secs: 0,
         shutdown_grace_secs: 5,
         usage_retention_days: 90,
+        webhook_allowed_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
+        webhook_timeout_secs: 2,
+        webhook_concurrency: 64,
+        event_retention_days: 30,
         job_runners: 2,
         record_retention_hours: 24,
         storage: StorageConfig {
             database_url: Some(database_url.to_owned()),
             data_dir: PathBuf::from("/nonexistent-tenlyr-test-data-dir"),
             key_pepper: Some(PEPPER.to_owned()),
+            secrets_key: Some(SECRETS_KEY.to_owned()),
             db_pool_size: 4,
             app_database_url: None,
             statement_timeout_ms: 30_000,

@@ -230,6 +230,7 @@ async fn an_idle_runner_wakes_on_notify_not_on_its_poll() {
     let runtime = Runtime::new(ctx.clone());
     runtime.spawn(Listener {
         wakeups: wakeups.clone(),
+        webhooks: Wakeups::default(),
     });
     let mut runner = Runner::new(Registry::default().with(job.clone()), wakeups);
     runner.poll = Duration::from_secs(60);

@@ -7,6 +7,7 @@ pub mod export;
 pub mod metering;
 pub mod record;
 pub mod tenant;
+pub mod webhook_endpoint;
 
 use tonic::Request;
 use uuid::Uuid;
@@ -87,7 +88,8 @@ macro_rules! unimplemented_services {
                 .add_service(v1::admin_key_service_server::AdminKeyServiceServer::new(admin::AdminKeyApi { state: state.clone() }).max_decoding_message_size(limit))
                 .add_service(v1::tenant_service_server::TenantServiceServer::new(tenant::TenantApi { state: state.clone() }).max_decoding_message_size(limit))
                 .add_service(v1::metering_service_server::MeteringServiceServer::new(metering::MeteringApi { state: state.clone() }).max_decoding_message_size(limit))
-                .add_service(v1::record_service_server::RecordServiceServer::new(record::RecordApi { state: state.clone() }).max_decoding_message_size(limit));
+                .add_service(v1::record_service_server::RecordServiceServer::new(record::RecordApi { state: state.clone() }).max_decoding_message_size(limit))
+                .add_service(v1::webhook_endpoint_service_server::WebhookEndpointServiceServer::new(webhook_endpoint::WebhookEndpointApi { state: state.clone() }).max_decoding_message_size(limit));
             $(
                 routes = routes.add_service(v1::$server::$ctor::new($api { state: state.clone() }).max_decoding_message_size(limit));
             )*
@@ -102,7 +104,6 @@ unimplemented_services! {
     AlertApi => alert_service_server::AlertService, AlertServiceServer;
     BillingApi => billing_service_server::BillingService, BillingServiceServer;
     WebhookApi => webhook_service_server::WebhookService, WebhookServiceServer;
-    WebhookEndpointApi => webhook_endpoint_service_server::WebhookEndpointService, WebhookEndpointServiceServer;
 }
 
 #[cfg(test)]
