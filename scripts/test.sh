@@ -37,6 +37,11 @@ cargo fmt --check
 echo "--- cargo clippy" >&2
 cargo clippy --all-targets --quiet -- -D warnings
 
+# Third-party verifiers the webhook tests run (tests/peers, pinned by its
+# package-lock.json).
+echo "--- test peers (npm ci)" >&2
+npm ci --prefix tests/peers --silent --no-audit --no-fund
+
 echo "--- private PostgreSQL and Redis" >&2
 start_private_services
 export TENLYR_TEST_DATABASE_URL="$PRIVATE_PG_URL"

@@ -321,7 +321,8 @@ impl Server {
             secrets,
             wakeups: webhook_wakeups,
             concurrency: config.webhook_concurrency as usize,
-            lease: timeout + Duration::from_secs(30),
+            // Longer than any attempt, with room to record it.
+            lease: timeout * 2 + Duration::from_secs(5),
         });
         for _ in 0..config.job_runners {
             runtime.spawn(Runner::new(jobs_registry(), wakeups.clone()));

@@ -1,6 +1,6 @@
 //! Nothing acknowledged is lost: a real `tenlyr serve` process under load is
 //! killed with SIGKILL, restarted, and every acknowledged event is there,
-//! counted once.
+//! counted once; every committed webhook delivery arrives.
 
 use std::{
     collections::HashMap,
@@ -33,6 +33,9 @@ async fn start(db: &TestDb, data_dir: &std::path::Path) -> Process {
         .env("TENLYR_KEY_PEPPER", PEPPER)
         .env("TENLYR_DATA_DIR", data_dir)
         .env("TENLYR_LOG", "warn")
+        .env("TENLYR_WEBHOOK_ALLOWED_CIDRS", "127.0.0.0/8")
+        .env("TENLYR_WEBHOOK_TIMEOUT_SECS", "1")
+        .env("TENLYR_WEBHOOK_CONCURRENCY", "16")
         .env_remove("REDIS_URL")
         .stdout(Stdio::null())
         .kill_on_drop(true)
@@ -202,6 +205,72 @@ async fn acknowledged_events_survive_sigkill_and_count_once() {
         .await
         .unwrap();
     assert_eq!(metrics["apiCalls"], rows.len().to_string());
+    server.child.start_kill().unwrap();
+    let _ = server.child.wait().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_deliveries_survive_sigkill_mid_backlog() {
+    use crate::webhooks::{Receiver, Reply};
+    let db = TestDb::migrated().await;
+    let admin = create_admin_key(&db.url, "kill-test").await;
+    let data_dir = std::env::temp_dir().join(format!("tenlyr-kill-{}", uuid::Uuid::new_v4()));
+    let mut server = start(&db, &data_dir).await;
+    let http = reqwest::Client::new();
+    // 500 ms per request, so that deliveries are in flight when it dies.
+    let receiver = Receiver::start(Reply::Slow(500)).await;
+    let created: Value = http
+        .post(format!("{}/api/v1/webhook-endpoints", server.base))
+        .bearer_auth(&admin)
+        .json(&json!({"url": receiver.url("/kill")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["endpoint"]["id"].as_str().unwrap().to_owned();
+    let mut events = std::collections::HashSet::new();
+    for _ in 0..400 {
+        let reply: Value = http
+            .post(format!(
+                "{}/api/v1/webhook-endpoints/{id}/test",
+                server.base
+            ))
+            .bearer_auth(&admin)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        events.insert(reply["eventId"].as_str().unwrap().to_owned());
+    }
+    receiver.wait_for(50).await;
+    server.child.start_kill().unwrap(); // SIGKILL, requests in flight
+    server.child.wait().await.unwrap();
+    let before = receiver.received().len();
+    assert!(before < 400, "the backlog was delivered before the kill");
+
+    // Restarted: the rest arrive, and what was in flight is sent again
+    // when its lease (2 × timeout + 5 s) lapses: at least once.
+    receiver.set_default(Reply::Ok);
+    let mut server = start(&db, &data_dir).await;
+    let mut arrived = std::collections::HashSet::new();
+    for _ in 0..1000 {
+        arrived = receiver
+            .received()
+            .iter()
+            .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+            .collect();
+        if arrived.len() == events.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(arrived, events, "every committed event arrived");
     server.child.start_kill().unwrap();
     let _ = server.child.wait().await;
     let _ = std::fs::remove_dir_all(&data_dir);

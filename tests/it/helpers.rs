@@ -171,6 +171,8 @@ pub struct TestApp {
     pub admin_key: String,
     pub http: reqwest::Client,
     pub db: TestDb,
+    /// What the server's handlers share (its services, its clock).
+    pub state: tenlyr::app::AppState,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -245,8 +247,29 @@ impl TestApp {
         Self::run(db, admin_key, server)
     }
 
+    /// Another server on this one's database (a replica, or the same
+    /// service restarted), reading `clock`, its configuration adjusted by
+    /// `adjust`.
+    pub async fn replica(
+        &self,
+        clock: tenlyr::workers::SharedClock,
+        adjust: impl FnOnce(&mut ServeConfig),
+    ) -> Self {
+        let db = TestDb {
+            name: String::new(),
+            url: self.db.url.clone(),
+        };
+        let mut config = serve_config(&db.url);
+        adjust(&mut config);
+        let server = Server::bind_with_clock(&config, &db.url, clock)
+            .await
+            .expect("server binds");
+        Self::run(db, self.admin_key.clone(), server)
+    }
+
     fn run(db: TestDb, admin_key: String, server: Server) -> Self {
         let addr = server.local_addr().unwrap();
+        let state = server.state().clone();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server.run(async move {
             let _ = rx.await;
@@ -256,6 +279,7 @@ impl TestApp {
             admin_key,
             http: reqwest::Client::new(),
             db,
+            state,
             shutdown: Some(tx),
             task: Some(task),
         }

@@ -19,4 +19,5 @@ mod resilience;
 mod storage;
 mod tenants;
 mod transcoding;
+mod webhooks;
 mod workers;
