@@ -5,6 +5,7 @@
 #                                # usage.metrics against /healthz
 #   scripts/bench.sh jobs        # job queue: jobs/s, enqueue-to-start latency
 #   scripts/bench.sh records     # /v1/record lock -> save -> get cycles/s, p99 per call
+#   scripts/bench.sh webhooks    # deliveries/s, event commit -> receipt p50/p99
 # BENCH_TENANTS (default 500) sets how many tenants are provisioned.
 set -euo pipefail
 cd "$(dirname "$0")/.."
