@@ -22,13 +22,16 @@ use crate::{
     domain::{keys::KeyHasher, secrets::SecretBox},
     service::{
         admin_keys::AdminKeys,
+        alerts::Alerts,
         counters::LiveCounters,
         events::Outbox,
+        health::Health,
         keys::KeyResolver,
         metering::{self, Ingest, Metering},
         outbound::{Guard, Outbound},
         records::Records,
         tenants::Tenants,
+        throttle::Throttle,
         webhook_endpoints::WebhookEndpoints,
     },
     storage::{Db, admin_keys, embedded::EmbeddedPostgres, login::AppLogin, migrate, redis::Redis},
@@ -37,6 +40,7 @@ use crate::{
         self, Runtime, SharedClock, SystemClock,
         activity::{self, ActivityFlush},
         counters::CounterPublisher,
+        health::{AlertCheck, HealthScan},
         key_invalidation::KeyInvalidation,
         partitions::{self, Partitions},
         periodic::{Election, Periodic},
@@ -57,6 +61,9 @@ pub struct AppState {
     pub metering: Metering,
     pub records: Records,
     pub webhook_endpoints: WebhookEndpoints,
+    pub health: Health,
+    pub alerts: Alerts,
+    pub throttle: Arc<Throttle>,
     pub queue: Queue,
     /// The clock of background work and time-bound state (records,
     /// idempotency keys).
@@ -246,6 +253,9 @@ impl Server {
         let guard = Guard::new(config.webhook_allowed_cidrs.clone());
         let timeout = Duration::from_secs(config.webhook_timeout_secs);
         let outbound = Outbound::new(guard.clone(), timeout)?;
+        let health = Health::new(db.clone(), keys.clone(), outbox.clone(), clock.clone());
+        let alerts = Alerts::new(db.clone(), outbox.clone(), clock.clone());
+        let throttle = Arc::new(Throttle::new(redis.clone()));
         let webhook_wakeups = Wakeups::default();
         let webhook_endpoints = WebhookEndpoints::new(
             db.clone(),
@@ -275,6 +285,9 @@ impl Server {
             metering,
             records,
             webhook_endpoints,
+            health: health.clone(),
+            alerts: alerts.clone(),
+            throttle,
             queue,
             clock,
             max_body_bytes: config.max_body_bytes,
@@ -302,6 +315,16 @@ impl Server {
         runtime.spawn(Periodic::new(
             RecordExpiry,
             record_expiry::EVERY,
+            Election::Cluster,
+        ));
+        runtime.spawn(Periodic::new(
+            HealthScan(health),
+            Duration::from_secs(config.health_interval_secs),
+            Election::Cluster,
+        ));
+        runtime.spawn(Periodic::new(
+            AlertCheck(alerts),
+            Duration::from_secs(config.alert_interval_secs),
             Election::Cluster,
         ));
         runtime.spawn(Periodic::new(

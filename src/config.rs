@@ -121,6 +121,16 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u32).range(1..=3650))]
     pub event_retention_days: u32,
 
+    /// Seconds between health scans (one replica per tick).
+    #[arg(long, env = "TENLYR_HEALTH_INTERVAL_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub health_interval_secs: u64,
+
+    /// Seconds between alert checks (one replica per tick).
+    #[arg(long, env = "TENLYR_ALERT_INTERVAL_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub alert_interval_secs: u64,
+
     #[command(flatten)]
     pub storage: StorageConfig,
 }

@@ -133,6 +133,9 @@ pub struct ApiError {
     pub reason: Option<&'static str>,
     pub violations: Vec<FieldViolation>,
     pub retry_after: Option<Duration>,
+    /// A throttle's `RateLimit-Policy` and `RateLimit` header values
+    /// (IETF draft), sent with its 429.
+    pub rate_limit: Option<Box<(String, String)>>,
 }
 
 impl ApiError {
@@ -143,6 +146,7 @@ impl ApiError {
             reason: None,
             violations: Vec::new(),
             retry_after: None,
+            rate_limit: None,
         }
     }
 
@@ -234,6 +238,12 @@ impl ApiError {
             })
             .unwrap_or_default();
         let retry_after = details.retry_info().and_then(|info| info.retry_delay);
+        let rate_limit = details.error_info().and_then(|info| {
+            Some(Box::new((
+                info.metadata.get(RATE_LIMIT_POLICY)?.clone(),
+                info.metadata.get(RATE_LIMIT)?.clone(),
+            )))
+        });
         let message = match code {
             // tonic's own messages for these may describe internals.
             ErrorCode::Internal if reason.is_none() => "internal error".to_owned(),
@@ -245,9 +255,14 @@ impl ApiError {
             reason: reason.map(static_reason),
             violations,
             retry_after,
+            rate_limit,
         }
     }
 }
+
+/// Header names of a throttle's state (and `ErrorInfo` metadata keys).
+pub const RATE_LIMIT_POLICY: &str = "ratelimit-policy";
+pub const RATE_LIMIT: &str = "ratelimit";
 
 /// Reasons are a small closed set of static strings; map a received one back
 /// to its static spelling, or to the generic reason of its code.
@@ -271,6 +286,7 @@ fn static_reason(reason: &str) -> &'static str {
         "RECORD_LOCKED",
         "LOCK_TOKEN_STALE",
         "RECORD_ALREADY_SAVED",
+        "TENANT_THROTTLED",
     ];
     KNOWN
         .iter()
@@ -282,7 +298,12 @@ fn static_reason(reason: &str) -> &'static str {
 impl From<ApiError> for tonic::Status {
     fn from(err: ApiError) -> Self {
         let mut details = ErrorDetails::new();
-        details.set_error_info(err.reason(), ERROR_DOMAIN, HashMap::<String, String>::new());
+        let mut metadata = HashMap::<String, String>::new();
+        if let Some((policy, state)) = err.rate_limit.as_deref() {
+            metadata.insert(RATE_LIMIT_POLICY.into(), policy.clone());
+            metadata.insert(RATE_LIMIT.into(), state.clone());
+        }
+        details.set_error_info(err.reason(), ERROR_DOMAIN, metadata);
         for v in &err.violations {
             details.add_bad_request_violation(&v.field, &v.description);
         }

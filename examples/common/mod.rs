@@ -106,6 +106,8 @@ impl Bench {
             webhook_timeout_secs: 15,
             webhook_concurrency: 256,
             event_retention_days: 30,
+            health_interval_secs: 60,
+            alert_interval_secs: 300,
             job_runners: 2,
             record_retention_hours: 24,
             storage: StorageConfig {

@@ -83,6 +83,9 @@ pub struct TenantFacts {
     pub time_zone: String,
     /// The limits in force (the tenant's own, else its plan's).
     pub limits: PlanLimits,
+    /// Its throttle, requests per minute (`None`: not throttled).
+    #[serde(default)]
+    pub rate_limit: Option<i32>,
 }
 
 impl TenantFacts {
@@ -90,6 +93,7 @@ impl TenantFacts {
         Self {
             time_zone: tenant.time_zone.clone(),
             limits: super::tenants::limits(tenant),
+            rate_limit: tenant.rate_limit,
         }
     }
 }

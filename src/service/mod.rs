@@ -2,13 +2,16 @@
 //! invalidation, over `storage`. No transport types here.
 
 pub mod admin_keys;
+pub mod alerts;
 pub mod counters;
 pub mod events;
+pub mod health;
 pub mod keys;
 pub mod metering;
 pub mod outbound;
 pub mod records;
 pub mod tenants;
+pub mod throttle;
 pub mod webhook_endpoints;
 
 use std::sync::Arc;
@@ -168,6 +171,7 @@ mod tests {
             tenant: Arc::new(TenantFacts {
                 time_zone: "UTC".into(),
                 limits: Default::default(),
+                rate_limit: None,
             }),
         });
         assert_eq!(tenant.scope().unwrap(), Scope::Tenant(tenant_id));

@@ -219,6 +219,7 @@ impl Tenants {
                 created_at: now,
                 updated_at: now,
                 last_active_at: None,
+                rate_limit: None,
             },
         )
         .await?;
@@ -640,7 +641,10 @@ impl Tenants {
     }
 }
 
-async fn live_digests(tx: &DatabaseTransaction, tenant_id: Uuid) -> Result<Vec<Vec<u8>>, ApiError> {
+pub(crate) async fn live_digests(
+    tx: &DatabaseTransaction,
+    tenant_id: Uuid,
+) -> Result<Vec<Vec<u8>>, ApiError> {
     Ok(repo::keys(tx, tenant_id)
         .await?
         .into_iter()

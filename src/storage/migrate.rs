@@ -78,6 +78,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "webhook_delivery",
         sql: include_str!("../../migrations/0013_webhook_delivery.sql"),
     },
+    Migration {
+        version: 14,
+        name: "health",
+        sql: include_str!("../../migrations/0014_health.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

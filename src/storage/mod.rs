@@ -8,6 +8,7 @@
 pub mod admin_keys;
 pub mod embedded;
 pub mod entities;
+pub mod health;
 pub mod idempotency;
 pub mod jobs;
 pub mod login;

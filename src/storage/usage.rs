@@ -16,6 +16,7 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::domain::{
+    health,
     tenant::PlanLimits,
     usage::{FUTURE_SKEW, Granularity, IDEMPOTENCY_RETENTION, Metric, NewEvent},
 };
@@ -528,11 +529,15 @@ impl<'a> TenantColumns<'a> {
     }
 }
 
+/// The rollup granularity of the health counts.
+pub const HEALTH_GRANULARITY: &str = "minute";
+
 /// A rollup row's key: tenant, granularity, bucket start, metric.
 type BucketKey = (Uuid, Granularity, DateTime<Utc>, Metric);
 
-/// The accepted events summed into their hour, day and month buckets, as
-/// arrays.
+/// The accepted events summed into their hour, day and month buckets, and
+/// the health counts of those with a status code into their minute
+/// (`requests`, `errors`; DESIGN.md §9), as arrays.
 struct RollupColumns {
     tenants: Vec<Uuid>,
     grans: Vec<&'static str>,
@@ -545,6 +550,7 @@ struct RollupColumns {
 impl RollupColumns {
     fn of(accepted: &[(&Pending, Tz)]) -> Self {
         let mut sums: BTreeMap<BucketKey, (f64, i64)> = BTreeMap::new();
+        let mut health: BTreeMap<(Uuid, DateTime<Utc>, &'static str), i64> = BTreeMap::new();
         for (p, tz) in accepted {
             for g in Granularity::ALL {
                 let bucket = g.bucket(p.event.occurred_at, *tz);
@@ -553,6 +559,13 @@ impl RollupColumns {
                     .or_default();
                 entry.0 += p.event.value;
                 entry.1 += 1;
+            }
+            if let Some(code) = p.event.status_code {
+                let minute = health::minute(p.event.occurred_at);
+                *health.entry((p.tenant_id, minute, "requests")).or_default() += 1;
+                if health::is_error(code) {
+                    *health.entry((p.tenant_id, minute, "errors")).or_default() += 1;
+                }
             }
         }
         let mut out = Self {
@@ -569,6 +582,14 @@ impl RollupColumns {
             out.starts.push(start);
             out.metrics.push(metric.as_str());
             out.totals.push(total);
+            out.counts.push(count);
+        }
+        for ((tenant, minute, which), count) in health {
+            out.tenants.push(tenant);
+            out.grans.push(HEALTH_GRANULARITY);
+            out.starts.push(minute);
+            out.metrics.push(which);
+            out.totals.push(count as f64);
             out.counts.push(count);
         }
         out

@@ -8,7 +8,11 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use crate::{error::ApiError, proto::v1::Access, service::keys::KeyResolver};
+use crate::{
+    error::{ApiError, ErrorCode},
+    proto::v1::Access,
+    service::{keys::KeyResolver, throttle::Throttle},
+};
 use axum::{
     body::Body,
     extract::{Request, State},
@@ -161,6 +165,36 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 pub struct AuthState {
     pub table: AccessTable,
     pub authenticator: Authenticator,
+    pub throttle: Arc<Throttle>,
+}
+
+/// 429 (RESOURCE_EXHAUSTED) if the tenant's throttle refuses this
+/// request: `Retry-After` says when a retry passes, `RateLimit-Policy` and
+/// `RateLimit` (IETF draft) the limit and its state.
+async fn throttled(throttle: &Throttle, principal: &Principal) -> Option<ApiError> {
+    let Principal::Tenant {
+        tenant_id, tenant, ..
+    } = principal
+    else {
+        return None;
+    };
+    let limit = tenant.rate_limit?;
+    let decision = throttle.check(*tenant_id, limit).await;
+    if decision.allowed {
+        return None;
+    }
+    let reset = decision.wait.as_secs() + u64::from(decision.wait.subsec_nanos() > 0);
+    let mut err = ApiError::new(
+        ErrorCode::ResourceExhausted,
+        format!("this tenant is throttled to {limit} requests per minute"),
+    )
+    .with_reason("TENANT_THROTTLED");
+    err.retry_after = Some(decision.wait);
+    err.rate_limit = Some(Box::new((
+        format!("\"tenant\";q={limit};w=60"),
+        format!("\"tenant\";r={};t={}", decision.remaining, reset.max(1)),
+    )));
+    Some(err)
 }
 
 /// Middleware around the tonic services: rejects with a gRPC status (which
@@ -186,6 +220,9 @@ pub async fn authenticate(
     };
     match state.authenticator.check(access, request.headers()).await {
         Ok(principal) => {
+            if let Some(err) = throttled(&state.throttle, &principal).await {
+                return tonic::Status::from(err).into_http::<Body>();
+            }
             request.extensions_mut().insert(principal);
             next.run(request).await
         }

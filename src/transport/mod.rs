@@ -79,6 +79,7 @@ pub fn build(state: &AppState) -> anyhow::Result<Transport> {
     let auth = AuthState {
         table: access,
         authenticator: Authenticator::new(state.keys.clone()),
+        throttle: state.throttle.clone(),
     };
     // Idempotency-Key: the RPCs bound to REST POST or PATCH.
     let mutations = routes

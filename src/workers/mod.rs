@@ -21,6 +21,7 @@
 pub mod activity;
 pub mod clock;
 pub mod counters;
+pub mod health;
 pub mod ingest;
 pub mod key_invalidation;
 pub mod partitions;

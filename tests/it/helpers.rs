@@ -151,6 +151,8 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         webhook_timeout_secs: 2,
         webhook_concurrency: 64,
         event_retention_days: 30,
+        health_interval_secs: 60,
+        alert_interval_secs: 300,
         job_runners: 2,
         record_retention_hours: 24,
         storage: StorageConfig {

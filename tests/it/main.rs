@@ -9,6 +9,7 @@
 mod auth;
 mod contract;
 mod durability;
+mod health;
 mod helpers;
 mod idempotency;
 mod metering;

@@ -61,7 +61,7 @@ async fn one_rpc_three_protocols_same_outcome() {
 
     // Not built yet: UNIMPLEMENTED everywhere.
     let (status, rest) = json(
-        app.admin(reqwest::Method::GET, "/api/v1/health/overview")
+        app.admin(reqwest::Method::GET, "/api/v1/isolation/migrations")
             .send()
             .await
             .unwrap(),
@@ -69,7 +69,7 @@ async fn one_rpc_three_protocols_same_outcome() {
     .await;
     let web = grpc_web(
         &app,
-        "/tenlyr.v1.HealthService/GetOverview",
+        "/tenlyr.v1.IsolationService/ListMigrations",
         Some(&app.admin_key),
         &[],
     )

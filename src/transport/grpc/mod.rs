@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod export;
+pub mod health;
 pub mod metering;
 pub mod record;
 pub mod tenant;
@@ -89,7 +90,9 @@ macro_rules! unimplemented_services {
                 .add_service(v1::tenant_service_server::TenantServiceServer::new(tenant::TenantApi { state: state.clone() }).max_decoding_message_size(limit))
                 .add_service(v1::metering_service_server::MeteringServiceServer::new(metering::MeteringApi { state: state.clone() }).max_decoding_message_size(limit))
                 .add_service(v1::record_service_server::RecordServiceServer::new(record::RecordApi { state: state.clone() }).max_decoding_message_size(limit))
-                .add_service(v1::webhook_endpoint_service_server::WebhookEndpointServiceServer::new(webhook_endpoint::WebhookEndpointApi { state: state.clone() }).max_decoding_message_size(limit));
+                .add_service(v1::webhook_endpoint_service_server::WebhookEndpointServiceServer::new(webhook_endpoint::WebhookEndpointApi { state: state.clone() }).max_decoding_message_size(limit))
+                .add_service(v1::health_service_server::HealthServiceServer::new(health::HealthApi { state: state.clone() }).max_decoding_message_size(limit))
+                .add_service(v1::alert_service_server::AlertServiceServer::new(health::AlertApi { state: state.clone() }).max_decoding_message_size(limit));
             $(
                 routes = routes.add_service(v1::$server::$ctor::new($api { state: state.clone() }).max_decoding_message_size(limit));
             )*
@@ -100,8 +103,6 @@ macro_rules! unimplemented_services {
 
 unimplemented_services! {
     IsolationApi => isolation_service_server::IsolationService, IsolationServiceServer;
-    HealthApi => health_service_server::HealthService, HealthServiceServer;
-    AlertApi => alert_service_server::AlertService, AlertServiceServer;
     BillingApi => billing_service_server::BillingService, BillingServiceServer;
     WebhookApi => webhook_service_server::WebhookService, WebhookServiceServer;
 }

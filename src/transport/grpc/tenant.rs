@@ -16,7 +16,10 @@ use crate::{
         metering::PeriodUsage,
         tenants::{NewTenantInput, TenantChanges},
     },
-    storage::entities::{api_key, tenant},
+    storage::{
+        entities::{api_key, tenant},
+        health::HealthRow,
+    },
 };
 
 #[derive(Clone)]
@@ -86,11 +89,18 @@ pub fn tenant_to_proto(t: &tenant::Model) -> v1::Tenant {
     }
 }
 
-/// Health and billing read zero / `unknown` until those services fill
-/// them.
-fn dashboard_row(t: &tenant::Model, usage: &PeriodUsage) -> v1::DashboardTenant {
+/// Billing reads zero until that service fills it.
+fn dashboard_row(
+    t: &tenant::Model,
+    usage: &PeriodUsage,
+    health: Option<&HealthRow>,
+) -> v1::DashboardTenant {
     let limits = usage.limits;
     v1::DashboardTenant {
+        error_rate: health.map_or(0.0, |h| h.error_rate),
+        request_rate: health.map_or(0.0, |h| h.request_rate),
+        sla_risk: health.is_some_and(|h| h.sla_risk),
+        rate_limit: t.rate_limit,
         api_calls: usage.api_calls,
         storage_gb: usage.storage_gb,
         seats: usage.seats,
@@ -101,7 +111,9 @@ fn dashboard_row(t: &tenant::Model, usage: &PeriodUsage) -> v1::DashboardTenant 
         status: status_to_proto(&t.status),
         region: t.region.clone(),
         isolation_level: isolation_to_proto(&t.isolation_level),
-        health_status: v1::HealthStatus::Unknown as i32,
+        health_status: health.map_or(v1::HealthStatus::Unknown, |h| {
+            super::health::health_status(&h.status)
+        }) as i32,
         mrr_cents: Plan::parse(&t.plan).map_or(0, Plan::mrr_cents),
         api_call_limit: limits.api_calls,
         storage_gb_limit: limits.storage_gb,
@@ -182,11 +194,15 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         let r = request.into_inner();
         let (rows, next_cursor) = self.state.tenants.list(&actor, &r.cursor, r.limit).await?;
         let usage = self.state.metering.current_many(&rows).await?;
+        let ids: Vec<Uuid> = rows.iter().map(|t| t.id).collect();
+        let health = self.state.health.of(actor.platform()?, &ids).await?;
+        let health: std::collections::HashMap<Uuid, HealthRow> =
+            health.into_iter().map(|h| (h.tenant_id, h)).collect();
         Ok(Response::new(v1::ListDashboardTenantsResponse {
             data: rows
                 .iter()
                 .zip(&usage)
-                .map(|(t, u)| dashboard_row(t, u))
+                .map(|(t, u)| dashboard_row(t, u, health.get(&t.id)))
                 .collect(),
             next_cursor,
         }))

@@ -478,6 +478,14 @@ pub fn error_response(err: &ApiError) -> Response {
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
+    if let Some((policy, state)) = err.rate_limit.as_deref()
+        && let (Ok(policy), Ok(state)) =
+            (HeaderValue::try_from(policy), HeaderValue::try_from(state))
+    {
+        let headers = response.headers_mut();
+        headers.insert(crate::error::RATE_LIMIT_POLICY, policy);
+        headers.insert(crate::error::RATE_LIMIT, state);
+    }
     response
 }
 
