@@ -14,7 +14,10 @@ use crate::{
     domain::tenant::Plan,
     proto::{google::api::HttpBody, v1},
     service::{Actor, metering::PeriodUsage},
-    storage::entities::{api_key, tenant},
+    storage::{
+        entities::{api_key, tenant},
+        health::HealthRow,
+    },
 };
 
 /// Keys read per page.
@@ -60,6 +63,7 @@ pub fn stream(
     actor: Actor,
     tenant: &tenant::Model,
     usage: &PeriodUsage,
+    health: Option<&HealthRow>,
     format: Format,
 ) -> impl Stream<Item = Result<v1::ExportTenantResponse, Status>> + Send + 'static {
     let cursor = Cursor {
@@ -67,7 +71,7 @@ pub fn stream(
         actor,
         tenant_id: tenant.id,
         format,
-        head: Some(head(tenant, usage, format)),
+        head: Some(head(tenant, usage, health, format)),
         after: None,
         first_key: true,
         done: false,
@@ -126,7 +130,7 @@ fn chunk(format: Format, data: Vec<u8>) -> v1::ExportTenantResponse {
 }
 
 /// The sections other than the keys.
-fn sections(t: &tenant::Model, usage: &PeriodUsage) -> Value {
+fn sections(t: &tenant::Model, usage: &PeriodUsage, health: Option<&HealthRow>) -> Value {
     let limits = usage.limits;
     json!({
         "tenant": {
@@ -137,7 +141,11 @@ fn sections(t: &tenant::Model, usage: &PeriodUsage) -> Value {
         "usage": {"apiCalls": usage.api_calls, "storageGb": usage.storage_gb, "seats": usage.seats,
                   "compute": usage.compute, "periodStart": usage.period_start, "periodEnd": usage.period_end,
                   "apiCallLimit": limits.api_calls, "storageGbLimit": limits.storage_gb, "seatsLimit": limits.seats},
-        "health": {"healthStatus": "unknown", "errorRate": 0.0, "requestRate": 0.0, "slaRisk": false, "rateLimit": null},
+        "health": {"healthStatus": health.map_or("unknown", |h| h.status.as_str()),
+                   "errorRate": health.map_or(0.0, |h| h.error_rate),
+                   "requestRate": health.map_or(0.0, |h| h.request_rate),
+                   "slaRisk": health.is_some_and(|h| h.sla_risk), "rateLimit": t.rate_limit,
+                   "checkedAt": health.and_then(|h| h.checked_at)},
         "billing": {"mrrCents": Plan::parse(&t.plan).map_or(0, Plan::mrr_cents), "usageCostCents": 0},
         "exportedAt": chrono::Utc::now(),
     })
@@ -145,8 +153,13 @@ fn sections(t: &tenant::Model, usage: &PeriodUsage) -> Value {
 
 /// The first chunk: JSON up to the opening of `apiKeys`, or the CSV
 /// header and section rows.
-fn head(t: &tenant::Model, usage: &PeriodUsage, format: Format) -> Vec<u8> {
-    let sections = sections(t, usage);
+fn head(
+    t: &tenant::Model,
+    usage: &PeriodUsage,
+    health: Option<&HealthRow>,
+    format: Format,
+) -> Vec<u8> {
+    let sections = sections(t, usage, health);
     match format {
         Format::Json => {
             let mut text = sections.to_string();

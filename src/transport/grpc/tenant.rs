@@ -358,7 +358,20 @@ impl v1::tenant_service_server::TenantService for TenantApi {
             .metering
             .current(tenant.id, &TenantFacts::of(&tenant))
             .await?;
-        let chunks = export::stream(self.state.clone(), actor, &tenant, &usage, format);
+        let health = self
+            .state
+            .health
+            .of(actor.platform()?, &[tenant.id])
+            .await?
+            .pop();
+        let chunks = export::stream(
+            self.state.clone(),
+            actor,
+            &tenant,
+            &usage,
+            health.as_ref(),
+            format,
+        );
         let mut response = Response::new(Box::pin(chunks) as BoxStream<v1::ExportTenantResponse>);
         let extension = format.extension();
         let disposition = format!(
