@@ -16,7 +16,7 @@ pg_bindir() {
 }
 
 # Installs what is missing with apt-get (as root), else says what to install.
-# Arguments: the needs, among: postgres node redis curl
+# Arguments: the needs, among: postgres node redis curl python
 ensure_deps() {
     local packages=()
     for need in "$@"; do
@@ -25,6 +25,7 @@ ensure_deps() {
             node) command -v npx >/dev/null 2>&1 || packages+=(nodejs npm) ;;
             redis) command -v redis-server >/dev/null 2>&1 || packages+=(redis-server) ;;
             curl) command -v curl >/dev/null 2>&1 || packages+=(curl ca-certificates) ;;
+            python) python3 -m venv --help >/dev/null 2>&1 || packages+=(python3 python3-venv) ;;
         esac
     done
     [ ${#packages[@]} -eq 0 ] && return 0

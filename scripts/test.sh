@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-ensure_deps postgres node redis curl
+ensure_deps postgres node redis curl python
 
 BUF_VERSION=1.75.0
 buf() { npx --yes "@bufbuild/buf@$BUF_VERSION" "$@"; }
@@ -46,6 +46,23 @@ echo "--- private PostgreSQL and Redis" >&2
 start_private_services
 export TENLYR_TEST_DATABASE_URL="$PRIVATE_PG_URL"
 export TENLYR_TEST_REDIS_URL="$PRIVATE_REDIS_URL"
+
+# A real Stripe-compatible server for the billing tests: localstripe
+# (PyPI, pinned), in a venv beside the other test peers, on a free port.
+echo "--- localstripe" >&2
+if [ ! -x tests/peers/.venv/bin/localstripe ]; then
+    python3 -m venv tests/peers/.venv
+    tests/peers/.venv/bin/pip install --quiet --disable-pip-version-check localstripe==1.15.10
+fi
+stripe_port=$(free_port)
+tests/peers/.venv/bin/localstripe --port "$stripe_port" --from-scratch >"$PRIVATE_DIR/localstripe.log" 2>&1 &
+stripe_pid=$!
+trap 'kill $stripe_pid 2>/dev/null; stop_private_services' EXIT
+for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$stripe_port") 2>/dev/null && break
+    sleep 0.1
+done
+export TENLYR_TEST_STRIPE_URL="http://127.0.0.1:$stripe_port"
 
 echo "--- cargo test" >&2
 cargo test --all-targets

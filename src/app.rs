@@ -23,6 +23,7 @@ use crate::{
     service::{
         admin_keys::AdminKeys,
         alerts::Alerts,
+        billing::Billing,
         counters::LiveCounters,
         events::Outbox,
         health::Health,
@@ -30,6 +31,7 @@ use crate::{
         metering::{self, Ingest, Metering},
         outbound::{Guard, Outbound},
         records::Records,
+        stripe::Stripe,
         tenants::Tenants,
         throttle::Throttle,
         webhook_endpoints::WebhookEndpoints,
@@ -40,7 +42,7 @@ use crate::{
         self, Runtime, SharedClock, SystemClock,
         activity::{self, ActivityFlush},
         counters::CounterPublisher,
-        health::{AlertCheck, HealthScan},
+        health::{AlertCheck, BillingSync, HealthScan},
         key_invalidation::KeyInvalidation,
         partitions::{self, Partitions},
         periodic::{Election, Periodic},
@@ -63,6 +65,7 @@ pub struct AppState {
     pub webhook_endpoints: WebhookEndpoints,
     pub health: Health,
     pub alerts: Alerts,
+    pub billing: Billing,
     pub throttle: Arc<Throttle>,
     pub queue: Queue,
     /// The clock of background work and time-bound state (records,
@@ -261,7 +264,7 @@ impl Server {
             db.clone(),
             secrets.clone(),
             guard,
-            outbox,
+            outbox.clone(),
             clock.clone(),
             webhook_wakeups.clone(),
         );
@@ -272,6 +275,19 @@ impl Server {
         let counters = Arc::new(LiveCounters::new(redis.clone()));
         let (ingest_tx, ingest) = Ingest::new(db.clone(), counters.clone());
         let metering = Metering::new(db.clone(), ingest_tx, counters.clone());
+        let stripe = config
+            .stripe_secret_key
+            .as_deref()
+            .map(|key| Stripe::new(&config.stripe_api_base, key, Duration::from_secs(20)))
+            .transpose()?;
+        let billing = Billing::new(
+            db.clone(),
+            metering.clone(),
+            stripe,
+            config.overage_prices,
+            outbox.clone(),
+            clock.clone(),
+        );
         let records = Records::new(
             db.clone(),
             clock.clone(),
@@ -287,6 +303,7 @@ impl Server {
             webhook_endpoints,
             health: health.clone(),
             alerts: alerts.clone(),
+            billing: billing.clone(),
             throttle,
             queue,
             clock,
@@ -325,6 +342,11 @@ impl Server {
         runtime.spawn(Periodic::new(
             AlertCheck(alerts),
             Duration::from_secs(config.alert_interval_secs),
+            Election::Cluster,
+        ));
+        runtime.spawn(Periodic::new(
+            BillingSync(billing),
+            Duration::from_secs(config.billing_sync_interval_secs),
             Election::Cluster,
         ));
         runtime.spawn(Periodic::new(

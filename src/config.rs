@@ -131,6 +131,29 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub alert_interval_secs: u64,
 
+    /// Stripe's API base URL (a Stripe-compatible server in tests).
+    #[arg(
+        long,
+        env = "TENLYR_STRIPE_API_BASE",
+        default_value = "https://api.stripe.com"
+    )]
+    pub stripe_api_base: String,
+
+    /// Stripe secret key. Unset: no sync (billing still computes MRR and
+    /// usage cost; its status stays `not_synced`).
+    #[arg(long, env = "TENLYR_STRIPE_SECRET_KEY", hide_env_values = true)]
+    pub stripe_secret_key: Option<String>,
+
+    /// Seconds between billing syncs (one replica per tick).
+    #[arg(long, env = "TENLYR_BILLING_SYNC_INTERVAL_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub billing_sync_interval_secs: u64,
+
+    /// Cents per unit of usage beyond what a plan includes, per metric:
+    /// `api_call=0.01,storage_gb=25,seats=500,compute=2` (the defaults).
+    #[arg(long, env = "TENLYR_OVERAGE_PRICES", default_value = "")]
+    pub overage_prices: crate::domain::billing::OveragePrices,
+
     #[command(flatten)]
     pub storage: StorageConfig,
 }

@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve gRPC, gRPC-Web and REST on one port (migrates first).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Apply pending database migrations and exit.
     Migrate(StorageConfig),
     /// Admin key management.
@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(&cli.log)?;
     match cli.command {
-        Command::Serve(config) => app::serve(config).await,
+        Command::Serve(config) => app::serve(*config).await,
         Command::Migrate(storage) => {
             with_database(&storage.clone(), |url| async move {
                 let (db, _) = app::connect(&storage, &url, 1).await?;

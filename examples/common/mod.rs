@@ -108,6 +108,10 @@ impl Bench {
             event_retention_days: 30,
             health_interval_secs: 60,
             alert_interval_secs: 300,
+            stripe_api_base: "https://api.stripe.com".into(),
+            stripe_secret_key: None,
+            billing_sync_interval_secs: 300,
+            overage_prices: Default::default(),
             job_runners: 2,
             record_retention_hours: 24,
             storage: StorageConfig {

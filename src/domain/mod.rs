@@ -1,5 +1,6 @@
 //! Domain types and rules; no transport or storage imports.
 
+pub mod billing;
 pub mod health;
 pub mod keys;
 pub mod record;

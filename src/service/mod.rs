@@ -3,6 +3,7 @@
 
 pub mod admin_keys;
 pub mod alerts;
+pub mod billing;
 pub mod counters;
 pub mod events;
 pub mod health;
@@ -10,6 +11,7 @@ pub mod keys;
 pub mod metering;
 pub mod outbound;
 pub mod records;
+pub mod stripe;
 pub mod tenants;
 pub mod throttle;
 pub mod webhook_endpoints;

@@ -83,6 +83,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "health",
         sql: include_str!("../../migrations/0014_health.sql"),
     },
+    Migration {
+        version: 15,
+        name: "billing",
+        sql: include_str!("../../migrations/0015_billing.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

@@ -198,6 +198,7 @@ async fn every_handler_refuses_a_request_the_auth_layer_did_not_pass() {
         "WebhookEndpointService",
         "HealthService",
         "AlertService",
+        "BillingService",
     ];
     let mut checked = 0;
     for service in tenlyr::proto::pool()

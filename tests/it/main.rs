@@ -7,6 +7,7 @@
 //! `DROP DATABASE … WITH (FORCE)` waits for that login to time out.
 
 mod auth;
+mod billing;
 mod contract;
 mod durability;
 mod health;

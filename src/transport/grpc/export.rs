@@ -11,9 +11,8 @@ use uuid::Uuid;
 
 use crate::{
     app::AppState,
-    domain::tenant::Plan,
     proto::{google::api::HttpBody, v1},
-    service::{Actor, metering::PeriodUsage},
+    service::{Actor, billing::View, metering::PeriodUsage},
     storage::{
         entities::{api_key, tenant},
         health::HealthRow,
@@ -64,6 +63,7 @@ pub fn stream(
     tenant: &tenant::Model,
     usage: &PeriodUsage,
     health: Option<&HealthRow>,
+    billing: Option<&View>,
     format: Format,
 ) -> impl Stream<Item = Result<v1::ExportTenantResponse, Status>> + Send + 'static {
     let cursor = Cursor {
@@ -71,7 +71,7 @@ pub fn stream(
         actor,
         tenant_id: tenant.id,
         format,
-        head: Some(head(tenant, usage, health, format)),
+        head: Some(head(tenant, usage, health, billing, format)),
         after: None,
         first_key: true,
         done: false,
@@ -130,7 +130,12 @@ fn chunk(format: Format, data: Vec<u8>) -> v1::ExportTenantResponse {
 }
 
 /// The sections other than the keys.
-fn sections(t: &tenant::Model, usage: &PeriodUsage, health: Option<&HealthRow>) -> Value {
+fn sections(
+    t: &tenant::Model,
+    usage: &PeriodUsage,
+    health: Option<&HealthRow>,
+    billing: Option<&View>,
+) -> Value {
     let limits = usage.limits;
     json!({
         "tenant": {
@@ -146,7 +151,13 @@ fn sections(t: &tenant::Model, usage: &PeriodUsage, health: Option<&HealthRow>) 
                    "requestRate": health.map_or(0.0, |h| h.request_rate),
                    "slaRisk": health.is_some_and(|h| h.sla_risk), "rateLimit": t.rate_limit,
                    "checkedAt": health.and_then(|h| h.checked_at)},
-        "billing": {"mrrCents": Plan::parse(&t.plan).map_or(0, Plan::mrr_cents), "usageCostCents": 0},
+        "billing": {"mrrCents": billing.map_or(0, |b| b.mrr_cents),
+                    "usageCostCents": billing.map_or(0, |b| b.usage_cost_cents),
+                    "currency": crate::domain::billing::CURRENCY,
+                    "status": billing.map_or("not_synced", |b| b.row.status.as_str()),
+                    "stripeCustomerId": billing.and_then(|b| b.row.stripe_customer_id.clone()),
+                    "stripeSubscriptionId": billing.and_then(|b| b.row.stripe_subscription_id.clone()),
+                    "syncedAt": billing.and_then(|b| b.row.synced_at)},
         "exportedAt": chrono::Utc::now(),
     })
 }
@@ -157,9 +168,10 @@ fn head(
     t: &tenant::Model,
     usage: &PeriodUsage,
     health: Option<&HealthRow>,
+    billing: Option<&View>,
     format: Format,
 ) -> Vec<u8> {
-    let sections = sections(t, usage, health);
+    let sections = sections(t, usage, health, billing);
     match format {
         Format::Json => {
             let mut text = sections.to_string();

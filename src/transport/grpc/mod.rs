@@ -3,6 +3,7 @@
 //! then, so every documented route exists from the start.
 
 pub mod admin;
+pub mod billing;
 pub mod export;
 pub mod health;
 pub mod metering;
@@ -92,7 +93,8 @@ macro_rules! unimplemented_services {
                 .add_service(v1::record_service_server::RecordServiceServer::new(record::RecordApi { state: state.clone() }).max_decoding_message_size(limit))
                 .add_service(v1::webhook_endpoint_service_server::WebhookEndpointServiceServer::new(webhook_endpoint::WebhookEndpointApi { state: state.clone() }).max_decoding_message_size(limit))
                 .add_service(v1::health_service_server::HealthServiceServer::new(health::HealthApi { state: state.clone() }).max_decoding_message_size(limit))
-                .add_service(v1::alert_service_server::AlertServiceServer::new(health::AlertApi { state: state.clone() }).max_decoding_message_size(limit));
+                .add_service(v1::alert_service_server::AlertServiceServer::new(health::AlertApi { state: state.clone() }).max_decoding_message_size(limit))
+                .add_service(v1::billing_service_server::BillingServiceServer::new(billing::BillingApi { state: state.clone() }).max_decoding_message_size(limit));
             $(
                 routes = routes.add_service(v1::$server::$ctor::new($api { state: state.clone() }).max_decoding_message_size(limit));
             )*
@@ -103,7 +105,6 @@ macro_rules! unimplemented_services {
 
 unimplemented_services! {
     IsolationApi => isolation_service_server::IsolationService, IsolationServiceServer;
-    BillingApi => billing_service_server::BillingService, BillingServiceServer;
     WebhookApi => webhook_service_server::WebhookService, WebhookServiceServer;
 }
 

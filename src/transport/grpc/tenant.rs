@@ -10,6 +10,7 @@ use crate::{
     domain::tenant::{self as rules, Plan, TenantStatus, Transition},
     error::ApiError,
     proto::v1,
+    service::billing::View,
     service::{
         Actor, Principal,
         keys::TenantFacts,
@@ -27,7 +28,7 @@ pub struct TenantApi {
     pub state: AppState,
 }
 
-fn plan_to_proto(plan: &str) -> i32 {
+pub fn plan_to_proto(plan: &str) -> i32 {
     (match Plan::parse(plan) {
         Some(Plan::Starter) => v1::Plan::Starter,
         Some(Plan::Growth) => v1::Plan::Growth,
@@ -89,11 +90,12 @@ pub fn tenant_to_proto(t: &tenant::Model) -> v1::Tenant {
     }
 }
 
-/// Billing reads zero until that service fills it.
+/// One dashboard row: the tenant, its usage, health and billing.
 fn dashboard_row(
     t: &tenant::Model,
     usage: &PeriodUsage,
     health: Option<&HealthRow>,
+    billing: &View,
 ) -> v1::DashboardTenant {
     let limits = usage.limits;
     v1::DashboardTenant {
@@ -114,13 +116,13 @@ fn dashboard_row(
         health_status: health.map_or(v1::HealthStatus::Unknown, |h| {
             super::health::health_status(&h.status)
         }) as i32,
-        mrr_cents: Plan::parse(&t.plan).map_or(0, Plan::mrr_cents),
+        mrr_cents: billing.mrr_cents,
+        usage_cost_cents: billing.usage_cost_cents,
         api_call_limit: limits.api_calls,
         storage_gb_limit: limits.storage_gb,
         seats_limit: limits.seats,
         slug: t.slug.clone(),
         created_at: Some(timestamp(t.created_at)),
-        ..Default::default()
     }
 }
 
@@ -198,11 +200,17 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         let health = self.state.health.of(actor.platform()?, &ids).await?;
         let health: std::collections::HashMap<Uuid, HealthRow> =
             health.into_iter().map(|h| (h.tenant_id, h)).collect();
+        let billing = self
+            .state
+            .billing
+            .views_with(actor.platform()?, &rows, &usage)
+            .await?;
         Ok(Response::new(v1::ListDashboardTenantsResponse {
             data: rows
                 .iter()
                 .zip(&usage)
-                .map(|(t, u)| dashboard_row(t, u, health.get(&t.id)))
+                .zip(&billing)
+                .map(|((t, u), b)| dashboard_row(t, u, health.get(&t.id), b))
                 .collect(),
             next_cursor,
         }))
@@ -364,12 +372,23 @@ impl v1::tenant_service_server::TenantService for TenantApi {
             .of(actor.platform()?, &[tenant.id])
             .await?
             .pop();
+        let billing = self
+            .state
+            .billing
+            .views_with(
+                actor.platform()?,
+                std::slice::from_ref(&tenant),
+                std::slice::from_ref(&usage),
+            )
+            .await?
+            .pop();
         let chunks = export::stream(
             self.state.clone(),
             actor,
             &tenant,
             &usage,
             health.as_ref(),
+            billing.as_ref(),
             format,
         );
         let mut response = Response::new(Box::pin(chunks) as BoxStream<v1::ExportTenantResponse>);
