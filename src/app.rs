@@ -284,6 +284,7 @@ impl Server {
             db.clone(),
             metering.clone(),
             stripe,
+            config.stripe_webhook_secret.clone(),
             config.overage_prices,
             outbox.clone(),
             clock.clone(),

@@ -144,6 +144,11 @@ pub struct ServeConfig {
     #[arg(long, env = "TENLYR_STRIPE_SECRET_KEY", hide_env_values = true)]
     pub stripe_secret_key: Option<String>,
 
+    /// Signing secret of Stripe's webhooks to the platform (`whsec_…`).
+    /// Unset: the Stripe webhook route refuses every call.
+    #[arg(long, env = "TENLYR_STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub stripe_webhook_secret: Option<String>,
+
     /// Seconds between billing syncs (one replica per tick).
     #[arg(long, env = "TENLYR_BILLING_SYNC_INTERVAL_SECS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..=86400))]

@@ -110,6 +110,7 @@ impl Bench {
             alert_interval_secs: 300,
             stripe_api_base: "https://api.stripe.com".into(),
             stripe_secret_key: None,
+            stripe_webhook_secret: None,
             billing_sync_interval_secs: 300,
             overage_prices: Default::default(),
             job_runners: 2,

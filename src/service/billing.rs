@@ -72,6 +72,8 @@ pub struct Billing {
     db: Db,
     metering: Metering,
     stripe: Option<Stripe>,
+    /// Verifies Stripe's webhooks to the platform.
+    webhook_secret: Option<String>,
     prices: OveragePrices,
     outbox: Outbox,
     clock: SharedClock,
@@ -126,6 +128,7 @@ impl Billing {
         db: Db,
         metering: Metering,
         stripe: Option<Stripe>,
+        webhook_secret: Option<String>,
         prices: OveragePrices,
         outbox: Outbox,
         clock: SharedClock,
@@ -134,6 +137,7 @@ impl Billing {
             db,
             metering,
             stripe,
+            webhook_secret,
             prices,
             outbox,
             clock,
@@ -273,6 +277,127 @@ impl Billing {
         .await?;
         tx.commit().await?;
         Ok(self.views(Scope::Platform, &[t]).await?.remove(0))
+    }
+
+    /// A Stripe billing-portal URL for the tenant's customer.
+    pub async fn portal_url(&self, actor: &Actor, return_url: &str) -> Result<String, ApiError> {
+        let tenant = actor.tenant()?;
+        let valid = url::Url::parse(return_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if valid.is_none() {
+            return Err(ApiError::validation(vec![FieldViolation {
+                field: "returnUrl".into(),
+                description: "must be an absolute http or https URL".into(),
+            }]));
+        }
+        let Some(stripe) = &self.stripe else {
+            return Err(ApiError::new(
+                crate::error::ErrorCode::FailedPrecondition,
+                "billing is not connected to Stripe (TENLYR_STRIPE_SECRET_KEY)",
+            ));
+        };
+        let tx = self.db.begin(actor.scope()?).await?;
+        let row = repo::rows(&tx, Some(&[tenant])).await?.pop();
+        tx.commit().await?;
+        let Some(customer) = row.and_then(|r| r.stripe_customer_id) else {
+            return Err(ApiError::new(
+                crate::error::ErrorCode::FailedPrecondition,
+                "this tenant has no Stripe customer yet; the billing sync creates one within minutes",
+            ));
+        };
+        stripe
+            .portal_session(&customer, return_url)
+            .await
+            .map_err(|err| match err {
+                StripeError::Unavailable(why) => {
+                    tracing::warn!(error = %why, "stripe unavailable for a portal session");
+                    ApiError::unavailable("Stripe is unavailable; try again")
+                }
+                StripeError::Refused { message, .. } => {
+                    ApiError::internal(format!("stripe refused a portal session: {message}"))
+                }
+            })
+    }
+
+    /// A webhook Stripe sent the platform: verified with the signing
+    /// secret, it moves the tenant's billing status and emits
+    /// `billing.payment_failed` / `billing.subscription_updated`. The
+    /// tenant it concerned, if known.
+    pub async fn stripe_webhook(
+        &self,
+        signature: Option<&str>,
+        body: &[u8],
+    ) -> Result<Option<Uuid>, ApiError> {
+        let Some(secret) = &self.webhook_secret else {
+            return Err(ApiError::new(
+                crate::error::ErrorCode::FailedPrecondition,
+                "no Stripe webhook secret is configured (TENLYR_STRIPE_WEBHOOK_SECRET)",
+            ));
+        };
+        let now = self.clock.now().timestamp();
+        crate::domain::webhook::verify_stripe_signature(
+            signature.unwrap_or_default(),
+            body,
+            secret,
+            now,
+            300,
+        )
+        .map_err(|why| {
+            tracing::warn!(reason = why, "refused a Stripe webhook");
+            ApiError::bad_request("invalid signature")
+        })?;
+        let event: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|_| ApiError::bad_request("the body is not a JSON Stripe event"))?;
+        let kind = event["type"].as_str().unwrap_or_default();
+        let object = &event["data"]["object"];
+        let customer = object["customer"].as_str().unwrap_or_default();
+        let (status, event_type) = match kind {
+            "invoice.payment_failed" => {
+                (Some("past_due".to_owned()), Some("billing.payment_failed"))
+            }
+            "invoice.paid" | "invoice.payment_succeeded" => (Some("active".to_owned()), None),
+            "customer.subscription.updated" | "customer.subscription.created" => (
+                object["status"].as_str().map(str::to_owned),
+                Some("billing.subscription_updated"),
+            ),
+            "customer.subscription.deleted" => (
+                Some("canceled".to_owned()),
+                Some("billing.subscription_updated"),
+            ),
+            _ => (None, None),
+        };
+        if customer.is_empty() || (status.is_none() && event_type.is_none()) {
+            return Ok(None);
+        }
+        let tx = self.db.begin(Scope::Platform).await?;
+        let Some(tenant) = repo::tenant_of_customer(&tx, customer).await? else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        if let Some(status) = &status {
+            repo::set_status(&tx, tenant, status).await?;
+        }
+        if let Some(event_type) = event_type {
+            self.outbox
+                .emit_in(
+                    &tx,
+                    event_type,
+                    Some(tenant),
+                    json!({
+                        "tenantId": tenant,
+                        "status": status,
+                        "stripeEventId": event["id"],
+                        "stripeEventType": kind,
+                        "stripeCustomerId": customer,
+                        "stripeSubscriptionId": object["subscription"].as_str().or(object["id"].as_str().filter(|_| kind.starts_with("customer.subscription"))),
+                        "amountDue": object["amount_due"],
+                    }),
+                )
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(tenant))
     }
 
     /// One sync tick: every tenant's customer, subscription and usage

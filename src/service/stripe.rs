@@ -349,6 +349,26 @@ impl Stripe {
         .await
     }
 
+    /// A billing-portal session for the customer: its URL.
+    pub async fn portal_session(
+        &self,
+        customer: &str,
+        return_url: &str,
+    ) -> Result<String, StripeError> {
+        #[derive(Deserialize)]
+        struct Session {
+            url: String,
+        }
+        let session: Session = self
+            .send(
+                self.http
+                    .post(self.url("/v1/billing_portal/sessions"))
+                    .form(&[("customer", customer), ("return_url", return_url)]),
+            )
+            .await?;
+        Ok(session.url)
+    }
+
     /// The customer's invoice item created with this key, if any.
     pub async fn find_invoice_item(
         &self,

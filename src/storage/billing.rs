@@ -194,3 +194,27 @@ pub async fn finish_push(
     .await?;
     Ok(())
 }
+
+/// The tenant whose Stripe customer this is.
+pub async fn tenant_of_customer(
+    tx: &DatabaseTransaction,
+    customer: &str,
+) -> Result<Option<Uuid>, DbErr> {
+    tx.query_one_raw(statement(
+        "SELECT tenant_id FROM tenant_billing WHERE stripe_customer_id = $1",
+        [customer.into()],
+    ))
+    .await?
+    .map(|r| r.try_get("", "tenant_id"))
+    .transpose()
+}
+
+/// Sets the billing status Stripe reported by webhook.
+pub async fn set_status(tx: &DatabaseTransaction, tenant: Uuid, status: &str) -> Result<(), DbErr> {
+    tx.execute_raw(statement(
+        "UPDATE tenant_billing SET status = $2 WHERE tenant_id = $1",
+        [tenant.into(), status.into()],
+    ))
+    .await?;
+    Ok(())
+}

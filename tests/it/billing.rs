@@ -465,3 +465,181 @@ async fn drift_is_reported_and_a_crash_between_push_and_record_bills_once() {
     assert_eq!(got.stripe_subscription_id.as_deref(), Some(sub_id.as_str()));
     assert_eq!(got.usage_cost_cents, 500);
 }
+
+/// A stand-in for the Stripe endpoints localstripe lacks (billing-portal
+/// sessions), passing everything else on to localstripe.
+async fn portal_stub() -> String {
+    use axum::{body::Body, extract::Request, response::IntoResponse};
+    let upstream = stripe_url();
+    let app = axum::Router::new()
+        .route(
+            "/v1/billing_portal/sessions",
+            axum::routing::post(|body: String| async move {
+                let form: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+                    .into_owned()
+                    .collect();
+                let get = |k: &str| {
+                    form.iter()
+                        .find(|(n, _)| n == k)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                axum::Json(json!({
+                    "object": "billing_portal.session",
+                    "customer": get("customer"),
+                    "return_url": get("return_url"),
+                    "url": format!("https://billing.stripe.test/p/session/{}", get("customer")),
+                }))
+            }),
+        )
+        .fallback(move |request: Request| {
+            let upstream = upstream.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+                let url = format!(
+                    "{upstream}{}",
+                    parts.uri.path_and_query().map_or("", |p| p.as_str())
+                );
+                let mut forward = reqwest::Client::new().request(parts.method, url).body(body);
+                for (name, value) in &parts.headers {
+                    if name != "host" {
+                        forward = forward.header(name, value);
+                    }
+                }
+                let reply = forward.send().await.unwrap();
+                let status = reply.status();
+                let bytes = reply.bytes().await.unwrap();
+                (
+                    status,
+                    [("content-type", "application/json")],
+                    Body::from(bytes),
+                )
+                    .into_response()
+            }
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripe_webhooks_move_the_status_and_the_portal_gives_a_url() {
+    use crate::webhooks::{Receiver, Reply};
+    const SECRET: &str = "whsec_tenlyr_platform_test";
+    let stub = portal_stub().await;
+    let app = TestApp::spawn_with(|c| {
+        with_stripe(c);
+        c.stripe_api_base = stub.clone();
+        c.stripe_webhook_secret = Some(SECRET.into());
+    })
+    .await;
+    let receiver = Receiver::start(Reply::Ok).await;
+    let (status, _) = admin(
+        &app,
+        Method::POST,
+        "/api/v1/webhook-endpoints",
+        Some(json!({"url": receiver.url("/billing"), "eventTypes": ["billing.*"]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // localstripe sends this server the subscription events, signed.
+    let hook = format!("tenlyr-{}", uuid::Uuid::now_v7().simple());
+    let registered = reqwest::Client::new()
+        .post(format!("{}/_config/webhooks/{hook}", stripe_url()))
+        .form(&[
+            ("url", app.url("/api/v1/billing/stripe/webhook").as_str()),
+            ("secret", SECRET),
+            ("events[0]", "customer.subscription.deleted"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(registered.status().is_success());
+
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    let (tenant, key) = provision(
+        &app,
+        &format!("hooks-{suffix}@billing.test"),
+        "growth",
+        "UTC",
+    )
+    .await;
+    sync(&app).await;
+    let (_, billing) = call(&app, &key, Method::GET, "/api/v1/billing", None).await;
+    let customer = billing["stripeCustomerId"].as_str().unwrap().to_owned();
+    add_card(&customer).await;
+    sync(&app).await;
+    let (_, billing) = call(&app, &key, Method::GET, "/api/v1/billing", None).await;
+    assert_eq!(billing["status"], "active", "{billing}");
+    let sub = billing["stripeSubscriptionId"].as_str().unwrap().to_owned();
+
+    // A bad signature changes nothing.
+    let forged = app
+        .http
+        .post(app.url("/api/v1/billing/stripe/webhook"))
+        .header("stripe-signature", format!("t={},v1=00ff", Utc::now().timestamp()))
+        .header("content-type", "application/json")
+        .body(json!({"type": "customer.subscription.deleted", "data": {"object": {"id": sub, "customer": customer}}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    let body: Value = forged.json().await.unwrap();
+    assert_eq!(body["message"], "invalid signature");
+    let (_, billing) = call(&app, &key, Method::GET, "/api/v1/billing", None).await;
+    assert_eq!(billing["status"], "active");
+
+    // Canceled in Stripe: its signed webhook moves the status at once.
+    let deleted = reqwest::Client::new()
+        .delete(format!("{}/v1/subscriptions/{sub}", stripe_url()))
+        .basic_auth(STRIPE_KEY, Some(""))
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success());
+    let mut status = Value::Null;
+    for _ in 0..200 {
+        let (_, billing) = call(&app, &key, Method::GET, "/api/v1/billing", None).await;
+        status = billing["status"].clone();
+        if status == "canceled" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, "canceled");
+    let got = receiver.wait_for(1).await;
+    let event = got
+        .iter()
+        .find(|r| r.json()["type"] == "billing.subscription_updated")
+        .expect("billing.subscription_updated")
+        .json();
+    assert_eq!(event["data"]["tenantId"], tenant);
+    assert_eq!(event["data"]["status"], "canceled");
+
+    // The billing portal.
+    let (status, reply) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v1/billing/portal",
+        Some(json!({"returnUrl": "https://app.acme.test/settings"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        reply["url"],
+        format!("https://billing.stripe.test/p/session/{customer}")
+    );
+    let (status, reply) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v1/billing/portal",
+        Some(json!({"returnUrl": "javascript:alert(1)"})),
+    )
+    .await;
+    assert_eq!(status, 422, "{reply}");
+    assert_eq!(reply["details"][0]["field"], "returnUrl");
+}

@@ -4,9 +4,7 @@
 use tonic::{Request, Response, Status};
 
 use super::{actor, parse_id, tenant::plan_to_proto, timestamp};
-use crate::{
-    app::AppState, domain::billing::CURRENCY, error::ApiError, proto::v1, service::billing::View,
-};
+use crate::{app::AppState, domain::billing::CURRENCY, proto::v1, service::billing::View};
 
 type ApiResult<T> = Result<Response<T>, Status>;
 
@@ -93,11 +91,37 @@ impl v1::billing_service_server::BillingService for BillingApi {
         &self,
         request: Request<v1::CreatePortalUrlRequest>,
     ) -> ApiResult<v1::CreatePortalUrlResponse> {
-        let _actor = actor(&request)?;
-        Err(ApiError::new(
-            crate::error::ErrorCode::Unimplemented,
-            "billing portal sessions are not built yet",
-        )
-        .into())
+        let actor = actor(&request)?;
+        let url = self
+            .state
+            .billing
+            .portal_url(&actor, &request.get_ref().return_url)
+            .await?;
+        Ok(Response::new(v1::CreatePortalUrlResponse { url }))
+    }
+
+    async fn receive_stripe_webhook(
+        &self,
+        request: Request<v1::ReceiveStripeWebhookRequest>,
+    ) -> ApiResult<v1::ReceiveStripeWebhookResponse> {
+        let signature = request
+            .metadata()
+            .get("stripe-signature")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = request
+            .into_inner()
+            .body
+            .map(|b| b.data)
+            .unwrap_or_default();
+        let tenant = self
+            .state
+            .billing
+            .stripe_webhook(signature.as_deref(), &body)
+            .await?;
+        Ok(Response::new(v1::ReceiveStripeWebhookResponse {
+            received: true,
+            tenant_id: tenant.map(|t| t.to_string()),
+        }))
     }
 }
