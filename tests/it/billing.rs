@@ -643,3 +643,65 @@ async fn stripe_webhooks_move_the_status_and_the_portal_gives_a_url() {
     assert_eq!(status, 422, "{reply}");
     assert_eq!(reply["details"][0]["field"], "returnUrl");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripe_down_never_reaches_the_api_which_serves_the_last_sync() {
+    let app = TestApp::spawn_with(with_stripe).await;
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    let (_, key) = provision(
+        &app,
+        &format!("down-{suffix}@billing.test"),
+        "growth",
+        "UTC",
+    )
+    .await;
+    sync(&app).await;
+    let (_, before) = call(&app, &key, Method::GET, "/api/v1/billing", None).await;
+    add_card(before["stripeCustomerId"].as_str().unwrap()).await;
+    sync(&app).await;
+    let (_, before) = call(&app, &key, Method::GET, "/api/v1/billing", None).await;
+    assert_eq!(before["status"], "active");
+    let synced = before["syncedAt"].clone();
+    assert!(synced.is_string());
+
+    // The same data, Stripe unreachable (nothing listens on port 9).
+    let down = app
+        .replica(Arc::new(SystemClock), |c| {
+            c.stripe_api_base = "http://127.0.0.1:9".into();
+            c.stripe_secret_key = Some(STRIPE_KEY.into());
+        })
+        .await;
+    let (_, key2) = provision(
+        &down,
+        &format!("down2-{suffix}@billing.test"),
+        "growth",
+        "UTC",
+    )
+    .await;
+    let report = sync(&down).await;
+    assert_eq!(report.failed, 2, "{report:?}");
+    let (status, after) = call(&down, &key, Method::GET, "/api/v1/billing", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(after["syncedAt"], synced, "the last sync is served");
+    assert_eq!(after["stripeCustomerId"], before["stripeCustomerId"]);
+    let (status, never) = call(&down, &key2, Method::GET, "/api/v1/billing", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(never["status"], "not_synced");
+    assert!(
+        never["lastSyncError"]
+            .as_str()
+            .unwrap()
+            .contains("unavailable"),
+        "{never}"
+    );
+    // And a portal call says Stripe is unavailable, not 500.
+    let (status, reply) = call(
+        &down,
+        &key,
+        Method::POST,
+        "/api/v1/billing/portal",
+        Some(json!({"returnUrl": "https://a.test/"})),
+    )
+    .await;
+    assert_eq!(status, 503, "{reply}");
+}
