@@ -6,6 +6,7 @@
 #   scripts/bench.sh jobs        # job queue: jobs/s, enqueue-to-start latency
 #   scripts/bench.sh records     # /v1/record lock -> save -> get cycles/s, p99 per call
 #   scripts/bench.sh webhooks    # deliveries/s, event commit -> receipt p50/p99
+#   scripts/bench.sh billing     # Stripe sync of 1,000 tenants against localstripe
 #   scripts/bench.sh health      # health scan of 10,000 tenants, throttle decision
 #                                # latency, tracks/s throttled vs not
 # BENCH_TENANTS (default 500) sets how many tenants are provisioned.
@@ -26,5 +27,11 @@ cargo build --release --quiet --example "bench_$which"
 # it (batch calls of 0.6-1.0 s in 4 of 6 runs; with it, at most 0.37 s).
 # BENCH_PG_OPTIONS replaces these.
 PRIVATE_PG_OPTIONS="${BENCH_PG_OPTIONS--c max_wal_size=4GB -c backend_flush_after=512kB}" start_private_services
+if [ "$which" = billing ]; then
+    ensure_deps python
+    start_localstripe
+    trap 'kill "$LOCALSTRIPE_PID" 2>/dev/null; stop_private_services' EXIT
+    export BENCH_STRIPE_URL="$LOCALSTRIPE_URL"
+fi
 BENCH_DATABASE_URL="$PRIVATE_PG_URL" BENCH_REDIS_URL="$PRIVATE_REDIS_URL" \
     "target/release/examples/bench_$which"

@@ -94,3 +94,22 @@ stop_private_services() {
     if [ -f "$PRIVATE_DIR/redis.pid" ]; then kill "$(cat "$PRIVATE_DIR/redis.pid")" 2>/dev/null || true; fi
     rm -rf "$PRIVATE_DIR"
 }
+
+# Starts localstripe (PyPI, pinned; a Stripe-compatible server) from a venv
+# under tests/peers on a free port; sets LOCALSTRIPE_URL and LOCALSTRIPE_PID.
+# The caller stops it (kill "$LOCALSTRIPE_PID").
+start_localstripe() {
+    if [ ! -x tests/peers/.venv/bin/localstripe ]; then
+        python3 -m venv tests/peers/.venv
+        tests/peers/.venv/bin/pip install --quiet --disable-pip-version-check localstripe==1.15.10
+    fi
+    local port
+    port=$(free_port)
+    tests/peers/.venv/bin/localstripe --port "$port" --from-scratch >"${PRIVATE_DIR:-/tmp}/localstripe.log" 2>&1 &
+    LOCALSTRIPE_PID=$!
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+    done
+    LOCALSTRIPE_URL="http://127.0.0.1:$port"
+}

@@ -50,19 +50,9 @@ export TENLYR_TEST_REDIS_URL="$PRIVATE_REDIS_URL"
 # A real Stripe-compatible server for the billing tests: localstripe
 # (PyPI, pinned), in a venv beside the other test peers, on a free port.
 echo "--- localstripe" >&2
-if [ ! -x tests/peers/.venv/bin/localstripe ]; then
-    python3 -m venv tests/peers/.venv
-    tests/peers/.venv/bin/pip install --quiet --disable-pip-version-check localstripe==1.15.10
-fi
-stripe_port=$(free_port)
-tests/peers/.venv/bin/localstripe --port "$stripe_port" --from-scratch >"$PRIVATE_DIR/localstripe.log" 2>&1 &
-stripe_pid=$!
-trap 'kill $stripe_pid 2>/dev/null; stop_private_services' EXIT
-for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$stripe_port") 2>/dev/null && break
-    sleep 0.1
-done
-export TENLYR_TEST_STRIPE_URL="http://127.0.0.1:$stripe_port"
+start_localstripe
+trap 'kill "$LOCALSTRIPE_PID" 2>/dev/null; stop_private_services' EXIT
+export TENLYR_TEST_STRIPE_URL="$LOCALSTRIPE_URL"
 
 echo "--- cargo test" >&2
 cargo test --all-targets

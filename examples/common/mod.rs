@@ -72,6 +72,8 @@ where
 /// A fresh database (dropped by [`Bench::finish`]) and a server on it.
 pub struct Bench {
     pub db: Db,
+    /// The server's shared state (its services).
+    pub state: tenlyr::app::AppState,
     pub url: String,
     pub base_url: String,
     pub admin_key: String,
@@ -86,6 +88,11 @@ impl Bench {
     /// Reads BENCH_DATABASE_URL / BENCH_REDIS_URL (scripts/bench.sh sets
     /// them).
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`Self::start`] with the server's configuration adjusted.
+    pub async fn start_with(adjust: impl FnOnce(&mut ServeConfig)) -> anyhow::Result<Self> {
         let base = std::env::var("BENCH_DATABASE_URL")
             .expect("BENCH_DATABASE_URL (scripts/bench.sh sets it)");
         let redis_url = std::env::var("BENCH_REDIS_URL").ok();
@@ -125,9 +132,12 @@ impl Bench {
                 statement_timeout_ms: 30_000,
             },
         };
+        let mut config = config;
+        adjust(&mut config);
         let (db, hasher) = tenlyr::app::connect(&config.storage, &url, 8).await?;
         let admin_key = admin_keys::create(db.app(), &hasher, "bench").await?;
         let server = Server::bind(&config, &url).await?;
+        let state = server.state().clone();
         let base_url = format!("http://{}", server.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let running = tokio::spawn(server.run(async move {
@@ -135,6 +145,7 @@ impl Bench {
         }));
         Ok(Self {
             db,
+            state,
             url,
             base_url,
             admin_key,
