@@ -35,6 +35,7 @@ use crate::{
         tenants::Tenants,
         throttle::Throttle,
         webhook_endpoints::WebhookEndpoints,
+        webhook_settings::WebhookSettings,
     },
     storage::{Db, admin_keys, embedded::EmbeddedPostgres, login::AppLogin, migrate, redis::Redis},
     transport,
@@ -63,6 +64,7 @@ pub struct AppState {
     pub metering: Metering,
     pub records: Records,
     pub webhook_endpoints: WebhookEndpoints,
+    pub webhook_settings: WebhookSettings,
     pub health: Health,
     pub alerts: Alerts,
     pub billing: Billing,
@@ -260,6 +262,13 @@ impl Server {
         let alerts = Alerts::new(db.clone(), outbox.clone(), clock.clone());
         let throttle = Arc::new(Throttle::new(redis.clone()));
         let webhook_wakeups = Wakeups::default();
+        let webhook_settings = WebhookSettings::new(
+            db.clone(),
+            secrets.clone(),
+            guard.clone(),
+            config.public_url.clone(),
+            clock.clone(),
+        );
         let webhook_endpoints = WebhookEndpoints::new(
             db.clone(),
             secrets.clone(),
@@ -302,6 +311,7 @@ impl Server {
             metering,
             records,
             webhook_endpoints,
+            webhook_settings,
             health: health.clone(),
             alerts: alerts.clone(),
             billing: billing.clone(),

@@ -131,6 +131,11 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub alert_interval_secs: u64,
 
+    /// The server's public base URL (e.g. `https://api.example.com`), for
+    /// the inbound webhook URLs the settings show. Unset: they are paths.
+    #[arg(long, env = "TENLYR_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
     /// Stripe's API base URL (a Stripe-compatible server in tests).
     #[arg(
         long,

@@ -49,6 +49,32 @@ pub const EVENT_TYPES: &[&str] = &[
     "webhook.test",
 ];
 
+/// The inbound providers, as their routes and settings name them.
+pub const PROVIDERS: &[&str] = &[
+    "stripe",
+    "generic",
+    "shopify",
+    "paypal",
+    "braintree",
+    "github",
+];
+
+/// How long a replaced provider secret keeps verifying (Shopify takes up
+/// to an hour to switch to a new one).
+pub const PROVIDER_SECRET_GRACE: chrono::Duration = chrono::Duration::hours(1);
+
+/// A provider signing secret as configured: 8 to 500 characters.
+pub fn provider_secret(field: &str, raw: &str) -> Result<String, FieldViolation> {
+    let len = raw.chars().count();
+    if !(8..=500).contains(&len) || raw.trim() != raw {
+        return Err(violation(
+            field,
+            "must be 8 to 500 characters without surrounding spaces",
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
 /// An endpoint URL: absolute http(s), a host, no credentials, no fragment.
 /// Whether its host may be reached is the SSRF guard's question.
 pub fn url(raw: &str) -> Result<url::Url, FieldViolation> {

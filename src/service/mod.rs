@@ -15,6 +15,7 @@ pub mod stripe;
 pub mod tenants;
 pub mod throttle;
 pub mod webhook_endpoints;
+pub mod webhook_settings;
 
 use std::sync::Arc;
 

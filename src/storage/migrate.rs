@@ -88,6 +88,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "billing",
         sql: include_str!("../../migrations/0015_billing.sql"),
     },
+    Migration {
+        version: 16,
+        name: "webhook_settings",
+        sql: include_str!("../../migrations/0016_webhook_settings.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

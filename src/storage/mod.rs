@@ -19,6 +19,7 @@ pub mod redis;
 pub mod scope;
 pub mod tenants;
 pub mod usage;
+pub mod webhook_settings;
 pub mod webhooks;
 
 use std::time::Duration;

@@ -153,6 +153,7 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         event_retention_days: 30,
         health_interval_secs: 60,
         alert_interval_secs: 300,
+        public_url: None,
         stripe_api_base: "https://api.stripe.com".into(),
         stripe_secret_key: None,
         stripe_webhook_secret: None,

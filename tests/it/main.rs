@@ -21,5 +21,6 @@ mod resilience;
 mod storage;
 mod tenants;
 mod transcoding;
+mod webhook_settings;
 mod webhooks;
 mod workers;

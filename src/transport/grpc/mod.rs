@@ -9,6 +9,7 @@ pub mod health;
 pub mod metering;
 pub mod record;
 pub mod tenant;
+pub mod webhook;
 pub mod webhook_endpoint;
 
 use tonic::Request;
@@ -94,7 +95,8 @@ macro_rules! unimplemented_services {
                 .add_service(v1::webhook_endpoint_service_server::WebhookEndpointServiceServer::new(webhook_endpoint::WebhookEndpointApi { state: state.clone() }).max_decoding_message_size(limit))
                 .add_service(v1::health_service_server::HealthServiceServer::new(health::HealthApi { state: state.clone() }).max_decoding_message_size(limit))
                 .add_service(v1::alert_service_server::AlertServiceServer::new(health::AlertApi { state: state.clone() }).max_decoding_message_size(limit))
-                .add_service(v1::billing_service_server::BillingServiceServer::new(billing::BillingApi { state: state.clone() }).max_decoding_message_size(limit));
+                .add_service(v1::billing_service_server::BillingServiceServer::new(billing::BillingApi { state: state.clone() }).max_decoding_message_size(limit))
+                .add_service(v1::webhook_service_server::WebhookServiceServer::new(webhook::WebhookApi { state: state.clone() }).max_decoding_message_size(limit));
             $(
                 routes = routes.add_service(v1::$server::$ctor::new($api { state: state.clone() }).max_decoding_message_size(limit));
             )*
@@ -105,7 +107,6 @@ macro_rules! unimplemented_services {
 
 unimplemented_services! {
     IsolationApi => isolation_service_server::IsolationService, IsolationServiceServer;
-    WebhookApi => webhook_service_server::WebhookService, WebhookServiceServer;
 }
 
 #[cfg(test)]

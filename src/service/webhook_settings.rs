@@ -1,0 +1,237 @@
+//! Inbound webhook settings of a tenant (tenant key): the callback URL
+//! normalized events are forwarded to (SSRF-checked like every URL Tenlyr
+//! calls), and per provider whether it is enabled, its signing secret
+//! (sealed, write-only: `secretConfigured` says whether one is stored) and
+//! its inbound slug URL. A replaced secret keeps verifying for an hour.
+//! Every change is audited (never the secrets).
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{Actor, outbound::Guard};
+use crate::{
+    domain::{
+        secrets::SecretBox,
+        tenant::violation,
+        webhook::{self as rules, PROVIDER_SECRET_GRACE, PROVIDERS},
+    },
+    error::{ApiError, FieldViolation},
+    storage::{
+        Db, tenants as tenant_repo,
+        webhook_settings::{self as repo, ProviderRow},
+    },
+    workers::SharedClock,
+};
+
+/// One provider as the settings show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderView {
+    pub provider: &'static str,
+    pub enabled: bool,
+    pub secret_configured: bool,
+    pub inbound_url: String,
+    pub paypal_webhook_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingsView {
+    pub callback_url: Option<String>,
+    /// Every provider, configured or not, in `PROVIDERS` order.
+    pub providers: Vec<ProviderView>,
+    pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// One provider of an update (`provider`: `None` when the request named
+/// none or an unknown one).
+#[derive(Debug, Clone, Default)]
+pub struct ProviderInput {
+    pub provider: Option<&'static str>,
+    pub enabled: bool,
+    /// `None` keeps the stored secret.
+    pub secret: Option<String>,
+    pub paypal_webhook_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SettingsChange {
+    /// `None` keeps it; `Some("")` clears it.
+    pub callback_url: Option<String>,
+    pub providers: Vec<ProviderInput>,
+}
+
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    db: Db,
+    secrets: SecretBox,
+    guard: Guard,
+    /// The server's public base URL, for the inbound URLs shown.
+    public_url: Option<String>,
+    clock: SharedClock,
+}
+
+impl WebhookSettings {
+    pub fn new(
+        db: Db,
+        secrets: SecretBox,
+        guard: Guard,
+        public_url: Option<String>,
+        clock: SharedClock,
+    ) -> Self {
+        Self {
+            db,
+            secrets,
+            guard,
+            public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            clock,
+        }
+    }
+
+    pub async fn get(&self, actor: &Actor) -> Result<SettingsView, ApiError> {
+        let tenant = actor.tenant()?;
+        let tx = self.db.begin(actor.scope()?).await?;
+        let view = self.view(&tx, tenant).await?;
+        tx.commit().await?;
+        Ok(view)
+    }
+
+    async fn view(
+        &self,
+        tx: &sea_orm::DatabaseTransaction,
+        tenant: Uuid,
+    ) -> Result<SettingsView, ApiError> {
+        let slug = tenant_repo::find(tx, tenant)
+            .await?
+            .map(|t| t.slug)
+            .ok_or_else(|| ApiError::not_found("Tenant not found"))?;
+        let (callback_url, updated_at) = repo::callback(tx, tenant).await?;
+        let stored = repo::providers(tx, tenant).await?;
+        let base = self.public_url.as_deref().unwrap_or("");
+        let providers = PROVIDERS
+            .iter()
+            .map(|&name| {
+                let row = stored.iter().find(|r| r.provider == name);
+                ProviderView {
+                    provider: name,
+                    enabled: row.is_some_and(|r| r.enabled),
+                    secret_configured: row.is_some_and(|r| r.secret.is_some()),
+                    inbound_url: format!("{base}/v1/t/{slug}/webhooks/{name}"),
+                    paypal_webhook_id: row.and_then(|r| r.paypal_webhook_id.clone()),
+                }
+            })
+            .collect();
+        Ok(SettingsView {
+            callback_url,
+            providers,
+            updated_at,
+        })
+    }
+
+    pub async fn update(
+        &self,
+        actor: &Actor,
+        change: SettingsChange,
+    ) -> Result<SettingsView, ApiError> {
+        let tenant = actor.tenant()?;
+        let mut violations: Vec<FieldViolation> = Vec::new();
+        let callback = match change.callback_url.as_deref().map(str::trim) {
+            None => None,
+            Some("") => Some(None),
+            Some(raw) => match rules::url(raw) {
+                Ok(url) => match self.guard.check_url(&url).await {
+                    Ok(()) => Some(Some(url.to_string())),
+                    Err(why) => {
+                        violations.push(violation("callbackUrl", format!("refused: {why}")));
+                        None
+                    }
+                },
+                Err(mut v) => {
+                    v.field = "callbackUrl".into();
+                    violations.push(v);
+                    None
+                }
+            },
+        };
+        let mut seen: Vec<&'static str> = Vec::new();
+        for (i, p) in change.providers.iter().enumerate() {
+            match p.provider {
+                None => violations.push(violation(
+                    &format!("providers[{i}].provider"),
+                    format!("must be one of {}", PROVIDERS.join(", ")),
+                )),
+                Some(name) if seen.contains(&name) => violations.push(violation(
+                    &format!("providers[{i}].provider"),
+                    "appears more than once",
+                )),
+                Some(name) => seen.push(name),
+            }
+            if let Some(secret) = &p.secret
+                && let Err(v) = rules::provider_secret(&format!("providers[{i}].secret"), secret)
+            {
+                violations.push(v);
+            }
+            if p.paypal_webhook_id
+                .as_ref()
+                .is_some_and(|id| id.chars().count() > 200)
+            {
+                violations.push(violation(
+                    &format!("providers[{i}].paypalWebhookId"),
+                    "must be at most 200 characters",
+                ));
+            }
+        }
+        let now = self.clock.now();
+        let tx = self.db.begin(actor.scope()?).await?;
+        let stored = repo::providers(&tx, tenant).await?;
+        for (i, p) in change.providers.iter().enumerate() {
+            let has_secret = p.secret.is_some()
+                || p.provider
+                    .is_some_and(|n| stored.iter().any(|r| r.provider == n && r.secret.is_some()));
+            if p.enabled && !has_secret {
+                violations.push(violation(
+                    &format!("providers[{i}].secret"),
+                    "is required to enable a provider",
+                ));
+            }
+        }
+        if !violations.is_empty() {
+            return Err(ApiError::validation(violations));
+        }
+        let mut audit = serde_json::Map::new();
+        if let Some(callback) = &callback {
+            repo::set_callback(&tx, tenant, callback.as_deref(), now).await?;
+            audit.insert("callbackUrl".into(), json!(callback));
+        } else {
+            repo::touch(&tx, tenant, now).await?;
+        }
+        let mut changed = Vec::new();
+        for p in &change.providers {
+            let name = p.provider.expect("validated");
+            let row = ProviderRow {
+                provider: name.to_owned(),
+                enabled: p.enabled,
+                secret: None,
+                previous_secret: None,
+                previous_until: Some(now + PROVIDER_SECRET_GRACE),
+                paypal_webhook_id: p.paypal_webhook_id.clone(),
+                updated_at: now,
+            };
+            let sealed = p.secret.as_ref().map(|s| self.secrets.seal(s.as_bytes()));
+            repo::upsert_provider(&tx, tenant, &row, sealed).await?;
+            changed.push(json!({"provider": name, "enabled": p.enabled, "secretChanged": p.secret.is_some()}));
+        }
+        audit.insert("providers".into(), json!(changed));
+        tenant_repo::audit(
+            &tx,
+            actor.audit(
+                Some(tenant),
+                "webhook_settings.update",
+                Some(tenant),
+                serde_json::Value::Object(audit),
+            ),
+        )
+        .await?;
+        let view = self.view(&tx, tenant).await?;
+        tx.commit().await?;
+        Ok(view)
+    }
+}
