@@ -1,15 +1,10 @@
 //! Billing state and the usage ledger (`migrations/0015_billing.sql`), in
 //! the caller's scoped transaction.
 
+use super::statement;
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, QueryResult, Statement, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, QueryResult};
 use uuid::Uuid;
-
-fn statement(sql: impl Into<String>, values: impl IntoIterator<Item = Value>) -> Statement {
-    Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values)
-}
 
 /// A tenant's billing row (defaults when it has none yet).
 #[derive(Debug, Clone, Default, PartialEq)]

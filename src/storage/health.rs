@@ -1,17 +1,12 @@
 //! Health records, throttles and alerts (`migrations/0014_health.sql`).
 //! Every function runs in the caller's scoped transaction; RLS applies.
 
+use super::statement;
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, QueryResult, Statement, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, QueryResult};
 use uuid::Uuid;
 
 use crate::domain::health::{Counts, LONGEST_WINDOW, Windows};
-
-fn statement(sql: impl Into<String>, values: impl IntoIterator<Item = Value>) -> Statement {
-    Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values)
-}
 
 /// A tenant's health as the last scan wrote it, with its throttle.
 #[derive(Debug, Clone, PartialEq)]

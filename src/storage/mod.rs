@@ -114,6 +114,14 @@ pub async fn purge_expired(
     Ok(result.rows_affected())
 }
 
+/// A raw PostgreSQL statement for SeaORM's `execute_raw`/`query_*_raw`.
+pub(crate) fn statement(
+    sql: impl Into<String>,
+    values: impl IntoIterator<Item = sea_orm::Value>,
+) -> sea_orm::Statement {
+    sea_orm::Statement::from_sql_and_values(sea_orm::DatabaseBackend::Postgres, sql, values)
+}
+
 /// Whether an error means "Postgres unreachable" (503) rather than a bug.
 pub fn is_connection_error(err: &DbErr) -> bool {
     match err {

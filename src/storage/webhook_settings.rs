@@ -2,13 +2,10 @@
 //! callback URL and per-provider secrets, in the caller's tenant-scoped
 //! transaction.
 
+use super::statement;
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, Statement, Value};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
 use uuid::Uuid;
-
-fn statement(sql: impl Into<String>, values: impl IntoIterator<Item = Value>) -> Statement {
-    Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values)
-}
 
 /// One provider's stored settings.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,10 +6,9 @@
 //! functions on the pool, like the job queue's. Times come from the
 //! caller's clock, never from `now()`.
 
+use super::statement;
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, QueryResult, Statement, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, QueryResult};
 use sqlx::{PgPool, Row, postgres::PgRow};
 use uuid::Uuid;
 
@@ -52,10 +51,6 @@ fn endpoint(row: &QueryResult) -> Result<EndpointRow, DbErr> {
         created_at: row.try_get("", "created_at")?,
         updated_at: row.try_get("", "updated_at")?,
     })
-}
-
-fn statement(sql: impl Into<String>, values: impl IntoIterator<Item = Value>) -> Statement {
-    Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values)
 }
 
 pub async fn insert_endpoint(tx: &DatabaseTransaction, e: &EndpointRow) -> Result<(), DbErr> {

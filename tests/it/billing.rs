@@ -68,10 +68,6 @@ async fn add_card(customer: &str) {
     assert!(added.status().is_success());
 }
 
-async fn admin(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    call(app, &app.admin_key, method, path, body).await
-}
-
 async fn track(app: &TestApp, key: &str, metric: &str, value: f64) {
     let (status, reply) = call(
         app,
@@ -128,7 +124,7 @@ async fn mrr_and_usage_cost_follow_plans_overage_and_the_tenants_own_period() {
     // Enterprise: priced per tenant by an admin; its own limits included.
     let (_, billing) = call(&app, &enterprise_key, Method::GET, "/api/v1/billing", None).await;
     assert_eq!(billing["mrrCents"], "0");
-    let (status, priced) = admin(
+    let (status, priced) = admin_call(
         &app,
         Method::PUT,
         &format!("/api/v1/billing/tenants/{enterprise}/price"),
@@ -142,7 +138,7 @@ async fn mrr_and_usage_cost_follow_plans_overage_and_the_tenants_own_period() {
         (json!({"monthlyPriceCents": -1}), 422),
         (json!({"monthlyPriceCents": 2_000_000_000_i64}), 422),
     ] {
-        let (status, reply) = admin(
+        let (status, reply) = admin_call(
             &app,
             Method::PUT,
             &format!("/api/v1/billing/tenants/{enterprise}/price"),
@@ -152,7 +148,7 @@ async fn mrr_and_usage_cost_follow_plans_overage_and_the_tenants_own_period() {
         assert_eq!(status, status_expected, "{reply}");
         assert_eq!(reply["details"][0]["field"], "monthlyPriceCents");
     }
-    let (status, reply) = admin(
+    let (status, reply) = admin_call(
         &app,
         Method::PUT,
         &format!("/api/v1/billing/tenants/{growth}/price"),
@@ -162,7 +158,7 @@ async fn mrr_and_usage_cost_follow_plans_overage_and_the_tenants_own_period() {
     assert_eq!(status, 400, "only enterprise has its own price: {reply}");
 
     // A plan change mid-period: MRR follows at once; usage already counted stays.
-    let (status, _) = admin(
+    let (status, _) = admin_call(
         &app,
         Method::PATCH,
         &format!("/api/v1/tenants/{growth}/plan"),
@@ -170,7 +166,7 @@ async fn mrr_and_usage_cost_follow_plans_overage_and_the_tenants_own_period() {
     )
     .await;
     assert_eq!(status, 200);
-    let (_, billing) = admin(
+    let (_, billing) = admin_call(
         &app,
         Method::GET,
         &format!("/api/v1/billing/tenants/{growth}"),
@@ -184,12 +180,12 @@ async fn mrr_and_usage_cost_follow_plans_overage_and_the_tenants_own_period() {
     );
 
     // Platform totals and the dashboard carry the same.
-    let (status, summary) = admin(&app, Method::GET, "/api/v1/billing/summary", None).await;
+    let (status, summary) = admin_call(&app, Method::GET, "/api/v1/billing/summary", None).await;
     assert_eq!(status, 200, "{summary}");
     assert_eq!(summary["tenants"], "4");
     assert_eq!(summary["paying"], "3");
     assert_eq!(summary["mrrCents"], (39_900 + 39_900 + 250_000).to_string());
-    let (_, dashboard) = admin(&app, Method::GET, "/api/v1/tenants/dashboard", None).await;
+    let (_, dashboard) = admin_call(&app, Method::GET, "/api/v1/tenants/dashboard", None).await;
     let row = dashboard["data"]
         .as_array()
         .unwrap()
@@ -210,7 +206,7 @@ async fn mrr_and_usage_cost_follow_plans_overage_and_the_tenants_own_period() {
     )
     .await;
     assert_eq!(status, 403);
-    let (status, _) = admin(&app, Method::GET, "/api/v1/billing", None).await;
+    let (status, _) = admin_call(&app, Method::GET, "/api/v1/billing", None).await;
     assert_eq!(status, 403, "GetBilling takes a tenant key");
 }
 
@@ -281,7 +277,7 @@ async fn the_sync_keeps_one_customer_and_subscription_per_tenant_and_bills_usage
     assert_eq!(billing["status"], "active");
     assert_eq!(subs[0]["status"], "active");
     assert!(billing["syncedAt"].is_string());
-    let (_, free_billing) = admin(
+    let (_, free_billing) = admin_call(
         &a,
         Method::GET,
         &format!("/api/v1/billing/tenants/{free}"),
@@ -312,7 +308,7 @@ async fn the_sync_keeps_one_customer_and_subscription_per_tenant_and_bills_usage
     assert_eq!(amounts, [200, 1000]);
 
     // A plan change moves the same subscription; termination cancels it.
-    admin(
+    admin_call(
         &a,
         Method::PATCH,
         &format!("/api/v1/tenants/{tenant}/plan"),
@@ -326,7 +322,7 @@ async fn the_sync_keeps_one_customer_and_subscription_per_tenant_and_bills_usage
     ))
     .await;
     assert_eq!(sub["plan"]["id"], "tenlyr_scale");
-    admin(
+    admin_call(
         &a,
         Method::POST,
         &format!("/api/v1/tenants/{tenant}/terminate"),
@@ -334,7 +330,7 @@ async fn the_sync_keeps_one_customer_and_subscription_per_tenant_and_bills_usage
     )
     .await;
     sync(&b).await;
-    let (_, after) = admin(
+    let (_, after) = admin_call(
         &a,
         Method::GET,
         &format!("/api/v1/billing/tenants/{tenant}"),
@@ -536,7 +532,7 @@ async fn stripe_webhooks_move_the_status_and_the_portal_gives_a_url() {
     })
     .await;
     let receiver = Receiver::start(Reply::Ok).await;
-    let (status, _) = admin(
+    let (status, _) = admin_call(
         &app,
         Method::POST,
         "/api/v1/webhook-endpoints",

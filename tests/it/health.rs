@@ -42,10 +42,6 @@ async fn traffic_at(
     assert_eq!(status, 200, "{reply}");
 }
 
-async fn admin(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    call(app, &app.admin_key, method, path, body).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statuses_follow_the_documented_table_from_minute_counts() {
     // Traffic is stamped from `base` (20 minutes ago) on; the scan reads
@@ -54,7 +50,7 @@ async fn statuses_follow_the_documented_table_from_minute_counts() {
     let clock = ManualClock::new(base);
     let app = TestApp::spawn_with_clock(clock.clone()).await;
     let receiver = Receiver::start(Reply::Ok).await;
-    let (status, _) = admin(
+    let (status, _) = admin_call(
         &app,
         Method::POST,
         "/api/v1/webhook-endpoints",
@@ -84,7 +80,7 @@ async fn statuses_follow_the_documented_table_from_minute_counts() {
     assert_eq!(status, 200);
 
     // Never scanned: unknown, checkedAt null.
-    let (_, before) = admin(
+    let (_, before) = admin_call(
         &app,
         Method::GET,
         &format!("/api/v1/health/{critical}"),
@@ -95,7 +91,7 @@ async fn statuses_follow_the_documented_table_from_minute_counts() {
     assert_eq!(before["checkedAt"], Value::Null);
 
     assert_eq!(app.state.health.scan().await.unwrap(), 5);
-    let (status, list) = admin(&app, Method::GET, "/api/v1/health", None).await;
+    let (status, list) = admin_call(&app, Method::GET, "/api/v1/health", None).await;
     assert_eq!(status, 200, "{list}");
     let by_id = |id: &str| {
         list.as_array()
@@ -138,7 +134,7 @@ async fn statuses_follow_the_documented_table_from_minute_counts() {
         (Some("healthy"), Some(true))
     );
 
-    let (_, overview) = admin(&app, Method::GET, "/api/v1/health/overview", None).await;
+    let (_, overview) = admin_call(&app, Method::GET, "/api/v1/health/overview", None).await;
     assert_eq!(
         overview,
         json!({"total": 5, "healthy": 2, "warning": 1, "critical": 1, "unknown": 1,
@@ -146,7 +142,7 @@ async fn statuses_follow_the_documented_table_from_minute_counts() {
     );
 
     // The dashboard carries the same fields.
-    let (_, dashboard) = admin(&app, Method::GET, "/api/v1/tenants/dashboard", None).await;
+    let (_, dashboard) = admin_call(&app, Method::GET, "/api/v1/tenants/dashboard", None).await;
     let row = dashboard["data"]
         .as_array()
         .unwrap()
@@ -193,7 +189,7 @@ async fn statuses_follow_the_documented_table_from_minute_counts() {
     .await;
     clock.set(base + chrono::Duration::minutes(6));
     app.state.health.scan().await.unwrap();
-    let (_, back) = admin(
+    let (_, back) = admin_call(
         &app,
         Method::GET,
         &format!("/api/v1/health/{critical}"),
@@ -205,7 +201,7 @@ async fn statuses_follow_the_documented_table_from_minute_counts() {
     assert_eq!(got[1].json()["type"], "health.recovered");
     clock.advance(chrono::Duration::minutes(6));
     app.state.health.scan().await.unwrap();
-    let (_, later) = admin(
+    let (_, later) = admin_call(
         &app,
         Method::GET,
         &format!("/api/v1/health/{critical}"),
@@ -217,7 +213,7 @@ async fn statuses_follow_the_documented_table_from_minute_counts() {
     // A tenant key may not read health; an unknown tenant is 404.
     let (status, _) = call(&app, &healthy_key, Method::GET, "/api/v1/health", None).await;
     assert_eq!(status, 403);
-    let (status, reply) = admin(
+    let (status, reply) = admin_call(
         &app,
         Method::GET,
         &format!("/api/v1/health/{}", uuid::Uuid::now_v7()),
@@ -243,7 +239,7 @@ async fn one_health_critical_alert_per_tenant_across_ticks_and_replicas() {
     let (x, y) = (x.unwrap(), y.unwrap());
     assert_eq!(x.0 + y.0, 1, "one alert opened");
     assert_eq!(a.state.alerts.check().await.unwrap(), (0, 0));
-    let (status, open) = admin(&a, Method::GET, "/api/v1/alerts/unresolved", None).await;
+    let (status, open) = admin_call(&a, Method::GET, "/api/v1/alerts/unresolved", None).await;
     assert_eq!(status, 200);
     let open = open.as_array().unwrap().clone();
     assert_eq!(open.len(), 1);
@@ -257,7 +253,7 @@ async fn one_health_critical_alert_per_tenant_across_ticks_and_replicas() {
     clock.set(base + chrono::Duration::minutes(6));
     a.state.health.scan().await.unwrap();
     assert_eq!(b.state.alerts.check().await.unwrap(), (0, 1));
-    let (_, open) = admin(&a, Method::GET, "/api/v1/alerts/unresolved", None).await;
+    let (_, open) = admin_call(&a, Method::GET, "/api/v1/alerts/unresolved", None).await;
     assert_eq!(open, json!([]));
 
     // Manual alerts: a tenant key creates and sees only its own.
@@ -271,7 +267,7 @@ async fn one_health_critical_alert_per_tenant_across_ticks_and_replicas() {
     .await;
     assert_eq!(status, 200, "{mine}");
     assert_eq!(mine["tenantId"], tenant);
-    let (status, theirs) = admin(
+    let (status, theirs) = admin_call(
         &a,
         Method::POST,
         "/api/v1/alerts",
@@ -303,7 +299,7 @@ async fn one_health_critical_alert_per_tenant_across_ticks_and_replicas() {
     )
     .await;
     assert_eq!(status, 403);
-    let (_, all) = admin(
+    let (_, all) = admin_call(
         &a,
         Method::GET,
         &format!("/api/v1/alerts?tenantId={other}"),
@@ -380,7 +376,7 @@ async fn one_health_critical_alert_per_tenant_across_ticks_and_replicas() {
             );
         }
     }
-    let (status, reply) = admin(
+    let (status, reply) = admin_call(
         &a,
         Method::POST,
         "/api/v1/alerts",
@@ -414,7 +410,7 @@ async fn burst(apps: &[&TestApp], key: &str, n: usize) -> Vec<reqwest::Response>
 async fn a_throttle_is_exact_across_replicas_sharing_redis() {
     let (a, b) = TestApp::spawn_pair().await;
     let (tenant, key) = provision(&a, "throttled@health.test", "growth", "UTC").await;
-    let (status, reply) = admin(
+    let (status, reply) = admin_call(
         &a,
         Method::POST,
         &format!("/api/v1/health/{tenant}/throttle"),
@@ -464,7 +460,7 @@ async fn a_throttle_is_exact_across_replicas_sharing_redis() {
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
 
     // Removed: everything passes again, on both.
-    let (status, reply) = admin(
+    let (status, reply) = admin_call(
         &b,
         Method::DELETE,
         &format!("/api/v1/health/{tenant}/throttle"),
@@ -479,7 +475,7 @@ async fn a_throttle_is_exact_across_replicas_sharing_redis() {
 
     // Bad input.
     for limit in [json!(0), json!(-5), json!(10_000_000)] {
-        let (status, reply) = admin(
+        let (status, reply) = admin_call(
             &a,
             Method::POST,
             &format!("/api/v1/health/{tenant}/throttle"),
@@ -489,7 +485,7 @@ async fn a_throttle_is_exact_across_replicas_sharing_redis() {
         assert_eq!(status, 422, "{limit}: {reply}");
         assert_eq!(reply["details"][0]["field"], "limitRpm");
     }
-    let (status, _) = admin(
+    let (status, _) = admin_call(
         &a,
         Method::POST,
         &format!("/api/v1/health/{}/throttle", uuid::Uuid::now_v7()),
@@ -504,7 +500,7 @@ async fn without_redis_each_replica_throttles_exactly_for_itself() {
     // No Redis at all: the in-process limiter of the one replica.
     let app = TestApp::spawn().await;
     let (tenant, key) = provision(&app, "local@health.test", "growth", "UTC").await;
-    let (status, _) = admin(
+    let (status, _) = admin_call(
         &app,
         Method::POST,
         &format!("/api/v1/health/{tenant}/throttle"),
@@ -521,7 +517,7 @@ async fn without_redis_each_replica_throttles_exactly_for_itself() {
     let redis = PrivateRedis::start().await;
     let (a, b) = TestApp::spawn_pair_on(&redis.url).await;
     let (tenant, key) = provision(&a, "down@health.test", "growth", "UTC").await;
-    let (status, _) = admin(
+    let (status, _) = admin_call(
         &a,
         Method::POST,
         &format!("/api/v1/health/{tenant}/throttle"),

@@ -387,6 +387,16 @@ pub async fn call(
     json(request.send().await.unwrap()).await
 }
 
+/// A REST call with the admin key: status and JSON body.
+pub async fn admin_call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    call(app, &app.admin_key, method, path, body).await
+}
+
 /// Asserts the documented error body.
 pub fn assert_error_body(body: &serde_json::Value, status: u16, error: &str) {
     assert_eq!(body["statusCode"], status, "{body}");

@@ -184,15 +184,6 @@ async fn endpoint(app: &TestApp, body: Value) -> (String, String) {
     )
 }
 
-async fn admin_call(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    call(app, &app.admin_key, method, path, body).await
-}
-
 async fn send_test(app: &TestApp, id: &str) -> String {
     let (status, reply) = admin_call(
         app,
