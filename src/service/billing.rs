@@ -64,6 +64,16 @@ pub struct SyncReport {
     pub skipped: bool,
 }
 
+/// What syncing one tenant came to.
+enum Synced {
+    /// Stripe and Tenlyr agreed and nothing was written: only `syncedAt`
+    /// moves (for all such tenants in one statement).
+    Unchanged,
+    Changed {
+        drifted: bool,
+    },
+}
+
 /// Advisory-lock key of the billing sync: "tenlyr.billing" as an integer.
 const SYNC_LOCK: i64 = 0x7465_6e6c_7962_696c;
 
@@ -438,15 +448,27 @@ impl Billing {
             ..Default::default()
         };
         let mut plans: HashSet<String> = HashSet::new();
+        // Every tenant's ledger for its current period, read once.
+        let tx = self.db.begin(Scope::Platform).await?;
+        let keys: Vec<(Uuid, DateTime<Utc>)> = views
+            .iter()
+            .map(|v| (v.tenant_id, v.period_start))
+            .collect();
+        let ledgers = repo::ledgers(&tx, &keys).await?;
+        tx.commit().await?;
+        // Tenants the tick found as they were: one statement for all.
+        let mut quiet: Vec<Uuid> = Vec::new();
         for (t, view) in tenants.iter().zip(views) {
             let mut calls = Calls::default();
+            let ledger = ledgers.get(&t.id).cloned().unwrap_or_default();
             let result = self
-                .sync_one(stripe, t, &view, &mut plans, &mut calls)
+                .sync_one(stripe, t, &view, &ledger, &mut plans, &mut calls)
                 .await;
             report.calls.reads += calls.reads;
             report.calls.writes += calls.writes;
             match result {
-                Ok(drifted) => report.drifted += usize::from(drifted),
+                Ok(Synced::Unchanged) => quiet.push(t.id),
+                Ok(Synced::Changed { drifted }) => report.drifted += usize::from(drifted),
                 Err(err) => {
                     report.failed += 1;
                     tracing::warn!(tenant = %t.id, error = %err, "billing sync failed; the next tick retries");
@@ -456,6 +478,11 @@ impl Billing {
                 }
             }
         }
+        if !quiet.is_empty() {
+            let tx = self.db.begin(Scope::Platform).await?;
+            repo::mark_synced(&tx, &quiet, self.clock.now()).await?;
+            tx.commit().await?;
+        }
         Ok(report)
     }
 
@@ -464,9 +491,10 @@ impl Billing {
         stripe: &Stripe,
         t: &tenant::Model,
         view: &View,
+        ledger: &repo::Ledger,
         plans: &mut HashSet<String>,
         calls: &mut Calls,
-    ) -> Result<bool, StripeError> {
+    ) -> Result<Synced, StripeError> {
         let now = self.clock.now();
         let writes_before = calls.writes;
         let mut row = view.row.clone();
@@ -607,9 +635,13 @@ impl Billing {
                 }
             }
         }
-        self.push_usage(stripe, t, view, &customer, now, calls)
+        self.push_usage(stripe, t, view, ledger, &customer, calls)
             .await?;
         let drifted = drift.is_some();
+        let wrote = calls.writes > writes_before;
+        if !wrote && !drifted && view.row.last_error.is_none() && row == view.row {
+            return Ok(Synced::Unchanged);
+        }
         if let Some(what) = &drift {
             tracing::warn!(tenant = %t.id, drift = %what, "billing drift between Stripe and Tenlyr; corrected");
             row.drift = drift.clone();
@@ -623,7 +655,7 @@ impl Billing {
             .await
             .map_err(db_unavailable)?;
         repo::save_sync(&tx, &row).await.map_err(db_unavailable)?;
-        if calls.writes > writes_before || drifted {
+        if wrote || drifted {
             self.outbox
                 .emit_in(
                     &tx,
@@ -644,7 +676,7 @@ impl Billing {
                 .map_err(db_unavailable)?;
         }
         tx.commit().await.map_err(db_unavailable)?;
-        Ok(drifted)
+        Ok(Synced::Changed { drifted })
     }
 
     /// Sends Stripe the period's usage cost not yet billed, exactly once
@@ -654,20 +686,12 @@ impl Billing {
         stripe: &Stripe,
         t: &tenant::Model,
         view: &View,
+        ledger: &repo::Ledger,
         customer: &str,
-        now: DateTime<Utc>,
         calls: &mut Calls,
     ) -> Result<(), StripeError> {
+        let now = self.clock.now();
         let period = view.period_start;
-        let tx = self
-            .db
-            .begin(Scope::Platform)
-            .await
-            .map_err(db_unavailable)?;
-        let ledger = repo::ledger(&tx, t.id, period)
-            .await
-            .map_err(db_unavailable)?;
-        tx.commit().await.map_err(db_unavailable)?;
         let mut billed = ledger.billed_cents;
         if let (Some(key), Some(cents)) = (&ledger.pending_key, ledger.pending_cents) {
             // A push whose outcome was not recorded: Stripe may have it.

@@ -123,26 +123,44 @@ pub struct Ledger {
     pub pending_cents: Option<i64>,
 }
 
-pub async fn ledger(
+/// The ledger rows of these (tenant, period) pairs, by tenant.
+pub async fn ledgers(
     tx: &DatabaseTransaction,
-    tenant: Uuid,
-    period: DateTime<Utc>,
-) -> Result<Ledger, DbErr> {
-    let found = tx
-        .query_one_raw(statement(
-            "SELECT billed_cents, pending_key, pending_cents FROM billing_usage_ledger \
-             WHERE tenant_id = $1 AND period_start = $2",
-            [tenant.into(), period.into()],
+    keys: &[(Uuid, DateTime<Utc>)],
+) -> Result<std::collections::HashMap<Uuid, Ledger>, DbErr> {
+    let tenants: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+    let periods: Vec<DateTime<Utc>> = keys.iter().map(|k| k.1).collect();
+    tx.query_all_raw(statement(
+        "SELECT l.tenant_id, l.billed_cents, l.pending_key, l.pending_cents          FROM billing_usage_ledger l          JOIN unnest($1::uuid[], $2::timestamptz[]) AS k(t, p)            ON l.tenant_id = k.t AND l.period_start = k.p",
+        [tenants.into(), periods.into()],
+    ))
+    .await?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get("", "tenant_id")?,
+            Ledger {
+                billed_cents: r.try_get("", "billed_cents")?,
+                pending_key: r.try_get("", "pending_key")?,
+                pending_cents: r.try_get("", "pending_cents")?,
+            },
         ))
-        .await?;
-    match found {
-        Some(r) => Ok(Ledger {
-            billed_cents: r.try_get("", "billed_cents")?,
-            pending_key: r.try_get("", "pending_key")?,
-            pending_cents: r.try_get("", "pending_cents")?,
-        }),
-        None => Ok(Ledger::default()),
-    }
+    })
+    .collect()
+}
+
+/// Moves `synced_at` of tenants a tick found unchanged.
+pub async fn mark_synced(
+    tx: &DatabaseTransaction,
+    tenants: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    tx.execute_raw(statement(
+        "UPDATE tenant_billing SET synced_at = $2 WHERE tenant_id = ANY($1)",
+        [tenants.to_vec().into(), now.into()],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// Marks a push as about to happen (committed before calling Stripe).
