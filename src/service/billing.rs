@@ -64,6 +64,11 @@ pub struct SyncReport {
     pub skipped: bool,
 }
 
+/// The longest backoff before a tenant's sync waits for the next tick.
+const MAX_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(800);
+/// Tenants in a row that found Stripe unavailable before a tick stops.
+const GIVE_UP_AFTER_UNAVAILABLE: usize = 3;
+
 /// What syncing one tenant came to.
 enum Synced {
     /// Stripe and Tenlyr agreed and nothing was written: only `syncedAt`
@@ -458,12 +463,36 @@ impl Billing {
         tx.commit().await?;
         // Tenants the tick found as they were: one statement for all.
         let mut quiet: Vec<Uuid> = Vec::new();
+        let mut unavailable_in_a_row = 0;
         for (t, view) in tenants.iter().zip(views) {
+            if unavailable_in_a_row >= GIVE_UP_AFTER_UNAVAILABLE {
+                // Stripe is down: the rest wait for the next tick rather
+                // than each waiting out its retries now.
+                report.failed += 1;
+                continue;
+            }
             let mut calls = Calls::default();
             let ledger = ledgers.get(&t.id).cloned().unwrap_or_default();
-            let result = self
-                .sync_one(stripe, t, &view, &ledger, &mut plans, &mut calls)
-                .await;
+            // Stripe unavailable (5xx, timeout, refused connection): retried
+            // with backoff (200 ms, 400 ms, 800 ms) before the tenant waits
+            // for the next tick. Every step is idempotent.
+            let mut delay = std::time::Duration::from_millis(200);
+            let result = loop {
+                let result = self
+                    .sync_one(stripe, t, &view, &ledger, &mut plans, &mut calls)
+                    .await;
+                match result {
+                    Err(StripeError::Unavailable(_)) if delay <= MAX_RETRY_DELAY => {
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                    other => break other,
+                }
+            };
+            unavailable_in_a_row = match &result {
+                Err(StripeError::Unavailable(_)) => unavailable_in_a_row + 1,
+                _ => 0,
+            };
             report.calls.reads += calls.reads;
             report.calls.writes += calls.writes;
             match result {
