@@ -10,8 +10,8 @@
 //! 3. third tick, nothing changed: reads only, **no Stripe write**.
 //!
 //! Each tick prints its time and Stripe calls per tenant, beside the
-//! reference of the same number of bare reads (`GET /v1/customers/{id}`)
-//! sent straight to localstripe: a tick is bounded by Stripe's speed.
+//! reference of the same reads (`GET /v1/subscriptions/{id}`) sent
+//! straight to localstripe: a tick is bounded by Stripe's speed.
 
 mod common;
 
@@ -122,13 +122,17 @@ async fn main() -> anyhow::Result<()> {
         "an unchanged tick wrote to Stripe: {quiet:?}"
     );
 
-    // Reference: the same number of reads, bare, one at a time.
+    // Reference: the same reads (each subscription), bare, one at a time.
     let reads = quiet.calls.reads as usize;
-    let customers: Vec<&String> = rows.iter().map(|(c,)| c).collect();
+    let subs: Vec<(String,)> = sqlx::query_as(
+        "SELECT stripe_subscription_id FROM tenant_billing WHERE stripe_subscription_id IS NOT NULL",
+    )
+    .fetch_all(&mut owner)
+    .await?;
     let started = Instant::now();
     for i in 0..reads {
-        let customer = customers[i % customers.len().max(1)];
-        http.get(format!("{stripe}/v1/customers/{customer}"))
+        let (sub,) = &subs[i % subs.len().max(1)];
+        http.get(format!("{stripe}/v1/subscriptions/{sub}"))
             .basic_auth(KEY, Some(""))
             .send()
             .await?
