@@ -605,12 +605,19 @@ async fn stripe_webhooks_move_the_status_and_the_portal_gives_a_url() {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     assert_eq!(status, "canceled");
-    let got = receiver.wait_for(1).await;
-    let event = got
-        .iter()
-        .find(|r| r.json()["type"] == "billing.subscription_updated")
-        .expect("billing.subscription_updated")
-        .json();
+    // billing.synced events arrive too: wait for the subscription update.
+    let mut event = None;
+    for n in 1..=20 {
+        let got = receiver.wait_for(n).await;
+        if let Some(found) = got
+            .iter()
+            .find(|r| r.json()["type"] == "billing.subscription_updated")
+        {
+            event = Some(found.json());
+            break;
+        }
+    }
+    let event = event.expect("billing.subscription_updated");
     assert_eq!(event["data"]["tenantId"], tenant);
     assert_eq!(event["data"]["status"], "canceled");
 
