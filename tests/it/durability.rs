@@ -218,8 +218,8 @@ async fn webhook_deliveries_survive_sigkill_mid_backlog() {
     let data_dir = std::env::temp_dir().join(format!("tenlyr-kill-{}", uuid::Uuid::new_v4()));
     let mut server = start(&db, &data_dir).await;
     let http = reqwest::Client::new();
-    // 500 ms per request, so that deliveries are in flight when it dies.
-    let receiver = Receiver::start(Reply::Slow(500)).await;
+    // 1 s per request, so that deliveries are in flight when it dies.
+    let receiver = Receiver::start(Reply::Slow(1000)).await;
     let created: Value = http
         .post(format!("{}/api/v1/webhook-endpoints", server.base))
         .bearer_auth(&admin)

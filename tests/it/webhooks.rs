@@ -981,8 +981,8 @@ async fn deleting_an_endpoint_with_a_delivery_in_flight_stops_it_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_mid_backlog_loses_nothing_and_replicas_never_share_a_delivery() {
     let app = TestApp::spawn().await;
-    // Slow enough (64 in flight, 1 s each) that a backlog builds.
-    let receiver = Receiver::start(Reply::Slow(1000)).await;
+    // Slow enough (64 in flight, 2 s each) that a backlog builds.
+    let receiver = Receiver::start(Reply::Slow(2000)).await;
     let (id, _) = endpoint(&app, json!({"url": receiver.url("/backlog")})).await;
     let mut events = HashSet::new();
     for _ in 0..300 {
