@@ -34,7 +34,7 @@ async fn start(db: &TestDb, data_dir: &std::path::Path) -> Process {
         .env("TENLYR_DATA_DIR", data_dir)
         .env("TENLYR_LOG", "warn")
         .env("TENLYR_WEBHOOK_ALLOWED_CIDRS", "127.0.0.0/8")
-        .env("TENLYR_WEBHOOK_TIMEOUT_SECS", "1")
+        .env("TENLYR_WEBHOOK_TIMEOUT_SECS", "5")
         .env("TENLYR_WEBHOOK_CONCURRENCY", "16")
         .env_remove("REDIS_URL")
         .stdout(Stdio::null())

@@ -980,7 +980,9 @@ async fn deleting_an_endpoint_with_a_delivery_in_flight_stops_it_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_mid_backlog_loses_nothing_and_replicas_never_share_a_delivery() {
-    let app = TestApp::spawn().await;
+    // Attempts may take 10 s here: the receiver is slow on purpose.
+    let slow = |c: &mut tenlyr::config::ServeConfig| c.webhook_timeout_secs = 10;
+    let app = TestApp::spawn_with(slow).await;
     // Slow enough (64 in flight, 2 s each) that a backlog builds.
     let receiver = Receiver::start(Reply::Slow(2000)).await;
     let (id, _) = endpoint(&app, json!({"url": receiver.url("/backlog")})).await;
@@ -999,8 +1001,8 @@ async fn a_restart_mid_backlog_loses_nothing_and_replicas_never_share_a_delivery
         "the backlog was not delivered before the restart"
     );
     let clock: tenlyr::workers::SharedClock = Arc::new(tenlyr::workers::SystemClock);
-    let a = first.replica(clock.clone(), |_| {}).await;
-    let b = first.replica(clock, |_| {}).await;
+    let a = first.replica(clock.clone(), slow).await;
+    let b = first.replica(clock, slow).await;
     receiver.set_default(Reply::Ok);
     for i in 0..100 {
         let app = if i % 2 == 0 { &a } else { &b };
@@ -1016,6 +1018,42 @@ async fn a_restart_mid_backlog_loses_nothing_and_replicas_never_share_a_delivery
     let unique: HashSet<String> = got_ids.iter().cloned().collect();
     assert_eq!(unique, events, "every event arrived");
     assert_eq!(got_ids.len(), 400, "none twice ({} received)", got.len());
+    // The log pages through every delivery once, newest first.
+    let (mut seen, mut cursor, mut previous) = (HashSet::new(), String::new(), i64::MAX);
+    loop {
+        let (status, page) = admin_call(
+            &a,
+            Method::GET,
+            &format!("/api/v1/webhook-endpoints/{id}/deliveries?limit=100&cursor={cursor}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        for d in page["data"].as_array().unwrap() {
+            let n: i64 = d["id"].as_str().unwrap().parse().unwrap();
+            assert!(n < previous, "newest first");
+            previous = n;
+            assert!(seen.insert(n));
+        }
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 400);
+    for (filter, expect_any) in [("delivered", true), ("failed", false)] {
+        let (status, page) = admin_call(
+            &a,
+            Method::GET,
+            &format!("/api/v1/webhook-endpoints/{id}/deliveries?status={filter}&limit=5"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        let data = page["data"].as_array().unwrap();
+        assert_eq!(!data.is_empty(), expect_any, "{filter}: {page}");
+        assert!(data.iter().all(|d| d["status"] == filter));
+    }
     let list = deliveries(&a, &id).await;
     assert!(
         list.iter()
