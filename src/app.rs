@@ -42,8 +42,9 @@ use crate::{
     workers::{
         self, Runtime, SharedClock, SystemClock,
         activity::{self, ActivityFlush},
+        billing_sync::BillingSync,
         counters::CounterPublisher,
-        health::{AlertCheck, BillingSync, HealthScan},
+        health::{AlertCheck, HealthScan},
         key_invalidation::KeyInvalidation,
         partitions::{self, Partitions},
         periodic::{Election, Periodic},

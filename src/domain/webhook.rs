@@ -151,9 +151,10 @@ pub fn event_types(raw: &[String]) -> Result<Vec<String>, FieldViolation> {
     Ok(out)
 }
 
-/// Whether `patterns` take `event_type` (the SQL twin is
-/// `tenlyr_event_matches`, which the outbox uses).
-pub fn matches(patterns: &[String], event_type: &str) -> bool {
+/// Whether `patterns` take `event_type`: the rule the outbox applies in
+/// SQL (`tenlyr_event_matches`), spelled out for the tests.
+#[cfg(test)]
+fn matches(patterns: &[String], event_type: &str) -> bool {
     patterns.is_empty()
         || patterns.iter().any(|p| {
             p == "*"

@@ -183,7 +183,9 @@ impl WebhookEndpoints {
         ])?;
         let now = self.clock.now();
         let tx = self.db.begin(scope).await?;
-        let mut row = repo::find_endpoint(&tx, id).await?.ok_or_else(not_found)?;
+        let mut row = repo::find_endpoint_for_update(&tx, id)
+            .await?
+            .ok_or_else(not_found)?;
         let was_enabled = row.enabled;
         let mut changed = serde_json::Map::new();
         if let Some(url) = url.unwrap() {
@@ -232,7 +234,9 @@ impl WebhookEndpoints {
     /// finishes, and its outcome is dropped).
     pub async fn delete(&self, actor: &Actor, id: Uuid) -> Result<(), ApiError> {
         let tx = self.db.begin(actor.platform()?).await?;
-        let row = repo::find_endpoint(&tx, id).await?.ok_or_else(not_found)?;
+        let row = repo::find_endpoint_for_update(&tx, id)
+            .await?
+            .ok_or_else(not_found)?;
         repo::delete_endpoint(&tx, id).await?;
         audit_repo::audit(
             &tx,
@@ -271,7 +275,9 @@ impl WebhookEndpoints {
         };
         let now = self.clock.now();
         let tx = self.db.begin(actor.platform()?).await?;
-        let mut row = repo::find_endpoint(&tx, id).await?.ok_or_else(not_found)?;
+        let mut row = repo::find_endpoint_for_update(&tx, id)
+            .await?
+            .ok_or_else(not_found)?;
         let secret = rules::new_secret();
         let sealed = self.secrets.seal(secret.as_bytes());
         repo::rotate_secret(&tx, id, sealed.clone(), now + grace, now).await?;
@@ -295,7 +301,9 @@ impl WebhookEndpoints {
     /// Sends a `webhook.test` event to this endpoint alone; its id.
     pub async fn send_test(&self, actor: &Actor, id: Uuid) -> Result<String, ApiError> {
         let tx = self.db.begin(actor.platform()?).await?;
-        let row = repo::find_endpoint(&tx, id).await?.ok_or_else(not_found)?;
+        let row = repo::find_endpoint_for_update(&tx, id)
+            .await?
+            .ok_or_else(not_found)?;
         if !row.enabled {
             return Err(ApiError::new(
                 ErrorCode::FailedPrecondition,
@@ -334,7 +342,9 @@ impl WebhookEndpoints {
             }]));
         }
         let tx = self.db.begin(actor.platform()?).await?;
-        let row = repo::find_endpoint(&tx, id).await?.ok_or_else(not_found)?;
+        let row = repo::find_endpoint_for_update(&tx, id)
+            .await?
+            .ok_or_else(not_found)?;
         if !row.enabled {
             return Err(ApiError::new(
                 ErrorCode::FailedPrecondition,

@@ -86,8 +86,25 @@ pub async fn find_endpoint(
     tx: &DatabaseTransaction,
     id: Uuid,
 ) -> Result<Option<EndpointRow>, DbErr> {
+    find_endpoint_where(tx, id, "").await
+}
+
+/// [`find_endpoint`], locking the row for the rest of the transaction
+/// (changes).
+pub async fn find_endpoint_for_update(
+    tx: &DatabaseTransaction,
+    id: Uuid,
+) -> Result<Option<EndpointRow>, DbErr> {
+    find_endpoint_where(tx, id, " FOR UPDATE").await
+}
+
+async fn find_endpoint_where(
+    tx: &DatabaseTransaction,
+    id: Uuid,
+    lock: &str,
+) -> Result<Option<EndpointRow>, DbErr> {
     tx.query_one_raw(statement(
-        format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 FOR UPDATE"),
+        format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1{lock}"),
         [id.into()],
     ))
     .await?

@@ -1,8 +1,7 @@
-//! The health worker (every 60 s), the alert worker and the billing sync
-//! (every 5 min), each on one replica per tick (DESIGN.md §9, §11): the
-//! health scan reads the per-minute counts ingestion keeps; the alert check
-//! opens and resolves `health_critical` alerts from what the scan wrote;
-//! the billing sync brings Stripe in line with Tenlyr.
+//! The health worker (every 60 s) and the alert worker (every 5 min), each
+//! on one replica per tick (DESIGN.md §9): the health scan reads the
+//! per-minute counts ingestion keeps; the alert check opens and resolves
+//! `health_critical` alerts from what the scan wrote.
 
 use std::time::Duration;
 
@@ -48,34 +47,6 @@ impl Tick for AlertCheck {
         if opened + resolved > 0 {
             tracing::info!(opened, resolved, "health_critical alerts");
         }
-        Ok(())
-    }
-}
-
-/// The billing sync (every 5 minutes by default, one replica per tick):
-/// `service::billing::Billing::sync`.
-#[derive(Debug)]
-pub struct BillingSync(pub crate::service::billing::Billing);
-
-impl Tick for BillingSync {
-    const NAME: &'static str = "billing-sync";
-
-    async fn tick(&self, _ctx: &Context) -> anyhow::Result<()> {
-        let started = std::time::Instant::now();
-        let report = self
-            .0
-            .sync()
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-        tracing::info!(
-            tenants = report.tenants,
-            reads = report.calls.reads,
-            writes = report.calls.writes,
-            failed = report.failed,
-            drifted = report.drifted,
-            ms = started.elapsed().as_millis() as u64,
-            "billing sync"
-        );
         Ok(())
     }
 }

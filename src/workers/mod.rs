@@ -19,6 +19,7 @@
 //! module; a new background task is a [`Worker`] spawned on the runtime.
 
 pub mod activity;
+pub mod billing_sync;
 pub mod clock;
 pub mod counters;
 pub mod health;
