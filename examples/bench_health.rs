@@ -18,7 +18,7 @@ use std::{
 };
 
 use common::{Bench, load, report};
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::Connection;
 use tenlyr::{
     service::{health::Health, keys::KeyResolver, throttle::Throttle},
@@ -188,21 +188,7 @@ async fn tracking(bench: &Bench) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let mut tenants = Vec::new();
-    for i in 0..16 {
-        let reply: Value = http
-            .post(format!("{}/api/v1/tenants", bench.base_url))
-            .bearer_auth(&bench.admin_key)
-            .json(&json!({"name": format!("Throttle {i}"), "ownerEmail": format!("throttle{i}@bench.test"), "plan": "enterprise"}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        tenants.push((
-            reply["tenant"]["id"].as_str().unwrap().to_owned(),
-            reply["apiKey"].as_str().unwrap().to_owned(),
-        ));
-    }
+    let tenants = common::provision(bench, &http, 16, "throttle").await?;
     let tenants = Arc::new(tenants);
     let mut rates = [Vec::new(), Vec::new()];
     for round in 0..3 {

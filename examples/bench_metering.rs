@@ -18,7 +18,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Bench, load, report};
-use serde_json::{Value, json};
+
 use sqlx::Connection;
 use tenlyr::{
     domain::usage::{Metric, NewEvent},
@@ -33,29 +33,6 @@ fn phase() -> Duration {
             .and_then(|v| v.parse().ok())
             .unwrap_or(10),
     )
-}
-
-async fn provision(
-    bench: &Bench,
-    http: &reqwest::Client,
-    n: usize,
-) -> anyhow::Result<Vec<(String, String)>> {
-    let mut tenants = Vec::with_capacity(n);
-    for i in 0..n {
-        let reply: Value = http
-            .post(format!("{}/api/v1/tenants", bench.base_url))
-            .bearer_auth(&bench.admin_key)
-            .json(&json!({"name": format!("Meter {i}"), "ownerEmail": format!("meter{i}@bench.test"), "plan": "enterprise"}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        tenants.push((
-            reply["tenant"]["id"].as_str().unwrap().to_owned(),
-            reply["apiKey"].as_str().unwrap().to_owned(),
-        ));
-    }
-    Ok(tenants)
 }
 
 /// Whether to run `phase` (BENCH_PHASES: a comma list of floor, metrics,
@@ -123,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let tenants = provision(&bench, &http, 16).await?;
+    let tenants = common::provision(&bench, &http, 16, "meter").await?;
     println!(
         "tenlyr metering benchmark: {} s per phase, 16 tenants, redis: {}",
         phase().as_secs(),

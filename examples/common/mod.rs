@@ -69,6 +69,35 @@ where
     (samples, events, started.elapsed())
 }
 
+/// Provisions `n` enterprise tenants over REST (`<tag>{i}@bench.test`);
+/// their ids and primary keys.
+pub async fn provision(
+    bench: &Bench,
+    http: &reqwest::Client,
+    n: usize,
+    tag: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut tenants = Vec::with_capacity(n);
+    for i in 0..n {
+        let reply: serde_json::Value = http
+            .post(format!("{}/api/v1/tenants", bench.base_url))
+            .bearer_auth(&bench.admin_key)
+            .json(&serde_json::json!({"name": format!("{tag} {i}"), "ownerEmail": format!("{tag}{i}@bench.test"), "plan": "enterprise"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        tenants.push((
+            reply["tenant"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            reply["apiKey"].as_str().unwrap_or_default().to_owned(),
+        ));
+    }
+    Ok(tenants)
+}
+
 /// A fresh database (dropped by [`Bench::finish`]) and a server on it.
 pub struct Bench {
     pub db: Db,

@@ -20,7 +20,10 @@ use bytes::Bytes;
 use http::HeaderMap;
 use ipnet::IpNet;
 
-use crate::domain::webhook::{self, EXCERPT_BYTES};
+use crate::{
+    domain::webhook::{self, EXCERPT_BYTES},
+    error::FieldViolation,
+};
 
 /// Which addresses may be reached: everything public, plus the configured
 /// `TENLYR_WEBHOOK_ALLOWED_CIDRS` (self-hosting, tests).
@@ -43,6 +46,21 @@ impl Guard {
             Some(why) => Err(format!("{ip} is {why}")),
             None => Ok(()),
         }
+    }
+
+    /// A URL a customer gives Tenlyr to call (an endpoint, a callback):
+    /// valid by `domain::webhook::url` and passed by the guard, or the
+    /// violation naming `field` and why.
+    pub async fn checked_url(&self, field: &str, raw: &str) -> Result<String, FieldViolation> {
+        let url = webhook::url(raw).map_err(|v| FieldViolation {
+            field: field.to_owned(),
+            description: v.description,
+        })?;
+        self.check_url(&url).await.map_err(|why| FieldViolation {
+            field: field.to_owned(),
+            description: format!("refused: {why}"),
+        })?;
+        Ok(url.to_string())
     }
 
     /// Resolves the URL's host and checks every address (registration:

@@ -81,26 +81,13 @@ impl WebhookEndpoints {
         self.wakeups.wake();
     }
 
-    /// The URL, valid and reachable by the guard's rules, or 422 naming why.
-    async fn checked_url(&self, raw: &str) -> Result<String, FieldViolation> {
-        let url = rules::url(raw)?;
-        self.guard
-            .check_url(&url)
-            .await
-            .map_err(|why| FieldViolation {
-                field: "url".into(),
-                description: format!("refused: {why}"),
-            })?;
-        Ok(url.to_string())
-    }
-
     pub async fn create(
         &self,
         actor: &Actor,
         input: NewEndpoint,
     ) -> Result<(EndpointRow, String), ApiError> {
         let scope = actor.platform()?;
-        let url = self.checked_url(&input.url).await;
+        let url = self.guard.checked_url("url", &input.url).await;
         let types = rules::event_types(&input.event_types);
         let description = rules::description(&input.description);
         all_valid(vec![
@@ -163,7 +150,7 @@ impl WebhookEndpoints {
     ) -> Result<EndpointRow, ApiError> {
         let scope = actor.platform()?;
         let url = match &changes.url {
-            Some(raw) => Some(self.checked_url(raw).await).transpose(),
+            Some(raw) => Some(self.guard.checked_url("url", raw).await).transpose(),
             None => Ok(None),
         };
         let types = changes

@@ -136,16 +136,9 @@ impl WebhookSettings {
         let callback = match change.callback_url.as_deref().map(str::trim) {
             None => None,
             Some("") => Some(None),
-            Some(raw) => match rules::url(raw) {
-                Ok(url) => match self.guard.check_url(&url).await {
-                    Ok(()) => Some(Some(url.to_string())),
-                    Err(why) => {
-                        violations.push(violation("callbackUrl", format!("refused: {why}")));
-                        None
-                    }
-                },
-                Err(mut v) => {
-                    v.field = "callbackUrl".into();
+            Some(raw) => match self.guard.checked_url("callbackUrl", raw).await {
+                Ok(url) => Some(Some(url)),
+                Err(v) => {
                     violations.push(v);
                     None
                 }
