@@ -462,6 +462,18 @@ async fn drift_is_reported_and_a_crash_between_push_and_record_bills_once() {
     assert_eq!(got.usage_cost_cents, 500);
 }
 
+/// The first event `receiver` got (or gets, 10 s at most per arrival)
+/// that `wanted` takes; events arrive in any order.
+async fn event_of(receiver: &crate::webhooks::Receiver, wanted: impl Fn(&Value) -> bool) -> Value {
+    for n in 1..=50 {
+        let got = receiver.wait_for(n).await;
+        if let Some(found) = got.iter().map(|r| r.json()).find(|e| wanted(e)) {
+            return found;
+        }
+    }
+    panic!("no such event among 50");
+}
+
 /// A stand-in for the Stripe endpoints localstripe lacks (billing-portal
 /// sessions), passing everything else on to localstripe.
 async fn portal_stub() -> String {
@@ -606,20 +618,46 @@ async fn stripe_webhooks_move_the_status_and_the_portal_gives_a_url() {
     }
     assert_eq!(status, "canceled");
     // billing.synced events arrive too: wait for the subscription update.
-    let mut event = None;
-    for n in 1..=20 {
-        let got = receiver.wait_for(n).await;
-        if let Some(found) = got
-            .iter()
-            .find(|r| r.json()["type"] == "billing.subscription_updated")
-        {
-            event = Some(found.json());
-            break;
-        }
-    }
-    let event = event.expect("billing.subscription_updated");
+    let event = event_of(&receiver, |e| e["type"] == "billing.subscription_updated").await;
     assert_eq!(event["data"]["tenantId"], tenant);
     assert_eq!(event["data"]["status"], "canceled");
+
+    // The syncs announced themselves: billing.synced for this tenant.
+    let synced = event_of(&receiver, |e| {
+        e["type"] == "billing.synced" && e["data"]["tenantId"] == tenant
+    })
+    .await;
+    assert_eq!(synced["data"]["stripeCustomerId"], customer);
+
+    // A payment failure, signed as Stripe signs (the secret keys HMAC over
+    // "t.body"): past_due and billing.payment_failed.
+    let body = json!({
+        "id": "evt_payment_failed_test",
+        "type": "invoice.payment_failed",
+        "data": {"object": {"id": "in_test", "customer": customer, "subscription": sub, "amount_due": 9900}}
+    })
+    .to_string();
+    let t = Utc::now().timestamp();
+    let signed = app
+        .http
+        .post(app.url("/api/v1/billing/stripe/webhook"))
+        .header(
+            "stripe-signature",
+            tenlyr::domain::webhook::tenlyr_signature(&[SECRET], t, body.as_bytes()),
+        )
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 200);
+    let reply: Value = signed.json().await.unwrap();
+    assert_eq!(reply, json!({"received": true, "tenantId": tenant}));
+    let (_, billing) = call(&app, &key, Method::GET, "/api/v1/billing", None).await;
+    assert_eq!(billing["status"], "past_due");
+    let failed = event_of(&receiver, |e| e["type"] == "billing.payment_failed").await;
+    assert_eq!(failed["data"]["tenantId"], tenant);
+    assert_eq!(failed["data"]["amountDue"], 9900);
 
     // The billing portal.
     let (status, reply) = call(
