@@ -27,9 +27,11 @@ use crate::{
         counters::LiveCounters,
         events::Outbox,
         health::Health,
+        inbound::{Gateway, InboundConfigCache, Spool, WebhookEvents},
         keys::KeyResolver,
         metering::{self, Ingest, Metering},
         outbound::{Guard, Outbound},
+        paypal::{PaypalConfig, PaypalVerifier},
         records::Records,
         stripe::Stripe,
         tenants::Tenants,
@@ -45,6 +47,7 @@ use crate::{
         billing_sync::BillingSync,
         counters::CounterPublisher,
         health::{AlertCheck, HealthScan},
+        inbound::{self as inbound_workers, InboundLogWorker, SpoolDrain},
         key_invalidation::KeyInvalidation,
         partitions::{self, Partitions},
         periodic::{Election, Periodic},
@@ -66,6 +69,8 @@ pub struct AppState {
     pub records: Records,
     pub webhook_endpoints: WebhookEndpoints,
     pub webhook_settings: WebhookSettings,
+    pub inbound: Gateway,
+    pub webhook_events: WebhookEvents,
     pub health: Health,
     pub alerts: Alerts,
     pub billing: Billing,
@@ -263,13 +268,39 @@ impl Server {
         let alerts = Alerts::new(db.clone(), outbox.clone(), clock.clone());
         let throttle = Arc::new(Throttle::new(redis.clone()));
         let webhook_wakeups = Wakeups::default();
+        let inbound_cache = Arc::new(InboundConfigCache::default());
         let webhook_settings = WebhookSettings::new(
             db.clone(),
             secrets.clone(),
             guard.clone(),
             config.public_url.clone(),
             clock.clone(),
+            inbound_cache.clone(),
         );
+        let ca_pem = match &config.paypal_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading TENLYR_PAYPAL_CA_FILE={}", path.display()))?,
+            ),
+            None => None,
+        };
+        let paypal = PaypalVerifier::new(
+            &PaypalConfig {
+                cert_hosts: config.paypal_cert_hosts.clone(),
+                ca_pem,
+            },
+            outbound.clone(),
+        )?;
+        let spool = Arc::new(Spool::new(&config.storage.data_dir));
+        let (inbound, inbound_log) = Gateway::new(
+            db.clone(),
+            secrets.clone(),
+            clock.clone(),
+            inbound_cache,
+            paypal,
+            spool.clone(),
+        );
+        let webhook_events = WebhookEvents::new(db.clone(), clock.clone());
         let webhook_endpoints = WebhookEndpoints::new(
             db.clone(),
             secrets.clone(),
@@ -313,6 +344,8 @@ impl Server {
             records,
             webhook_endpoints,
             webhook_settings,
+            inbound,
+            webhook_events,
             health: health.clone(),
             alerts: alerts.clone(),
             billing: billing.clone(),
@@ -328,6 +361,12 @@ impl Server {
             .with_context(|| format!("binding TENLYR_LISTEN={}", config.listen))?;
 
         runtime.spawn(ingest);
+        runtime.spawn(InboundLogWorker(inbound_log));
+        runtime.spawn(Periodic::new(
+            SpoolDrain(spool),
+            inbound_workers::DRAIN_EVERY,
+            Election::Replica,
+        ));
         runtime.spawn(CounterPublisher(counters));
         runtime.spawn(KeyInvalidation(keys.clone()));
         runtime.spawn(

@@ -115,8 +115,26 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub webhook_concurrency: u32,
 
+    /// Hosts PayPal webhook certificates (`PAYPAL-CERT-URL`) may be
+    /// fetched from over https, comma-separated patterns (`*.paypal.com`);
+    /// an entry that is a whole origin (`http://127.0.0.1:9000`) allows
+    /// that origin as written (tests).
+    #[arg(
+        long,
+        env = "TENLYR_PAYPAL_CERT_HOSTS",
+        value_delimiter = ',',
+        default_value = "*.paypal.com"
+    )]
+    pub paypal_cert_hosts: Vec<String>,
+
+    /// A PEM file of the CAs PayPal certificates must chain to; unset:
+    /// the system's roots.
+    #[arg(long, env = "TENLYR_PAYPAL_CA_FILE")]
+    pub paypal_ca_file: Option<std::path::PathBuf>,
+
     /// Days platform events (with their deliveries and attempts) are kept
-    /// once every delivery finished.
+    /// once every delivery finished, and inbound webhook events (with their
+    /// dedup keys and payloads).
     #[arg(long, env = "TENLYR_EVENT_RETENTION_DAYS", default_value_t = 30,
           value_parser = clap::value_parser!(u32).range(1..=3650))]
     pub event_retention_days: u32,

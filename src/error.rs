@@ -287,6 +287,12 @@ fn static_reason(reason: &str) -> &'static str {
         "LOCK_TOKEN_STALE",
         "RECORD_ALREADY_SAVED",
         "TENANT_THROTTLED",
+        "INVALID_SIGNATURE",
+        "MISSING_EVENT_ID",
+        "INVALID_PAYLOAD",
+        "TENANT_NOT_ALLOWED",
+        "UNKNOWN_PROVIDER",
+        "EVENT_PENDING",
     ];
     KNOWN
         .iter()

@@ -145,6 +145,8 @@ impl Bench {
             health_interval_secs: 60,
             alert_interval_secs: 300,
             public_url: None,
+            paypal_cert_hosts: vec!["*.paypal.com".to_owned()],
+            paypal_ca_file: None,
             stripe_api_base: "https://api.stripe.com".into(),
             stripe_secret_key: None,
             stripe_webhook_secret: None,

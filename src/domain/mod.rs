@@ -2,6 +2,7 @@
 
 pub mod billing;
 pub mod health;
+pub mod inbound;
 pub mod keys;
 pub mod record;
 pub mod secrets;

@@ -214,6 +214,35 @@ impl Outbound {
         }
     }
 
+    /// GETs a document of at most `max_bytes` (PayPal certificates): the
+    /// body of a 200, else why not.
+    pub async fn get(&self, url: &str, max_bytes: usize) -> Result<Vec<u8>, String> {
+        let parsed = url::Url::parse(url).map_err(|err| format!("invalid URL: {err}"))?;
+        if let Some(url::Host::Ipv4(ip)) = parsed.host() {
+            self.guard.check(IpAddr::from(ip))?;
+        }
+        if let Some(url::Host::Ipv6(ip)) = parsed.host() {
+            self.guard.check(IpAddr::from(ip))?;
+        }
+        let mut response = self
+            .client
+            .get(parsed)
+            .send()
+            .await
+            .map_err(|err| self.describe(&err))?;
+        if response.status() != reqwest::StatusCode::OK {
+            return Err(format!("HTTP {}", response.status().as_u16()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|err| self.describe(&err))? {
+            if body.len() + chunk.len() > max_bytes {
+                return Err(format!("larger than {max_bytes} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
     fn describe(&self, err: &reqwest::Error) -> String {
         if err.is_timeout() {
             return format!("timed out after {} s", self.timeout.as_secs_f64());

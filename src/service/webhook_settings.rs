@@ -3,22 +3,29 @@
 //! calls), and per provider whether it is enabled, its signing secret
 //! (sealed, write-only: `secretConfigured` says whether one is stored) and
 //! its inbound slug URL. A replaced secret keeps verifying for an hour.
-//! Every change is audited (never the secrets).
+//! The callback URL is the tenant's endpoint in the delivery engine; its
+//! `whsec_` secret signs forwarded events and is shown once, when the
+//! first callback URL is set or the secret is rotated. Every change is
+//! audited (never the secrets).
+
+use std::sync::Arc;
 
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Actor, outbound::Guard};
+use super::{Actor, inbound::InboundConfigCache, outbound::Guard};
 use crate::{
     domain::{
+        inbound::braintree_keys,
         secrets::SecretBox,
         tenant::violation,
-        webhook::{self as rules, PROVIDER_SECRET_GRACE, PROVIDERS},
+        webhook::{self as rules, DEFAULT_GRACE, PROVIDER_SECRET_GRACE, PROVIDERS},
     },
     error::{ApiError, FieldViolation},
     storage::{
-        Db, tenants as tenant_repo,
+        Db, inbound as callbacks, tenants as tenant_repo,
         webhook_settings::{self as repo, ProviderRow},
+        webhooks as endpoints,
     },
     workers::SharedClock,
 };
@@ -39,6 +46,10 @@ pub struct SettingsView {
     /// Every provider, configured or not, in `PROVIDERS` order.
     pub providers: Vec<ProviderView>,
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The forwarding secret, only in the answer of the update that
+    /// created or rotated it.
+    pub signing_secret: Option<String>,
+    pub signing_secret_configured: bool,
 }
 
 /// One provider of an update (`provider`: `None` when the request named
@@ -57,6 +68,7 @@ pub struct SettingsChange {
     /// `None` keeps it; `Some("")` clears it.
     pub callback_url: Option<String>,
     pub providers: Vec<ProviderInput>,
+    pub rotate_signing_secret: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -67,6 +79,8 @@ pub struct WebhookSettings {
     /// The server's public base URL, for the inbound URLs shown.
     public_url: Option<String>,
     clock: SharedClock,
+    /// The gateway's cache, told of every change made here.
+    cache: Arc<InboundConfigCache>,
 }
 
 impl WebhookSettings {
@@ -76,6 +90,7 @@ impl WebhookSettings {
         guard: Guard,
         public_url: Option<String>,
         clock: SharedClock,
+        cache: Arc<InboundConfigCache>,
     ) -> Self {
         Self {
             db,
@@ -83,6 +98,7 @@ impl WebhookSettings {
             guard,
             public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
             clock,
+            cache,
         }
     }
 
@@ -119,10 +135,13 @@ impl WebhookSettings {
                 }
             })
             .collect();
+        let signing_secret_configured = callbacks::callback_endpoint(tx, tenant).await?.is_some();
         Ok(SettingsView {
             callback_url,
             providers,
             updated_at,
+            signing_secret: None,
+            signing_secret_configured,
         })
     }
 
@@ -157,10 +176,15 @@ impl WebhookSettings {
                 )),
                 Some(name) => seen.push(name),
             }
-            if let Some(secret) = &p.secret
-                && let Err(v) = rules::provider_secret(&format!("providers[{i}].secret"), secret)
-            {
-                violations.push(v);
+            if let Some(secret) = &p.secret {
+                if let Err(v) = rules::provider_secret(&format!("providers[{i}].secret"), secret) {
+                    violations.push(v);
+                } else if p.provider == Some("braintree") && braintree_keys(secret).is_none() {
+                    violations.push(violation(
+                        &format!("providers[{i}].secret"),
+                        "must be <public key>:<private key> for braintree",
+                    ));
+                }
             }
             if p.paypal_webhook_id
                 .as_ref()
@@ -176,6 +200,23 @@ impl WebhookSettings {
         let tx = self.db.begin(actor.scope()?).await?;
         let stored = repo::providers(&tx, tenant).await?;
         for (i, p) in change.providers.iter().enumerate() {
+            if p.provider == Some("paypal") {
+                // PayPal is verified by certificate and webhook id.
+                let has_id = p
+                    .paypal_webhook_id
+                    .as_ref()
+                    .is_some_and(|id| !id.trim().is_empty())
+                    || stored
+                        .iter()
+                        .any(|r| r.provider == "paypal" && r.paypal_webhook_id.is_some());
+                if p.enabled && !has_id {
+                    violations.push(violation(
+                        &format!("providers[{i}].paypalWebhookId"),
+                        "is required to enable paypal",
+                    ));
+                }
+                continue;
+            }
             let has_secret = p.secret.is_some()
                 || p.provider
                     .is_some_and(|n| stored.iter().any(|r| r.provider == n && r.secret.is_some()));
@@ -186,15 +227,45 @@ impl WebhookSettings {
                 ));
             }
         }
+        let endpoint = callbacks::callback_endpoint(&tx, tenant).await?;
+        let will_have_endpoint = endpoint.is_some() || matches!(callback, Some(Some(_)));
+        if change.rotate_signing_secret && !will_have_endpoint {
+            violations.push(violation(
+                "rotateSigningSecret",
+                "there is no signing secret until a callback URL is set",
+            ));
+        }
         if !violations.is_empty() {
             return Err(ApiError::validation(violations));
         }
         let mut audit = serde_json::Map::new();
+        let mut signing_secret = None;
         if let Some(callback) = &callback {
             repo::set_callback(&tx, tenant, callback.as_deref(), now).await?;
             audit.insert("callbackUrl".into(), json!(callback));
+            match (&endpoint, callback) {
+                (Some(e), url) => {
+                    callbacks::set_callback_endpoint(&tx, e.id, url.as_deref(), now).await?
+                }
+                (None, Some(url)) => {
+                    let secret = rules::new_secret();
+                    let sealed = self.secrets.seal(secret.as_bytes());
+                    callbacks::insert_callback_endpoint(&tx, tenant, url, sealed, now).await?;
+                    signing_secret = Some(secret);
+                }
+                (None, None) => {}
+            }
         } else {
             repo::touch(&tx, tenant, now).await?;
+        }
+        if change.rotate_signing_secret
+            && let Some(e) = &endpoint
+        {
+            let secret = rules::new_secret();
+            let sealed = self.secrets.seal(secret.as_bytes());
+            endpoints::rotate_secret(&tx, e.id, sealed, now + DEFAULT_GRACE, now).await?;
+            signing_secret = Some(secret);
+            audit.insert("signingSecretRotated".into(), json!(true));
         }
         let mut changed = Vec::new();
         for p in &change.providers {
@@ -223,8 +294,10 @@ impl WebhookSettings {
             ),
         )
         .await?;
-        let view = self.view(&tx, tenant).await?;
+        let mut view = self.view(&tx, tenant).await?;
         tx.commit().await?;
+        self.cache.forget(tenant);
+        view.signing_secret = signing_secret;
         Ok(view)
     }
 }

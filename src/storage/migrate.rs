@@ -93,6 +93,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "webhook_settings",
         sql: include_str!("../../migrations/0016_webhook_settings.sql"),
     },
+    Migration {
+        version: 17,
+        name: "inbound_webhooks",
+        sql: include_str!("../../migrations/0017_inbound_webhooks.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

@@ -11,6 +11,7 @@ pub mod embedded;
 pub mod entities;
 pub mod health;
 pub mod idempotency;
+pub mod inbound;
 pub mod jobs;
 pub mod login;
 pub mod migrate;
@@ -127,11 +128,21 @@ pub fn is_connection_error(err: &DbErr) -> bool {
     match err {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-            matches!(
-                **e,
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-            )
+            is_sqlx_unavailable(e)
         }
+        _ => false,
+    }
+}
+
+/// [`is_connection_error`] for statements run on the sqlx pool.
+/// Besides I/O and pool errors, the server's own "shutting down",
+/// "starting up" and connection-exception codes (57P0x, 08xxx) count.
+pub fn is_sqlx_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("57P0") || c.starts_with("08")),
         _ => false,
     }
 }

@@ -73,7 +73,10 @@ pub async fn insert_endpoint(tx: &DatabaseTransaction, e: &EndpointRow) -> Resul
 
 pub async fn endpoints(tx: &DatabaseTransaction) -> Result<Vec<EndpointRow>, DbErr> {
     tx.query_all_raw(statement(
-        format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id"),
+        format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE tenant_id IS NULL \
+             ORDER BY created_at, id"
+        ),
         [],
     ))
     .await?
@@ -104,7 +107,10 @@ async fn find_endpoint_where(
     lock: &str,
 ) -> Result<Option<EndpointRow>, DbErr> {
     tx.query_one_raw(statement(
-        format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1{lock}"),
+        format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints \
+             WHERE id = $1 AND tenant_id IS NULL{lock}"
+        ),
         [id.into()],
     ))
     .await?

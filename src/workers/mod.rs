@@ -23,6 +23,7 @@ pub mod billing_sync;
 pub mod clock;
 pub mod counters;
 pub mod health;
+pub mod inbound;
 pub mod ingest;
 pub mod key_invalidation;
 pub mod partitions;

@@ -343,10 +343,21 @@ impl super::periodic::Tick for EventRetention {
                 break;
             }
         }
-        if total > 0 {
+        // Inbound events: their log rows and dedup keys (their payloads
+        // are platform events, purged above).
+        let mut inbound = 0;
+        loop {
+            let n = crate::storage::inbound::purge_events(ctx.db.pool(), before, 1000).await?;
+            inbound += n;
+            if n < 1000 {
+                break;
+            }
+        }
+        if total + inbound > 0 {
             tracing::info!(
                 events = total,
-                "forgot platform events past their retention"
+                inbound,
+                "forgot webhook events past their retention"
             );
         }
         Ok(())

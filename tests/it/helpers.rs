@@ -154,6 +154,8 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         health_interval_secs: 60,
         alert_interval_secs: 300,
         public_url: None,
+        paypal_cert_hosts: vec!["*.paypal.com".to_owned()],
+        paypal_ca_file: None,
         stripe_api_base: "https://api.stripe.com".into(),
         stripe_secret_key: None,
         stripe_webhook_secret: None,
@@ -263,9 +265,21 @@ impl TestApp {
         clock: tenlyr::workers::SharedClock,
         adjust: impl FnOnce(&mut ServeConfig),
     ) -> Self {
+        let url = self.db.url.clone();
+        self.replica_at(&url, clock, adjust).await
+    }
+
+    /// [`Self::replica`] reaching the database at `database_url` (the same
+    /// database through a proxy).
+    pub async fn replica_at(
+        &self,
+        database_url: &str,
+        clock: tenlyr::workers::SharedClock,
+        adjust: impl FnOnce(&mut ServeConfig),
+    ) -> Self {
         let db = TestDb {
             name: String::new(),
-            url: self.db.url.clone(),
+            url: database_url.to_owned(),
         };
         let mut config = serve_config(&db.url);
         adjust(&mut config);

@@ -13,6 +13,7 @@ mod durability;
 mod health;
 mod helpers;
 mod idempotency;
+mod inbound;
 mod metering;
 mod operations;
 mod protocols;

@@ -122,14 +122,16 @@ async fn oversized_and_unexpected_bodies() {
 async fn raw_body_routes_accept_any_bytes() {
     let app = TestApp::spawn().await;
     // Not JSON at all: the webhook route keeps the bytes for the signature
-    // check, so transcoding must not reject it (the method itself is 501).
+    // check, so transcoding must not reject it (the gateway answers: no
+    // tenant has that slug).
     let request = app
         .http
         .post(app.url("/v1/t/acme/webhooks/generic"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body("a=1&b=%ZZ");
-    let (status, _) = json(request.send().await.unwrap()).await;
-    assert_eq!(status, 501);
+    let (status, reply) = json(request.send().await.unwrap()).await;
+    assert_eq!(status, 404, "{reply}");
+    assert_eq!(reply["message"], "Tenant not found");
     let (status, reply) = json(
         app.http
             .post(app.url("/v1/t/acme/webhooks/fax"))
@@ -139,6 +141,7 @@ async fn raw_body_routes_accept_any_bytes() {
             .unwrap(),
     )
     .await;
-    assert_eq!(status, 400, "{reply}");
-    assert_eq!(reply["details"][0]["field"], "provider");
+    // A path segment that is no provider names no route.
+    assert_eq!(status, 404, "{reply}");
+    assert_eq!(reply["reason"], "ROUTE_NOT_FOUND");
 }

@@ -39,9 +39,9 @@ pub enum Reply {
 
 #[derive(Debug, Clone)]
 pub struct Received {
-    path: String,
-    headers: HashMap<String, String>,
-    body: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: String,
     /// How many requests were in flight at this receiver, this one included.
     concurrent: usize,
 }
@@ -88,7 +88,7 @@ impl Receiver {
     }
 
     /// The next requests get these replies, then the default again.
-    fn then(&self, replies: &[Reply]) {
+    pub fn then(&self, replies: &[Reply]) {
         self.state.script.lock().unwrap().extend(replies);
     }
 

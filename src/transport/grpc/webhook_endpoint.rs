@@ -73,7 +73,7 @@ fn delivery_to_proto(d: DeliveryRow) -> v1::WebhookDelivery {
     }
 }
 
-fn attempt_to_proto(a: AttemptRow) -> v1::WebhookAttempt {
+pub(super) fn attempt_to_proto(a: AttemptRow) -> v1::WebhookAttempt {
     v1::WebhookAttempt {
         attempt: a.attempt,
         attempted_at: Some(timestamp(a.attempted_at)),

@@ -222,7 +222,15 @@ impl Transcoder {
         for (path, text) in bindings {
             let field = routes::resolve(&input, &path).map_err(ApiError::internal)?;
             let name = json_path(&input, &path);
-            let value = self.codec.decode_text(&field.kind(), &text, &name)?;
+            // A path segment that is no value of its enum names nothing:
+            // 404, as an unknown route (`/v1/webhooks/square`).
+            let value = match self.codec.decode_text(&field.kind(), &text, &name) {
+                Ok(value) => value,
+                Err(err) if matches!(field.kind(), Kind::Enum(_)) => {
+                    return Err(ApiError::not_found(err.message).with_reason("ROUTE_NOT_FOUND"));
+                }
+                Err(err) => return Err(err),
+            };
             let target = leaf_message(&mut message, &path);
             if target.has_field(&field) && *target.get_field(&field) != value {
                 return Err(ApiError::bad_field(
@@ -456,8 +464,22 @@ fn json_path(desc: &MessageDescriptor, path: &[String]) -> String {
 
 /// The documented error body: `{message, error, statusCode}` plus `reason`
 /// and, when fields are named, `details`.
+///
+/// The inbound gateway's refusals keep the bodies its docs give
+/// (`002_e947b442571a306e.txt`): `{"error": "invalid signature"}`,
+/// `{"error": "missing event id"}` (and, in the same shape, an invalid
+/// payload) and `{"message": "tenant not allowed"}`.
 pub fn error_response(err: &ApiError) -> Response {
     let status = err.code.http_status();
+    match err.reason() {
+        "INVALID_SIGNATURE" | "MISSING_EVENT_ID" | "INVALID_PAYLOAD" => {
+            return (status, axum::Json(json!({"error": err.message}))).into_response();
+        }
+        "TENANT_NOT_ALLOWED" => {
+            return (status, axum::Json(json!({"message": err.message}))).into_response();
+        }
+        _ => {}
+    }
     let mut body = json!({
         "message": err.message,
         "error": status.canonical_reason().unwrap_or("Error"),

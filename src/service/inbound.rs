@@ -1,0 +1,668 @@
+//! The inbound webhook gateway (`002_e947b442571a306e.txt`, DESIGN.md §8):
+//! authenticate (tenant key or slug), verify the provider's signature over
+//! the raw bytes, dedupe by tenant + provider + event id, log, forward the
+//! normalized payload through the delivery engine; and the tenant's event
+//! history with retry.
+//!
+//! Logging is a group commit like usage ingestion: verified webhooks queue
+//! for one committer (per two cores), which logs whatever queued while its
+//! previous commit ran in one statement (`tenlyr_log_inbound`); each
+//! request is answered after the commit that holds it. When Postgres is
+//! unreachable the batch goes to the fsynced spool instead and is answered
+//! 202; `workers::inbound` drains the spool into the log when Postgres
+//! returns, deduped as usual.
+
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use http::HeaderMap;
+use serde_json::{Map, Value as Json, json};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::{Actor, paypal::PaypalVerifier};
+use crate::{
+    domain::{
+        inbound::{self as rules, Provider, Rejection},
+        secrets::SecretBox,
+        webhook::new_event_id,
+    },
+    error::{ApiError, ErrorCode},
+    storage::{
+        Db,
+        inbound::{self as repo, EventFilter, EventRow, InboundRow, Retried},
+        is_connection_error, is_sqlx_unavailable,
+        scope::Scope,
+        tenants as tenant_repo,
+        webhooks::AttemptRow,
+    },
+    workers::SharedClock,
+};
+
+/// How long a tenant's inbound settings are used before they are read
+/// again; a change made on another replica takes effect within this.
+pub const CONFIG_TTL: Duration = Duration::from_secs(5);
+/// After Postgres was found unreachable, webhooks go straight to the spool
+/// for this long instead of waiting for a connection each.
+const UNAVAILABLE_FOR: Duration = Duration::from_secs(1);
+/// Webhooks per log statement, at most.
+pub const MAX_COMMIT: usize = 2000;
+/// Queued webhooks per committer before receivers wait.
+const QUEUE: usize = 8192;
+
+pub const DEFAULT_PAGE: u64 = 50;
+pub const MAX_PAGE: u64 = 200;
+
+/// How a webhook was addressed.
+#[derive(Debug, Clone, Copy)]
+pub enum Addressed<'a> {
+    /// `POST /v1/webhooks/{provider}` with the tenant's key.
+    Tenant(Uuid),
+    /// `POST /v1/t/{slug}/webhooks/{provider}`: the signature is the only
+    /// credential.
+    Slug(&'a str),
+}
+
+/// What became of an accepted webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Logged (and forwarding when a callback URL is set): 200.
+    Logged,
+    /// A duplicate of a logged event: 200 with `cached: true`.
+    Duplicate,
+    /// Spooled durably while Postgres is unreachable: 202.
+    Queued,
+}
+
+/// One provider's settings as the gateway uses them (secrets opened).
+#[derive(Debug, Clone, Default)]
+struct ProviderConfig {
+    enabled: bool,
+    secret: Option<String>,
+    previous: Option<(String, DateTime<Utc>)>,
+    paypal_webhook_id: Option<String>,
+}
+
+impl ProviderConfig {
+    fn secrets_at(&self, now: DateTime<Utc>) -> Vec<&str> {
+        let mut out: Vec<&str> = self.secret.iter().map(String::as_str).collect();
+        if let Some((previous, until)) = &self.previous
+            && now < *until
+        {
+            out.push(previous);
+        }
+        out
+    }
+}
+
+#[derive(Debug)]
+struct TenantConfig {
+    tenant_id: Uuid,
+    active: bool,
+    providers: HashMap<Provider, ProviderConfig>,
+}
+
+/// Tenants' inbound settings, read through and kept [`CONFIG_TTL`]; kept
+/// longer, and used, while Postgres is unreachable (a webhook for a tenant
+/// seen before the outage is still verified and spooled).
+#[derive(Debug, Default)]
+pub struct InboundConfigCache {
+    by_tenant: Mutex<HashMap<Uuid, (Instant, Arc<TenantConfig>)>>,
+    by_slug: Mutex<HashMap<String, Uuid>>,
+}
+
+impl InboundConfigCache {
+    /// Drops a tenant's entry (its settings changed on this replica).
+    pub fn forget(&self, tenant: Uuid) {
+        self.by_tenant.lock().expect("config cache").remove(&tenant);
+    }
+
+    fn fresh(&self, tenant: Uuid, stale_ok: bool) -> Option<Arc<TenantConfig>> {
+        let map = self.by_tenant.lock().expect("config cache");
+        let (at, config) = map.get(&tenant)?;
+        (stale_ok || at.elapsed() < CONFIG_TTL).then(|| config.clone())
+    }
+
+    fn remember(&self, slug: String, config: Arc<TenantConfig>) {
+        let mut map = self.by_tenant.lock().expect("config cache");
+        if map.len() > 100_000 {
+            map.clear();
+        }
+        map.insert(config.tenant_id, (Instant::now(), config.clone()));
+        drop(map);
+        let mut slugs = self.by_slug.lock().expect("config cache");
+        if slugs.len() > 100_000 {
+            slugs.clear();
+        }
+        slugs.insert(slug, config.tenant_id);
+    }
+
+    fn slug(&self, slug: &str) -> Option<Uuid> {
+        self.by_slug
+            .lock()
+            .expect("config cache")
+            .get(slug)
+            .copied()
+    }
+}
+
+/// A batch of verified webhooks waiting for its commit.
+#[derive(Debug)]
+pub(crate) struct LogSubmission {
+    pub(crate) row: InboundRow,
+    pub(crate) reply: oneshot::Sender<Result<Accepted, ApiError>>,
+}
+
+/// The durable spool for webhooks accepted while Postgres is unreachable:
+/// JSON lines appended and fsynced before the 202 is sent.
+#[derive(Debug)]
+pub struct Spool {
+    path: PathBuf,
+    draining: PathBuf,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Spool {
+    pub fn new(dir: &std::path::Path) -> Self {
+        Self {
+            path: dir.join("inbound-spool.jsonl"),
+            draining: dir.join("inbound-spool.draining.jsonl"),
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Appends rows and syncs them to disk.
+    pub async fn append(&self, rows: Vec<InboundRow>) -> std::io::Result<()> {
+        let _guard = self.lock.lock().await;
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::new();
+            for row in &rows {
+                serde_json::to_writer(&mut buf, row)?;
+                buf.push(b'\n');
+            }
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            file.write_all(&buf)?;
+            file.sync_data()
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    /// Logs what the spool holds; how many rows it handed to the log.
+    /// Rows stay spooled until a log call took them; a crash in between
+    /// logs them again, which the dedup key absorbs.
+    pub async fn drain(&self, db: &Db) -> anyhow::Result<usize> {
+        {
+            let _guard = self.lock.lock().await;
+            if !tokio::fs::try_exists(&self.draining).await? {
+                match tokio::fs::rename(&self.path, &self.draining).await {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
+        let text = tokio::fs::read_to_string(&self.draining).await?;
+        let mut rows = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match serde_json::from_str::<InboundRow>(line) {
+                Ok(row) => rows.push(row),
+                // A line torn by a crash was never acknowledged.
+                Err(err) => tracing::warn!(error = %err, "skipping a torn spool line"),
+            }
+        }
+        for chunk in rows.chunks(MAX_COMMIT) {
+            repo::log(db.pool(), chunk).await?;
+        }
+        tokio::fs::remove_file(&self.draining).await?;
+        if !rows.is_empty() {
+            tracing::info!(
+                webhooks = rows.len(),
+                "drained the inbound spool into the log"
+            );
+        }
+        Ok(rows.len())
+    }
+}
+
+/// The gateway.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    db: Db,
+    secrets: SecretBox,
+    clock: SharedClock,
+    cache: Arc<InboundConfigCache>,
+    paypal: PaypalVerifier,
+    shards: Arc<[mpsc::Sender<LogSubmission>]>,
+}
+
+/// The committing half, run by `workers::inbound::InboundLogWorker`.
+#[derive(Debug)]
+pub struct Committer {
+    pub(crate) shards: Vec<mpsc::Receiver<LogSubmission>>,
+    pub(crate) db: Db,
+    pub(crate) spool: Arc<Spool>,
+    /// Unix millis until which Postgres counts as unreachable.
+    pub(crate) down_until: Arc<AtomicI64>,
+}
+
+fn rejected(r: &Rejection) -> ApiError {
+    let reason = match r {
+        Rejection::InvalidSignature => "INVALID_SIGNATURE",
+        Rejection::MissingEventId => "MISSING_EVENT_ID",
+        Rejection::InvalidPayload(_) => "INVALID_PAYLOAD",
+    };
+    ApiError::bad_request(r.message()).with_reason(reason)
+}
+
+fn not_allowed() -> ApiError {
+    ApiError::new(ErrorCode::PermissionDenied, "tenant not allowed")
+        .with_reason("TENANT_NOT_ALLOWED")
+}
+
+fn millis(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl Gateway {
+    pub fn new(
+        db: Db,
+        secrets: SecretBox,
+        clock: SharedClock,
+        cache: Arc<InboundConfigCache>,
+        paypal: PaypalVerifier,
+        spool: Arc<Spool>,
+    ) -> (Self, Committer) {
+        let count = super::metering::committers().0;
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..count).map(|_| mpsc::channel(QUEUE)).unzip();
+        let gateway = Self {
+            db: db.clone(),
+            secrets,
+            clock,
+            cache,
+            paypal,
+            shards: senders.into(),
+        };
+        let committer = Committer {
+            shards: receivers,
+            db,
+            spool,
+            down_until: Arc::default(),
+        };
+        (gateway, committer)
+    }
+
+    /// Receives one webhook: `provider` as the route names it, the request
+    /// headers and the exact raw body.
+    pub async fn receive(
+        &self,
+        to: Addressed<'_>,
+        provider: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Accepted, ApiError> {
+        let provider = Provider::from_name(provider).ok_or_else(|| {
+            ApiError::not_found(format!("unknown webhook provider {provider:?}"))
+                .with_reason("UNKNOWN_PROVIDER")
+        })?;
+        let config = self.config(to).await?;
+        if !config.active {
+            return Err(not_allowed());
+        }
+        let settings = config
+            .providers
+            .get(&provider)
+            .filter(|p| p.enabled)
+            .ok_or_else(not_allowed)?;
+        let now = self.clock.now();
+        match provider {
+            Provider::Paypal => {
+                let webhook_id = settings
+                    .paypal_webhook_id
+                    .as_deref()
+                    .ok_or_else(not_allowed)?;
+                self.paypal
+                    .verify(headers, body, webhook_id, now)
+                    .await
+                    .map_err(|r| rejected(&r))?;
+            }
+            _ => rules::verify(
+                provider,
+                headers,
+                body,
+                &settings.secrets_at(now),
+                now.timestamp(),
+            )
+            .map_err(|r| rejected(&r))?,
+        }
+        let extracted = rules::extract(provider, headers, body).map_err(|r| rejected(&r))?;
+        let id = new_event_id();
+        let event_type = rules::normalized_type(provider, &extracted.raw_type);
+        let occurred_at = extracted.occurred_at.unwrap_or(now);
+        let forwarded: Map<String, Json> = headers
+            .iter()
+            .filter(|(name, _)| rules::forwarded_header(name.as_str()))
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), json!(value.to_str().ok()?)))
+            })
+            .collect();
+        let envelope = json!({
+            "id": id,
+            "provider": provider.name(),
+            "providerRawType": extracted.raw_type,
+            "type": event_type,
+            "tenantId": config.tenant_id,
+            "occurredAt": millis(occurred_at),
+            "receivedAt": millis(now),
+            "payload": extracted.payload,
+            "headers": forwarded,
+        });
+        let row = InboundRow {
+            tenant_id: config.tenant_id,
+            id,
+            provider: provider.name().to_owned(),
+            provider_event_id: extracted.event_id,
+            raw_type: extracted.raw_type,
+            event_type,
+            occurred_at,
+            received_at: now,
+            body: envelope.to_string(),
+        };
+        let (reply, done) = oneshot::channel();
+        let shard = (config.tenant_id.as_u128() % self.shards.len() as u128) as usize;
+        self.shards[shard]
+            .send(LogSubmission { row, reply })
+            .await
+            .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+        done.await
+            .map_err(|_| ApiError::unavailable("the server is shutting down"))?
+    }
+
+    /// A tenant's settings, cached; unknown slug or tenant: 404.
+    async fn config(&self, to: Addressed<'_>) -> Result<Arc<TenantConfig>, ApiError> {
+        let known = match to {
+            Addressed::Tenant(id) => Some(id),
+            Addressed::Slug(slug) => self.cache.slug(slug),
+        };
+        if let Some(config) = known.and_then(|id| self.cache.fresh(id, false)) {
+            return Ok(config);
+        }
+        match self.load(to).await {
+            Ok(Some(config)) => Ok(config),
+            Ok(None) => Err(ApiError::not_found("Tenant not found")),
+            Err(err) if is_connection_error(&err) => known
+                .and_then(|id| self.cache.fresh(id, true))
+                .ok_or_else(|| ApiError::from(err)),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn load(&self, to: Addressed<'_>) -> Result<Option<Arc<TenantConfig>>, sea_orm::DbErr> {
+        let tx = self.db.begin(Scope::Platform).await?;
+        let found = match to {
+            Addressed::Tenant(id) => repo::tenant_inbound(&tx, Some(id), None).await?,
+            Addressed::Slug(slug) => repo::tenant_inbound(&tx, None, Some(slug)).await?,
+        };
+        tx.commit().await?;
+        let Some(found) = found else { return Ok(None) };
+        let open = |sealed: &Option<Vec<u8>>| {
+            sealed
+                .as_deref()
+                .and_then(|s| self.secrets.open(s))
+                .and_then(|plain| String::from_utf8(plain).ok())
+        };
+        let providers = found
+            .providers
+            .iter()
+            .filter_map(|p| {
+                let provider = Provider::from_name(&p.provider)?;
+                let previous = open(&p.previous_secret).zip(p.previous_until);
+                Some((
+                    provider,
+                    ProviderConfig {
+                        enabled: p.enabled,
+                        secret: open(&p.secret),
+                        previous,
+                        paypal_webhook_id: p.paypal_webhook_id.clone(),
+                    },
+                ))
+            })
+            .collect();
+        let config = Arc::new(TenantConfig {
+            tenant_id: found.tenant_id,
+            active: found.status == "active",
+            providers,
+        });
+        self.cache.remember(found.slug, config.clone());
+        Ok(Some(config))
+    }
+
+    /// The Braintree `bt_challenge` answer for the tenant of `slug`.
+    pub async fn braintree_challenge(
+        &self,
+        slug: &str,
+        challenge: &str,
+    ) -> Result<String, ApiError> {
+        let config = self.config(Addressed::Slug(slug)).await?;
+        let settings = config
+            .providers
+            .get(&Provider::Braintree)
+            .filter(|p| p.enabled && config.active)
+            .ok_or_else(not_allowed)?;
+        settings
+            .secret
+            .as_deref()
+            .and_then(|s| rules::braintree_challenge(s, challenge))
+            .ok_or_else(|| {
+                ApiError::bad_field("bt_challenge", "must be 1 to 200 letters and digits")
+            })
+    }
+}
+
+impl Committer {
+    /// Logs one batch; the answer for each submission.
+    pub(crate) async fn commit(&self, group: Vec<LogSubmission>) {
+        let now_ms = Utc::now().timestamp_millis();
+        let rows: Vec<InboundRow> = group.iter().map(|s| s.row.clone()).collect();
+        let result = if now_ms < self.down_until.load(Ordering::Relaxed) {
+            None
+        } else {
+            Some(repo::log(self.db.pool(), &rows).await)
+        };
+        let unavailable = match result {
+            Some(Ok(new_ids)) => {
+                for s in group {
+                    let fresh = new_ids.contains(&s.row.id);
+                    let _ = s.reply.send(Ok(if fresh {
+                        Accepted::Logged
+                    } else {
+                        Accepted::Duplicate
+                    }));
+                }
+                return;
+            }
+            Some(Err(err)) if !is_sqlx_unavailable(&err) => {
+                tracing::error!(error = %err, webhooks = group.len(), "logging webhooks failed");
+                for s in group {
+                    let _ = s
+                        .reply
+                        .send(Err(ApiError::internal("logging the webhook failed")));
+                }
+                return;
+            }
+            Some(Err(err)) => {
+                self.down_until.store(
+                    now_ms + UNAVAILABLE_FOR.as_millis() as i64,
+                    Ordering::Relaxed,
+                );
+                tracing::warn!(error = %err, "Postgres unreachable: spooling webhooks");
+                true
+            }
+            None => true,
+        };
+        debug_assert!(unavailable);
+        match self.spool.append(rows).await {
+            Ok(()) => {
+                for s in group {
+                    let _ = s.reply.send(Ok(Accepted::Queued));
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "spooling webhooks failed");
+                for s in group {
+                    let _ = s.reply.send(Err(ApiError::unavailable(
+                        "the webhook could not be stored; send it again",
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// An event as the history shows it.
+#[derive(Debug, Clone)]
+pub struct EventView {
+    pub event: EventRow,
+    /// `payload` and `headers` of the forwarded body (one event only).
+    pub payload: Option<Json>,
+    pub headers: Option<Json>,
+    pub attempts: Vec<AttemptRow>,
+}
+
+/// The tenant's event history and retries.
+#[derive(Clone, Debug)]
+pub struct WebhookEvents {
+    db: Db,
+    clock: SharedClock,
+}
+
+/// A page of events and the cursor of the next.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    pub data: Vec<EventView>,
+    pub next_cursor: Option<String>,
+}
+
+impl WebhookEvents {
+    pub fn new(db: Db, clock: SharedClock) -> Self {
+        Self { db, clock }
+    }
+
+    pub async fn list(
+        &self,
+        actor: &Actor,
+        filter: EventFilter,
+        limit: Option<u64>,
+        cursor: Option<&str>,
+    ) -> Result<EventPage, ApiError> {
+        let tenant = actor.tenant()?;
+        let limit = limit.unwrap_or(DEFAULT_PAGE);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(ApiError::bad_field(
+                "limit",
+                format!("must be 1 to {MAX_PAGE}"),
+            ));
+        }
+        if let Some(c) = cursor
+            && !c.starts_with("evt_")
+        {
+            return Err(ApiError::bad_field(
+                "cursor",
+                "is not a cursor this API returned",
+            ));
+        }
+        let tx = self.db.begin(actor.scope()?).await?;
+        let mut rows = repo::events_page(&tx, tenant, &filter, cursor, limit + 1).await?;
+        tx.commit().await?;
+        let next_cursor = (rows.len() as u64 > limit).then(|| {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| r.id.clone()).unwrap_or_default()
+        });
+        Ok(EventPage {
+            data: rows
+                .into_iter()
+                .map(|event| EventView {
+                    event,
+                    payload: None,
+                    headers: None,
+                    attempts: Vec::new(),
+                })
+                .collect(),
+            next_cursor,
+        })
+    }
+
+    pub async fn get(&self, actor: &Actor, id: &str) -> Result<EventView, ApiError> {
+        let tenant = actor.tenant()?;
+        let tx = self.db.begin(actor.scope()?).await?;
+        let (event, body) = repo::find_event(&tx, tenant, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("Webhook event not found"))?;
+        let attempts = repo::event_attempts(&tx, id).await?;
+        tx.commit().await?;
+        let mut body: Option<Map<String, Json>> = body.and_then(|b| serde_json::from_str(&b).ok());
+        Ok(EventView {
+            event,
+            payload: body.as_mut().and_then(|b| b.remove("payload")),
+            headers: body.as_mut().and_then(|b| b.remove("headers")),
+            attempts,
+        })
+    }
+
+    /// Forwards the event to the current callback URL again (audited).
+    pub async fn retry(&self, actor: &Actor, id: &str) -> Result<EventView, ApiError> {
+        let tenant = actor.tenant()?;
+        let now = self.clock.now();
+        let tx = self.db.begin(actor.scope()?).await?;
+        let (event, _) = repo::find_event(&tx, tenant, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("Webhook event not found"))?;
+        let endpoint = repo::callback_endpoint(&tx, tenant)
+            .await?
+            .filter(|e| e.enabled)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::FailedPrecondition,
+                    "no callback URL is set: set one in the webhook settings, then retry",
+                )
+            })?;
+        if repo::retry(&tx, id, &event.event_type, endpoint.id, now).await?
+            == Retried::AlreadyPending
+        {
+            return Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                "the event is already queued for delivery",
+            )
+            .with_reason("EVENT_PENDING"));
+        }
+        tenant_repo::audit(
+            &tx,
+            actor.audit(
+                Some(tenant),
+                "webhook_event.retry",
+                Some(tenant),
+                json!({"eventId": id, "provider": event.provider, "type": event.event_type}),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        self.get(actor, id).await
+    }
+}

@@ -1,0 +1,391 @@
+//! The inbound gateway's tables (`migrations/0017_inbound_webhooks.sql`):
+//! the event log and its dedup key, the tenant's callback endpoint in the
+//! delivery engine, and what the gateway reads of a tenant's settings.
+//!
+//! Logging is one SQL function per batch on the pool (the gateway's group
+//! commit spans tenants); history and settings run in the caller's
+//! tenant-scoped transaction. Times come from the caller's clock.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, QueryResult};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{
+    statement,
+    webhook_settings::{self, ProviderRow},
+};
+
+/// One verified webhook ready to log (also a line of the spool).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboundRow {
+    pub tenant_id: Uuid,
+    /// `evt_…`: the log row and the forwarded payload's `id`.
+    pub id: String,
+    pub provider: String,
+    pub provider_event_id: String,
+    pub raw_type: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    /// The normalized payload exactly as it is forwarded.
+    pub body: String,
+}
+
+/// Logs a batch; the ids of the rows that were new (the rest were
+/// duplicates).
+pub async fn log(pool: &PgPool, rows: &[InboundRow]) -> Result<Vec<String>, sqlx::Error> {
+    let tenants: Vec<Uuid> = rows.iter().map(|r| r.tenant_id).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let providers: Vec<&str> = rows.iter().map(|r| r.provider.as_str()).collect();
+    let event_ids: Vec<&str> = rows.iter().map(|r| r.provider_event_id.as_str()).collect();
+    let raw_types: Vec<&str> = rows.iter().map(|r| r.raw_type.as_str()).collect();
+    let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
+    let occurred: Vec<DateTime<Utc>> = rows.iter().map(|r| r.occurred_at).collect();
+    let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.received_at).collect();
+    let bodies: Vec<&str> = rows.iter().map(|r| r.body.as_str()).collect();
+    sqlx::query_scalar("SELECT tenlyr_log_inbound($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+        .bind(&tenants)
+        .bind(&ids)
+        .bind(&providers)
+        .bind(&event_ids)
+        .bind(&raw_types)
+        .bind(&types)
+        .bind(&occurred)
+        .bind(&received)
+        .bind(&bodies)
+        .fetch_all(pool)
+        .await
+}
+
+/// What the gateway needs of a tenant: its status and provider settings.
+#[derive(Debug, Clone)]
+pub struct TenantInbound {
+    pub tenant_id: Uuid,
+    pub slug: String,
+    pub status: String,
+    pub providers: Vec<ProviderRow>,
+}
+
+/// Reads a tenant's inbound settings by id or by slug (platform scope).
+pub async fn tenant_inbound(
+    tx: &DatabaseTransaction,
+    id: Option<Uuid>,
+    slug: Option<&str>,
+) -> Result<Option<TenantInbound>, DbErr> {
+    let row = tx
+        .query_one_raw(statement(
+            "SELECT id, slug, status FROM tenants WHERE id = $1 OR slug = $2",
+            [id.into(), slug.map(str::to_owned).into()],
+        ))
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let tenant_id: Uuid = row.try_get("", "id")?;
+    Ok(Some(TenantInbound {
+        tenant_id,
+        slug: row.try_get("", "slug")?,
+        status: row.try_get("", "status")?,
+        providers: webhook_settings::providers(tx, tenant_id).await?,
+    }))
+}
+
+/// The tenant's callback endpoint: id, URL, whether it is enabled, and
+/// whether a forwarding secret is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallbackEndpoint {
+    pub id: Uuid,
+    pub url: String,
+    pub enabled: bool,
+}
+
+pub async fn callback_endpoint(
+    tx: &DatabaseTransaction,
+    tenant: Uuid,
+) -> Result<Option<CallbackEndpoint>, DbErr> {
+    tx.query_one_raw(statement(
+        "SELECT id, url, enabled FROM webhook_endpoints WHERE tenant_id = $1",
+        [tenant.into()],
+    ))
+    .await?
+    .map(|r| {
+        Ok(CallbackEndpoint {
+            id: r.try_get("", "id")?,
+            url: r.try_get("", "url")?,
+            enabled: r.try_get("", "enabled")?,
+        })
+    })
+    .transpose()
+}
+
+/// Creates the tenant's callback endpoint with a sealed secret.
+pub async fn insert_callback_endpoint(
+    tx: &DatabaseTransaction,
+    tenant: Uuid,
+    url: &str,
+    sealed: Vec<u8>,
+    now: DateTime<Utc>,
+) -> Result<Uuid, DbErr> {
+    let id = Uuid::now_v7();
+    tx.execute_raw(statement(
+        "INSERT INTO webhook_endpoints (id, tenant_id, url, description, secret, created_at, \
+             updated_at) VALUES ($1, $2, $3, 'callback URL', $4, $5, $5)",
+        [
+            id.into(),
+            tenant.into(),
+            url.to_owned().into(),
+            sealed.into(),
+            now.into(),
+        ],
+    ))
+    .await?;
+    Ok(id)
+}
+
+/// Points the callback endpoint at `url`, or disables it (`None`): its
+/// pending deliveries wait, nothing is lost, until a URL is set again.
+/// Setting a URL re-enables it and closes its breaker.
+pub async fn set_callback_endpoint(
+    tx: &DatabaseTransaction,
+    id: Uuid,
+    url: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    tx.execute_raw(statement(
+        "UPDATE webhook_endpoints SET url = coalesce($2, url), enabled = $2 IS NOT NULL, \
+             disabled_reason = CASE WHEN $2 IS NULL THEN 'no_callback_url' END, \
+             breaker_state = CASE WHEN $2 IS NULL THEN breaker_state ELSE 'closed' END, \
+             breaker_until = CASE WHEN $2 IS NULL THEN breaker_until END, \
+             breaker_since = $3, updated_at = $3 WHERE id = $1",
+        [id.into(), url.map(str::to_owned).into(), now.into()],
+    ))
+    .await?;
+    if url.is_some() {
+        tx.execute_raw(statement("SELECT pg_notify('tenlyr_webhooks', '')", []))
+            .await?;
+    }
+    Ok(())
+}
+
+/// One logged event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub id: String,
+    pub tenant_id: Uuid,
+    pub provider: String,
+    pub provider_event_id: String,
+    pub raw_type: String,
+    pub event_type: String,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+}
+
+const EVENT_COLUMNS: &str = "id, tenant_id, provider, provider_event_id, raw_type, type, status, \
+     attempts, last_error, occurred_at, received_at, processed_at";
+
+fn event(row: &QueryResult) -> Result<EventRow, DbErr> {
+    Ok(EventRow {
+        id: row.try_get("", "id")?,
+        tenant_id: row.try_get("", "tenant_id")?,
+        provider: row.try_get("", "provider")?,
+        provider_event_id: row.try_get("", "provider_event_id")?,
+        raw_type: row.try_get("", "raw_type")?,
+        event_type: row.try_get("", "type")?,
+        status: row.try_get("", "status")?,
+        attempts: row.try_get("", "attempts")?,
+        last_error: row.try_get("", "last_error")?,
+        occurred_at: row.try_get("", "occurred_at")?,
+        received_at: row.try_get("", "received_at")?,
+        processed_at: row.try_get("", "processed_at")?,
+    })
+}
+
+/// History filters; `None` takes every value.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub status: Option<String>,
+    pub provider: Option<String>,
+    pub event_type: Option<String>,
+    pub received_from: Option<DateTime<Utc>>,
+    pub received_to: Option<DateTime<Utc>>,
+}
+
+/// Up to `limit` events of the tenant, newest first, before the cursor id
+/// (ids are ULIDs: they sort by receipt).
+pub async fn events_page(
+    tx: &DatabaseTransaction,
+    tenant: Uuid,
+    filter: &EventFilter,
+    before: Option<&str>,
+    limit: u64,
+) -> Result<Vec<EventRow>, DbErr> {
+    tx.query_all_raw(statement(
+        format!(
+            "SELECT {EVENT_COLUMNS} FROM webhook_events WHERE tenant_id = $1 \
+               AND ($2::text IS NULL OR id < $2) AND ($3::text IS NULL OR status = $3) \
+               AND ($4::text IS NULL OR provider = $4) AND ($5::text IS NULL OR type = $5) \
+               AND ($6::timestamptz IS NULL OR received_at >= $6) \
+               AND ($7::timestamptz IS NULL OR received_at < $7) \
+             ORDER BY id DESC LIMIT $8"
+        ),
+        [
+            tenant.into(),
+            before.map(str::to_owned).into(),
+            filter.status.clone().into(),
+            filter.provider.clone().into(),
+            filter.event_type.clone().into(),
+            filter.received_from.into(),
+            filter.received_to.into(),
+            (limit as i64).into(),
+        ],
+    ))
+    .await?
+    .iter()
+    .map(event)
+    .collect()
+}
+
+/// One event of the tenant with the normalized payload it is forwarded as
+/// (`None` once retention removed it).
+pub async fn find_event(
+    tx: &DatabaseTransaction,
+    tenant: Uuid,
+    id: &str,
+) -> Result<Option<(EventRow, Option<String>)>, DbErr> {
+    let Some(row) = tx
+        .query_one_raw(statement(
+            format!(
+                "SELECT {EVENT_COLUMNS}, (SELECT body FROM platform_events p WHERE p.id = w.id) \
+                     AS body FROM webhook_events w WHERE tenant_id = $1 AND id = $2"
+            ),
+            [tenant.into(), id.to_owned().into()],
+        ))
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some((event(&row)?, row.try_get("", "body")?)))
+}
+
+/// Every forwarding attempt of an event, oldest first.
+pub async fn event_attempts(
+    tx: &DatabaseTransaction,
+    id: &str,
+) -> Result<Vec<super::webhooks::AttemptRow>, DbErr> {
+    tx.query_all_raw(statement(
+        "SELECT a.attempt, a.attempted_at, a.ok, a.response_status, a.latency_ms, a.error, \
+             a.response_excerpt FROM webhook_deliveries d \
+         JOIN webhook_attempts a ON a.delivery_id = d.id \
+         WHERE d.event_id = $1 AND d.inbound ORDER BY a.attempted_at, a.attempt",
+        [id.to_owned().into()],
+    ))
+    .await?
+    .iter()
+    .map(|row| {
+        Ok(super::webhooks::AttemptRow {
+            attempt: row.try_get("", "attempt")?,
+            attempted_at: row.try_get("", "attempted_at")?,
+            ok: row.try_get("", "ok")?,
+            response_status: row.try_get("", "response_status")?,
+            latency_ms: row.try_get("", "latency_ms")?,
+            error: row.try_get("", "error")?,
+            response_excerpt: row.try_get("", "response_excerpt")?,
+        })
+    })
+    .collect()
+}
+
+/// What a retry came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retried {
+    Queued,
+    /// Its delivery is still pending (in flight or waiting for a retry).
+    AlreadyPending,
+}
+
+/// Forwards an event again to the callback endpoint `endpoint`: its
+/// finished delivery, if it has one, starts a fresh schedule (its attempts
+/// so far stay counted and logged); else a delivery is created. The event
+/// is `received` again until the delivery ends.
+pub async fn retry(
+    tx: &DatabaseTransaction,
+    event_id: &str,
+    event_type: &str,
+    endpoint: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Retried, DbErr> {
+    let existing = tx
+        .query_one_raw(statement(
+            "SELECT id, status FROM webhook_deliveries WHERE event_id = $1 AND inbound \
+             ORDER BY id DESC LIMIT 1 FOR UPDATE",
+            [event_id.to_owned().into()],
+        ))
+        .await?;
+    match existing {
+        Some(row) => {
+            let (id, status): (i64, String) = (row.try_get("", "id")?, row.try_get("", "status")?);
+            if status == "pending" {
+                return Ok(Retried::AlreadyPending);
+            }
+            tx.execute_raw(statement(
+                "UPDATE webhook_deliveries SET status = 'pending', endpoint_id = $2, \
+                     retry_base = attempts, schedule_start = $3, next_attempt_at = $3, \
+                     finished_at = NULL, leased_by = NULL WHERE id = $1",
+                [id.into(), endpoint.into(), now.into()],
+            ))
+            .await?;
+        }
+        None => {
+            tx.execute_raw(statement(
+                "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, \
+                     next_attempt_at, schedule_start, created_at, inbound) \
+                 VALUES ($1, $2, $3, $4, $4, $4, true)",
+                [
+                    endpoint.into(),
+                    event_id.to_owned().into(),
+                    event_type.to_owned().into(),
+                    now.into(),
+                ],
+            ))
+            .await?;
+        }
+    }
+    tx.execute_raw(statement(
+        "UPDATE webhook_events SET status = 'received', processed_at = NULL WHERE id = $1",
+        [event_id.to_owned().into()],
+    ))
+    .await?;
+    tx.execute_raw(statement("SELECT pg_notify('tenlyr_webhooks', '')", []))
+        .await?;
+    Ok(Retried::Queued)
+}
+
+/// Deletes up to `chunk` events received before `before` (their dedup keys
+/// expire with them; their payloads and deliveries go with the platform
+/// events' retention); how many.
+pub async fn purge_events(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    chunk: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('app.scope', 'platform', true)")
+        .execute(&mut *tx)
+        .await?;
+    let deleted = sqlx::query(
+        "DELETE FROM webhook_events WHERE id = ANY(ARRAY( \
+             SELECT id FROM webhook_events WHERE received_at < $1 ORDER BY received_at LIMIT $2))",
+    )
+    .bind(before)
+    .bind(chunk)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(deleted)
+}
