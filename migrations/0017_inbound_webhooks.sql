@@ -12,6 +12,9 @@ CREATE UNIQUE INDEX webhook_endpoints_callback ON webhook_endpoints (tenant_id)
 
 -- Forwarding an inbound event: its delivery feeds the event's status.
 ALTER TABLE webhook_deliveries ADD COLUMN inbound boolean NOT NULL DEFAULT false;
+-- An inbound event's payload (tenant data: purged with its tenant).
+ALTER TABLE platform_events ADD COLUMN inbound boolean NOT NULL DEFAULT false;
+CREATE INDEX platform_events_inbound ON platform_events (tenant_id) WHERE inbound;
 
 -- One received provider event. `id` is also the `platform_events` row that
 -- holds the normalized payload exactly as it is forwarded (one copy,
@@ -98,8 +101,8 @@ BEGIN
         ON CONFLICT (tenant_id, provider, provider_event_id) DO NOTHING
         RETURNING id, tenant_id),
     ev AS (
-        INSERT INTO platform_events (id, type, tenant_id, body, created_at)
-        SELECT r.id, r.type, r.tenant_id, r.body, r.received_at FROM r JOIN ins USING (id)
+        INSERT INTO platform_events (id, type, tenant_id, body, created_at, inbound)
+        SELECT r.id, r.type, r.tenant_id, r.body, r.received_at, true FROM r JOIN ins USING (id)
         RETURNING id),
     dl AS (
         INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, next_attempt_at,

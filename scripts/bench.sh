@@ -6,6 +6,8 @@
 #   scripts/bench.sh jobs        # job queue: jobs/s, enqueue-to-start latency
 #   scripts/bench.sh records     # /v1/record lock -> save -> get cycles/s, p99 per call
 #   scripts/bench.sh webhooks    # deliveries/s, event commit -> receipt p50/p99
+#   scripts/bench.sh inbound     # signed provider webhooks/s (64 connections) and the
+#                                # 200's p50/p99; forwarding backlog at 1,000/s
 #   scripts/bench.sh billing     # Stripe sync of 1,000 tenants against localstripe
 #   scripts/bench.sh health      # health scan of 10,000 tenants, throttle decision
 #                                # latency, tracks/s throttled vs not

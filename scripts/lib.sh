@@ -16,7 +16,7 @@ pg_bindir() {
 }
 
 # Installs what is missing with apt-get (as root), else says what to install.
-# Arguments: the needs, among: postgres node redis curl python
+# Arguments: the needs, among: postgres node redis curl python openssl
 ensure_deps() {
     local packages=()
     for need in "$@"; do
@@ -26,6 +26,7 @@ ensure_deps() {
             redis) command -v redis-server >/dev/null 2>&1 || packages+=(redis-server) ;;
             curl) command -v curl >/dev/null 2>&1 || packages+=(curl ca-certificates) ;;
             python) python3 -m venv --help >/dev/null 2>&1 || packages+=(python3 python3-venv) ;;
+            openssl) command -v openssl >/dev/null 2>&1 || packages+=(openssl) ;;
         esac
     done
     [ ${#packages[@]} -eq 0 ] && return 0

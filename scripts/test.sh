@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-ensure_deps postgres node redis curl python
+ensure_deps postgres node redis curl python openssl
 
 BUF_VERSION=1.75.0
 buf() { npx --yes "@bufbuild/buf@$BUF_VERSION" "$@"; }

@@ -126,10 +126,18 @@ impl InboundConfigCache {
         self.by_tenant.lock().expect("config cache").remove(&tenant);
     }
 
+    /// The cached entry; when it is older than [`CONFIG_TTL`], `None` for
+    /// the one caller that then reloads it (its age restarts now) while
+    /// every other caller keeps the entry: one reload per tenant, not one
+    /// per request in flight.
     fn fresh(&self, tenant: Uuid, stale_ok: bool) -> Option<Arc<TenantConfig>> {
-        let map = self.by_tenant.lock().expect("config cache");
-        let (at, config) = map.get(&tenant)?;
-        (stale_ok || at.elapsed() < CONFIG_TTL).then(|| config.clone())
+        let mut map = self.by_tenant.lock().expect("config cache");
+        let (at, config) = map.get_mut(&tenant)?;
+        if stale_ok || at.elapsed() < CONFIG_TTL {
+            return Some(config.clone());
+        }
+        *at = Instant::now();
+        None
     }
 
     fn remember(&self, slug: String, config: Arc<TenantConfig>) {

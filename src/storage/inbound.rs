@@ -389,3 +389,20 @@ pub async fn purge_events(
     tx.commit().await?;
     Ok(deleted)
 }
+
+/// Deletes up to `chunk` inbound payloads of a deleted tenant (its log rows
+/// went with it; the payloads are platform events); how many.
+pub async fn purge_tenant_payloads(
+    tx: &DatabaseTransaction,
+    tenant: Uuid,
+    chunk: i64,
+) -> Result<u64, DbErr> {
+    Ok(tx
+        .execute_raw(statement(
+            "DELETE FROM platform_events WHERE id = ANY(ARRAY( \
+                 SELECT id FROM platform_events WHERE tenant_id = $1 AND inbound LIMIT $2))",
+            [tenant.into(), chunk.into()],
+        ))
+        .await?
+        .rows_affected())
+}

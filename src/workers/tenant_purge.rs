@@ -1,4 +1,5 @@
-//! Removes a deleted tenant's raw usage events, which may be millions: a
+//! Removes a deleted tenant's raw usage events, which may be millions, and
+//! its inbound webhook payloads: a
 //! job enqueued in the transaction that deletes the tenant
 //! (`service::tenants::delete`), deleting [`CHUNK`] events per short
 //! transaction so no statement runs long and no lock is held for the whole
@@ -13,7 +14,7 @@ use super::{
     Context,
     queue::{Job, JobError},
 };
-use crate::storage::{scope::Scope, tenants};
+use crate::storage::{inbound, scope::Scope, tenants};
 
 /// Events deleted per transaction.
 pub const CHUNK: i64 = 10_000;
@@ -51,7 +52,26 @@ impl Job for TenantPurge {
                 break;
             }
         }
-        tracing::info!(tenant = %payload.tenant_id, events = total, "purged a deleted tenant's usage events");
+        let mut payloads = 0;
+        loop {
+            let tx = ctx
+                .db
+                .begin(Scope::Platform)
+                .await
+                .map_err(|e| JobError::Retry(e.to_string()))?;
+            let deleted = inbound::purge_tenant_payloads(&tx, payload.tenant_id, CHUNK)
+                .await
+                .map_err(|e| JobError::Retry(e.to_string()))?;
+            tx.commit()
+                .await
+                .map_err(|e| JobError::Retry(e.to_string()))?;
+            payloads += deleted;
+            if deleted < CHUNK as u64 {
+                break;
+            }
+        }
+        tracing::info!(tenant = %payload.tenant_id, events = total, webhook_payloads = payloads,
+            "purged a deleted tenant's usage events and webhook payloads");
         Ok(())
     }
 }

@@ -258,6 +258,97 @@ async fn a_stripe_webhook_is_verified_logged_deduped_and_forwarded_signed() {
     let logged = events(&app, &key, "?type=payment.failed").await;
     assert_eq!(logged.len(), 1);
     assert_eq!(logged[0]["providerEventId"], "evt_stripe_2");
+    let received_at = logged[0]["receivedAt"].as_str().unwrap().to_owned();
+    let from = events(&app, &key, &format!("?receivedFrom={received_at}")).await;
+    assert_eq!(
+        from.len(),
+        1,
+        "only the second event was received from then on"
+    );
+    assert_eq!(
+        events(&app, &key, &format!("?receivedTo={received_at}"))
+            .await
+            .len(),
+        1
+    );
+
+    // Rotating the signing secret shows the new one once; forwarded events
+    // are then signed with the old and the new.
+    let (status, rotated) = call(
+        &app,
+        &key,
+        Method::PUT,
+        "/api/v1/webhooks/settings",
+        Some(json!({"rotateSigningSecret": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_secret = rotated["signingSecret"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, signing);
+    let (_, shown) = call(&app, &key, Method::GET, "/api/v1/webhooks/settings", None).await;
+    assert!(
+        shown.get("signingSecret").is_none() || shown["signingSecret"].is_null(),
+        "{shown}"
+    );
+    assert_eq!(shown["signingSecretConfigured"], true);
+    let third = json!({"id": "evt_stripe_3", "type": "charge.succeeded"}).to_string();
+    let sig = timestamped(STRIPE_SECRET, now(), &third);
+    assert_eq!(
+        post(&app, &path, &[("stripe-signature", sig)], third)
+            .await
+            .0,
+        200
+    );
+    let got = receiver.wait_for(3).await;
+    let last = got
+        .iter()
+        .find(|r| r.json()["payload"]["id"] == "evt_stripe_3")
+        .unwrap();
+    let header = &last.headers["tenlyr-signature"];
+    let t = header
+        .split(',')
+        .next()
+        .unwrap()
+        .strip_prefix("t=")
+        .unwrap();
+    for secret in [&signing, &new_secret] {
+        let v1 = hex(&hmac256(
+            secret.as_bytes(),
+            &[t.as_bytes(), b".", last.body.as_bytes()],
+        ));
+        assert!(
+            header.contains(&v1),
+            "signed with both secrets during the grace: {header}"
+        );
+    }
+
+    // Deleting the tenant removes its log and, in the purge job, payloads.
+    let (status, _) = call(
+        &app,
+        &app.admin_key,
+        Method::DELETE,
+        &format!("/api/v1/tenants/{tenant}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut conn = app.db.connect().await;
+    let tenant_id: uuid::Uuid = tenant.parse().unwrap();
+    let mut left = -1i64;
+    for _ in 0..100 {
+        left = sqlx::query_scalar(
+            "SELECT count(*) FROM platform_events WHERE tenant_id = $1 AND inbound",
+        )
+        .bind(tenant_id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the deleted tenant's webhook payloads are purged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
