@@ -76,10 +76,13 @@ END $$;
 
 -- Logs a batch of verified webhooks (many tenants at once: the gateway's
 -- group commit): each new one gets its log row, its payload and, when its
--- tenant has an enabled callback endpoint, a delivery; a duplicate of a
--- logged event (or of an earlier row of the batch) is skipped. Returns
--- the ids of the rows that were new. Committed with the WAL flushed: the
--- caller answers 200 only after.
+-- tenant has a callback endpoint, a delivery (which waits while the
+-- endpoint is disabled: a cleared URL or a 410, until a URL is set again);
+-- a duplicate of a logged event (or of an earlier row of the batch) is
+-- skipped, and so is a row whose tenant no longer exists. Rows are written
+-- in key order, so concurrent batches cannot deadlock. Returns the ids of
+-- the rows that were new. Committed with the WAL flushed: the caller
+-- answers 200 only after.
 CREATE FUNCTION tenlyr_log_inbound(tenants uuid[], ids text[], providers text[], event_ids text[],
                                    raw_types text[], types text[], occurred timestamptz[],
                                    received timestamptz[], bodies text[])
@@ -97,7 +100,10 @@ BEGIN
     ins AS (
         INSERT INTO webhook_events (id, tenant_id, provider, provider_event_id, raw_type, type,
                                     occurred_at, received_at)
-        SELECT id, tenant_id, provider, event_id, raw_type, type, occurred_at, received_at FROM r
+        SELECT r.id, r.tenant_id, r.provider, r.event_id, r.raw_type, r.type, r.occurred_at,
+               r.received_at
+        FROM r JOIN tenants t ON t.id = r.tenant_id
+        ORDER BY r.tenant_id, r.provider, r.event_id
         ON CONFLICT (tenant_id, provider, provider_event_id) DO NOTHING
         RETURNING id, tenant_id),
     ev AS (
@@ -109,7 +115,7 @@ BEGIN
                                         schedule_start, created_at, inbound)
         SELECT e.id, r.id, r.type, r.received_at, r.received_at, r.received_at, true
         FROM r JOIN ins USING (id)
-        JOIN webhook_endpoints e ON e.tenant_id = ins.tenant_id AND e.enabled
+        JOIN webhook_endpoints e ON e.tenant_id = ins.tenant_id
         RETURNING 1)
     SELECT array_agg(ins.id), (SELECT count(*) FROM dl)
     INTO logged, fanned FROM ins;
@@ -133,7 +139,8 @@ BEGIN
         status = CASE NEW.status WHEN 'delivered' THEN 'processed'
                                  WHEN 'failed' THEN 'delivery_failed' ELSE 'received' END,
         last_error = CASE WHEN NEW.status = 'delivered' THEN NULL
-                          WHEN NEW.attempts = OLD.attempts THEN last_error
+                          WHEN NEW.attempts = OLD.attempts
+                              THEN coalesce(NEW.last_error, last_error)
                           ELSE coalesce(NEW.last_error, 'HTTP ' || NEW.response_status) END,
         processed_at = CASE WHEN NEW.status = 'delivered' THEN NEW.finished_at END
     WHERE id = NEW.event_id;

@@ -100,9 +100,12 @@ stop_private_services() {
 # under tests/peers on a free port; sets LOCALSTRIPE_URL and LOCALSTRIPE_PID.
 # The caller stops it (kill "$LOCALSTRIPE_PID").
 start_localstripe() {
-    if [ ! -x tests/peers/.venv/bin/localstripe ]; then
+    # The venv holds every Python peer (tests/peers/requirements.txt);
+    # reinstalled when that file changes.
+    if ! cmp -s tests/peers/requirements.txt tests/peers/.venv/requirements.txt 2>/dev/null; then
         python3 -m venv tests/peers/.venv
-        tests/peers/.venv/bin/pip install --quiet --disable-pip-version-check localstripe==1.15.10
+        tests/peers/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/peers/requirements.txt
+        cp tests/peers/requirements.txt tests/peers/.venv/requirements.txt
     fi
     local port
     port=$(free_port)

@@ -81,6 +81,7 @@ pub struct AppState {
     pub clock: SharedClock,
     pub max_body_bytes: usize,
     pub lifecycle: Lifecycle,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Where the process is in its shutdown.
@@ -314,7 +315,8 @@ impl Server {
             tracing::warn!(error = %err, "creating usage partitions failed; ingestion retries");
         }
         let counters = Arc::new(LiveCounters::new(redis.clone()));
-        let (ingest_tx, ingest) = Ingest::new(db.clone(), counters.clone());
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let (ingest_tx, ingest) = Ingest::new(db.clone(), counters.clone(), metrics.clone());
         let metering = Metering::new(db.clone(), ingest_tx, counters.clone());
         let stripe = config
             .stripe_secret_key
@@ -354,6 +356,7 @@ impl Server {
             clock,
             max_body_bytes: config.max_body_bytes,
             lifecycle: Lifecycle::default(),
+            metrics: metrics.clone(),
         };
         let transport = transport::build(&state)?;
         let listener = TcpListener::bind(config.listen)
@@ -419,6 +422,7 @@ impl Server {
             concurrency: config.webhook_concurrency as usize,
             // Longer than any attempt, with room to record it.
             lease: timeout * 2 + Duration::from_secs(5),
+            metrics,
         });
         for _ in 0..config.job_runners {
             runtime.spawn(Runner::new(jobs_registry(), wakeups.clone()));

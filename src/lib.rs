@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod metrics;
 pub mod proto;
 pub mod service;
 pub mod storage;

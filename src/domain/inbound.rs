@@ -134,7 +134,7 @@ fn verify_timestamped(header: &str, body: &[u8], secrets: &[&str], now: i64) -> 
     let Ok(at) = t.parse::<i64>() else {
         return false;
     };
-    if (now - at).abs() > TOLERANCE_SECS {
+    if now.abs_diff(at) > TOLERANCE_SECS as u64 {
         return false;
     }
     secrets.iter().any(|secret| {
@@ -264,10 +264,15 @@ fn verify_braintree(body: &[u8], secrets: &[&str]) -> bool {
 
 /// The answer to Braintree's `bt_challenge` when a webhook URL is
 /// registered: `<public key>|<hex HMAC-SHA1(SHA-1(private key), challenge)>`.
+/// The challenge must look as Braintree's SDKs require (20 to 32
+/// lowercase hex digits): the answer is the same HMAC that signs payloads,
+/// so an arbitrary challenge would be a signing oracle. No hex string is a
+/// payload [`extract`] accepts (base64 of a `<notification>`).
 pub fn braintree_challenge(secret: &str, challenge: &str) -> Option<String> {
-    let valid = !challenge.is_empty()
-        && challenge.len() <= 200
-        && challenge.bytes().all(|b| b.is_ascii_alphanumeric());
+    let valid = (20..=32).contains(&challenge.len())
+        && challenge
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     let (public, private) = braintree_keys(secret).filter(|_| valid)?;
     Some(format!(
         "{public}|{}",
@@ -357,7 +362,28 @@ fn json_body(body: &[u8]) -> Result<Map<String, Json>, Rejection> {
     }
 }
 
+/// A text the log keeps: no NUL (Postgres text cannot hold one), at most
+/// [`MAX_EVENT_ID`] bytes.
+fn text_field(raw: &str) -> Result<String, Rejection> {
+    if raw.contains('\0') {
+        return Err(Rejection::InvalidPayload(
+            "a NUL character in the event id or type".into(),
+        ));
+    }
+    if raw.len() > MAX_EVENT_ID {
+        return Err(Rejection::InvalidPayload(format!(
+            "the event type is longer than {MAX_EVENT_ID} bytes"
+        )));
+    }
+    Ok(raw.to_owned())
+}
+
 fn event_id(raw: Option<&str>) -> Result<String, Rejection> {
+    if raw.is_some_and(|id| id.contains('\0')) {
+        return Err(Rejection::InvalidPayload(
+            "a NUL character in the event id".into(),
+        ));
+    }
     match raw.map(str::trim) {
         Some(id) if !id.is_empty() && id.len() <= MAX_EVENT_ID => Ok(id.to_owned()),
         Some(id) if !id.is_empty() => Err(Rejection::InvalidPayload(format!(
@@ -392,7 +418,7 @@ pub fn extract(
             let map = json_body(body)?;
             Ok(Extracted {
                 event_id: event_id(str_field(&map, "id"))?,
-                raw_type: str_field(&map, "type").unwrap_or_default().to_owned(),
+                raw_type: text_field(str_field(&map, "type").unwrap_or_default())?,
                 occurred_at: unix(map.get("created").and_then(Json::as_i64)),
                 payload: Json::Object(map),
             })
@@ -407,7 +433,7 @@ pub fn extract(
                 .or_else(|| unix(map.get("created").and_then(Json::as_i64)));
             Ok(Extracted {
                 event_id: event_id(id)?,
-                raw_type: raw_type.to_owned(),
+                raw_type: text_field(raw_type)?,
                 occurred_at,
                 payload: Json::Object(map),
             })
@@ -432,7 +458,7 @@ pub fn extract(
             };
             Ok(Extracted {
                 event_id: event_id(header(headers, "x-github-delivery"))?,
-                raw_type,
+                raw_type: text_field(&raw_type)?,
                 occurred_at: None,
                 payload: Json::Object(map),
             })
@@ -441,7 +467,7 @@ pub fn extract(
             let map = json_body(body)?;
             Ok(Extracted {
                 event_id: event_id(str_field(&map, "id"))?,
-                raw_type: str_field(&map, "event_type").unwrap_or_default().to_owned(),
+                raw_type: text_field(str_field(&map, "event_type").unwrap_or_default())?,
                 occurred_at: rfc3339(str_field(&map, "create_time")),
                 payload: Json::Object(map),
             })
@@ -462,11 +488,18 @@ fn extract_braintree(body: &[u8]) -> Result<Extracted, Rejection> {
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .ok_or_else(|| Rejection::InvalidPayload("bt_payload is not base64 of UTF-8 XML".into()))?;
-    let kind = xml_element(&xml, "kind").unwrap_or_default();
+    if !xml.contains("<notification") {
+        return Err(Rejection::InvalidPayload(
+            "bt_payload is not a Braintree notification".into(),
+        ));
+    }
+    let kind = xml_element(&xml, "kind")
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| Rejection::InvalidPayload("the notification has no <kind>".into()))?;
     let timestamp = xml_element(&xml, "timestamp");
     Ok(Extracted {
         event_id: hex(digest::digest(&digest::SHA256, payload.as_bytes()).as_ref()),
-        raw_type: kind.to_owned(),
+        raw_type: text_field(kind)?,
         occurred_at: rfc3339(timestamp),
         payload: json!({"kind": kind, "timestamp": timestamp, "xml": xml}),
     })
@@ -752,6 +785,22 @@ mod tests {
     }
 
     #[test]
+    fn nul_characters_and_absurd_timestamps_are_refused_not_logged() {
+        let body = br#"{"id":"evt\u0000x","type":"a"}"#;
+        assert!(matches!(
+            extract(Provider::Stripe, &headers(&[]), body),
+            Err(Rejection::InvalidPayload(_))
+        ));
+        let body = br#"{"id":"evt_1","type":"a\u0000"}"#;
+        assert!(matches!(
+            extract(Provider::Stripe, &headers(&[]), body),
+            Err(Rejection::InvalidPayload(_))
+        ));
+        let h = headers(&[("stripe-signature", "t=-9223372036854775808,v1=00")]);
+        assert!(verify(Provider::Stripe, &h, b"{}", &["s"], i64::MAX).is_err());
+    }
+
+    #[test]
     fn generic_takes_the_header_id_when_the_body_has_none() {
         let body = br#"{"type":"order.shipped"}"#;
         let h = headers(&[
@@ -856,6 +905,30 @@ mod tests {
             "chargeback.opened"
         );
         assert_eq!(e.event_id.len(), 64);
+        // The challenge is no signing oracle: only Braintree's format is
+        // answered, and no such string is a payload the gateway accepts.
+        assert!(braintree_challenge(secret, "PG5vdGlmaWNhdGlvbj4gICAg").is_none());
+        assert!(braintree_challenge(secret, "abc").is_none());
+        let forged = form_urlencoded::Serializer::new(String::new())
+            .append_pair(
+                "bt_signature",
+                &format!(
+                    "integration_public_key|{}",
+                    hex(
+                        braintree_hmac("integration_private_key", b"0123456789abcdef0123").as_ref()
+                    )
+                ),
+            )
+            .append_pair("bt_payload", "0123456789abcdef0123")
+            .finish();
+        assert_eq!(
+            verify(Provider::Braintree, &none, forged.as_bytes(), &[secret], 0),
+            Ok(())
+        );
+        assert!(matches!(
+            extract(Provider::Braintree, &none, forged.as_bytes()),
+            Err(Rejection::InvalidPayload(_))
+        ));
         // Characters outside base64 are refused before any HMAC.
         let bad: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("bt_signature", &format!("integration_public_key|{sig}"))

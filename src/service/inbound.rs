@@ -83,13 +83,28 @@ pub enum Accepted {
     Queued,
 }
 
-/// One provider's settings as the gateway uses them (secrets opened).
-#[derive(Debug, Clone, Default)]
+/// One provider's settings as the gateway uses them (secrets opened;
+/// `Debug` shows whether they are set, never what they are).
+#[derive(Clone, Default)]
 struct ProviderConfig {
     enabled: bool,
     secret: Option<String>,
     previous: Option<(String, DateTime<Utc>)>,
     paypal_webhook_id: Option<String>,
+}
+
+impl std::fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderConfig")
+            .field("enabled", &self.enabled)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "previous_until",
+                &self.previous.as_ref().map(|(_, until)| until),
+            )
+            .field("paypal_webhook_id", &self.paypal_webhook_id)
+            .finish()
+    }
 }
 
 impl ProviderConfig {
@@ -154,6 +169,16 @@ impl InboundConfigCache {
         slugs.insert(slug, config.tenant_id);
     }
 
+    /// Forgets a tenant that no longer exists (and its slug).
+    fn evict(&self, tenant: Option<Uuid>, to: Addressed<'_>) {
+        if let Some(id) = tenant {
+            self.forget(id);
+        }
+        if let Addressed::Slug(slug) = to {
+            self.by_slug.lock().expect("config cache").remove(slug);
+        }
+    }
+
     fn slug(&self, slug: &str) -> Option<Uuid> {
         self.by_slug
             .lock()
@@ -176,6 +201,8 @@ pub(crate) struct LogSubmission {
 pub struct Spool {
     path: PathBuf,
     draining: PathBuf,
+    /// Spooled rows Postgres refused (not for being unreachable).
+    dead: PathBuf,
     lock: tokio::sync::Mutex<()>,
 }
 
@@ -184,29 +211,54 @@ impl Spool {
         Self {
             path: dir.join("inbound-spool.jsonl"),
             draining: dir.join("inbound-spool.draining.jsonl"),
+            dead: dir.join("inbound-spool.dead.jsonl"),
             lock: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Appends rows and syncs them to disk.
+    async fn dead_letter(&self, row: &InboundRow) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(row)?;
+        line.push(b'\n');
+        let path = self.dead.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            file.write_all(&line)?;
+            file.sync_data()
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    /// Appends rows and syncs them to disk (a new file's directory too).
+    /// Each append starts with a newline: a line torn by an earlier crash
+    /// or failed write ends there and never swallows the rows after it.
     pub async fn append(&self, rows: Vec<InboundRow>) -> std::io::Result<()> {
         let _guard = self.lock.lock().await;
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            let mut buf = Vec::new();
+            let mut buf = vec![b'\n'];
             for row in &rows {
                 serde_json::to_writer(&mut buf, row)?;
                 buf.push(b'\n');
             }
-            if let Some(dir) = path.parent() {
+            let dir = path.parent().map(std::path::Path::to_path_buf);
+            if let Some(dir) = &dir {
                 std::fs::create_dir_all(dir)?;
             }
+            let created = !path.exists();
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)?;
             file.write_all(&buf)?;
-            file.sync_data()
+            file.sync_data()?;
+            if created && let Some(dir) = &dir {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
         })
         .await
         .map_err(std::io::Error::other)?
@@ -226,17 +278,36 @@ impl Spool {
                 }
             }
         }
-        let text = tokio::fs::read_to_string(&self.draining).await?;
+        let bytes = tokio::fs::read(&self.draining).await?;
         let mut rows = Vec::new();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            match serde_json::from_str::<InboundRow>(line) {
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            match serde_json::from_slice::<InboundRow>(line) {
                 Ok(row) => rows.push(row),
                 // A line torn by a crash was never acknowledged.
                 Err(err) => tracing::warn!(error = %err, "skipping a torn spool line"),
             }
         }
         for chunk in rows.chunks(MAX_COMMIT) {
-            repo::log(db.pool(), chunk).await?;
+            match repo::log(db.pool(), chunk).await {
+                Ok(_) => {}
+                Err(err) if is_sqlx_unavailable(&err) => return Err(err.into()),
+                // One bad row must not hold the rest: log them one by
+                // one; a row Postgres refuses goes to the dead-letter
+                // file beside the spool, kept for an operator.
+                Err(err) => {
+                    tracing::error!(error = %err, "a spooled batch was refused; logging its rows one by one");
+                    for row in chunk {
+                        match repo::log(db.pool(), std::slice::from_ref(row)).await {
+                            Ok(_) => {}
+                            Err(err) if is_sqlx_unavailable(&err) => return Err(err.into()),
+                            Err(err) => {
+                                tracing::error!(error = %err, event = %row.id, "dead-lettering a spooled webhook");
+                                self.dead_letter(row).await?;
+                            }
+                        }
+                    }
+                }
+            }
         }
         tokio::fs::remove_file(&self.draining).await?;
         if !rows.is_empty() {
@@ -315,6 +386,14 @@ impl Gateway {
             down_until: Arc::default(),
         };
         (gateway, committer)
+    }
+
+    /// Verified webhooks waiting for the log committer.
+    pub fn queued(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.max_capacity() - s.capacity())
+            .sum()
     }
 
     /// Receives one webhook: `provider` as the route names it, the request
@@ -414,7 +493,10 @@ impl Gateway {
         }
         match self.load(to).await {
             Ok(Some(config)) => Ok(config),
-            Ok(None) => Err(ApiError::not_found("Tenant not found")),
+            Ok(None) => {
+                self.cache.evict(known, to);
+                Err(ApiError::not_found("Tenant not found"))
+            }
             Err(err) if is_connection_error(&err) => known
                 .and_then(|id| self.cache.fresh(id, true))
                 .ok_or_else(|| ApiError::from(err)),

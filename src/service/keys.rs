@@ -181,6 +181,9 @@ pub struct KeyResolver {
     activity: Mutex<Activity>,
     /// `MODE_SUBSCRIBED` while the invalidation subscription is live.
     mode: AtomicU8,
+    /// Lookups answered by this process's cache, by the shared (Redis)
+    /// cache, and by Postgres.
+    lookups: [std::sync::atomic::AtomicU64; 3],
 }
 
 impl std::fmt::Debug for KeyResolver {
@@ -223,7 +226,18 @@ impl KeyResolver {
             local: LocalCache::default(),
             activity: Mutex::default(),
             mode: AtomicU8::new(MODE_UNSUBSCRIBED),
+            lookups: Default::default(),
         }
+    }
+
+    /// Key lookups so far: `(local hits, shared hits, misses)`.
+    pub fn lookups(&self) -> (u64, u64, u64) {
+        let [a, b, c] = &self.lookups;
+        (
+            a.load(Ordering::Relaxed),
+            b.load(Ordering::Relaxed),
+            c.load(Ordering::Relaxed),
+        )
     }
 
     pub fn hasher(&self) -> &KeyHasher {
@@ -237,7 +251,10 @@ impl KeyResolver {
             .map_err(|err| ApiError::unauthenticated(format!("invalid API key: {err}")))?;
         let digest = self.hasher.digest(key);
         let resolved = match self.local.get(&digest) {
-            Some(resolved) => resolved,
+            Some(resolved) => {
+                self.lookups[0].fetch_add(1, Ordering::Relaxed);
+                resolved
+            }
             None => self.resolve_slow(kind, digest).await?,
         };
         match (kind, resolved.tenant_id, resolved.tenant) {
@@ -268,10 +285,12 @@ impl KeyResolver {
         let generation = self.local.generation.load(Ordering::Acquire);
         let digest_hex = hex(&digest);
         if let Some(resolved) = self.shared_get(&digest_hex).await {
+            self.lookups[1].fetch_add(1, Ordering::Relaxed);
             self.local
                 .insert(digest, resolved.clone(), generation, self.local_ttl());
             return Ok(resolved);
         }
+        self.lookups[2].fetch_add(1, Ordering::Relaxed);
         let read_at_ms = Utc::now().timestamp_millis();
         let resolved = match kind {
             KeyKind::Admin => admin_keys::find_active(&self.db, &digest)

@@ -72,7 +72,11 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(db: Db, counters: Arc<LiveCounters>) -> (Self, IngestWorker) {
+    pub fn new(
+        db: Db,
+        counters: Arc<LiveCounters>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> (Self, IngestWorker) {
         let (small, bulk) = committers();
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..small + bulk).map(|_| mpsc::channel(QUEUE)).unzip();
@@ -80,6 +84,7 @@ impl Ingest {
             shards: receivers,
             db,
             counters,
+            metrics,
         };
         let (small, bulk) = senders.split_at(small);
         let ingest = Self {
@@ -87,6 +92,15 @@ impl Ingest {
             bulk: bulk.into(),
         };
         (ingest, worker)
+    }
+
+    /// Submissions waiting for a committer, across all of them.
+    pub fn queued(&self) -> usize {
+        self.small
+            .iter()
+            .chain(self.bulk.iter())
+            .map(|s| s.max_capacity() - s.capacity())
+            .sum()
     }
 
     /// Commits `events` (all of one tenant); resolves once they are
@@ -244,6 +258,11 @@ pub struct Metering {
 }
 
 impl Metering {
+    /// Track submissions waiting for a committer.
+    pub fn ingest_queued(&self) -> usize {
+        self.ingest.queued()
+    }
+
     pub fn new(db: Db, ingest: Ingest, counters: Arc<LiveCounters>) -> Self {
         Self {
             db,

@@ -20,6 +20,12 @@ use crate::domain::inbound::{self as rules, Rejection};
 const CERT_TTL: Duration = Duration::from_secs(3600);
 /// Largest certificate document read.
 const MAX_CERT_BYTES: usize = 64 * 1024;
+/// A URL whose fetch failed is not fetched again for this long (a flood
+/// of forged webhooks cannot turn into a flood of fetches).
+const FAILED_FETCH_TTL: Duration = Duration::from_secs(30);
+/// The name PayPal's signing certificate is issued for, as PayPal's SDKs
+/// check it.
+pub const CERT_SUBJECT: &str = "messageverificationcerts.paypal.com";
 
 /// Where certificates may come from and what they must chain to.
 #[derive(Debug, Clone)]
@@ -30,8 +36,8 @@ pub struct PaypalConfig {
     pub ca_pem: Option<Vec<u8>>,
 }
 
-/// Fetched chains by URL, leaf first, with when they were fetched.
-type CertCache = Mutex<HashMap<String, (Instant, Arc<Vec<CertificateDer<'static>>>)>>;
+/// Fetched chains by URL, leaf first (`None`: the fetch failed), with when.
+type CertCache = Mutex<HashMap<String, (Instant, Option<Arc<Vec<CertificateDer<'static>>>>)>>;
 
 #[derive(Clone)]
 pub struct PaypalVerifier {
@@ -116,6 +122,9 @@ impl PaypalVerifier {
             tracing::debug!(error = %err, "PayPal certificate chain refused");
             Rejection::InvalidSignature
         })?;
+        let subject = rustls_pki_types::ServerName::try_from(CERT_SUBJECT).expect("a DNS name");
+        cert.verify_is_valid_for_subject_name(&subject)
+            .map_err(|_| Rejection::InvalidSignature)?;
         cert.verify_signature(
             webpki::ring::RSA_PKCS1_2048_8192_SHA256,
             t.message.as_bytes(),
@@ -128,30 +137,32 @@ impl PaypalVerifier {
     /// fetched through the SSRF-guarded client; `None` when it cannot be
     /// had (not cached: the next webhook tries again).
     async fn chain(&self, url: &str) -> Option<Arc<Vec<CertificateDer<'static>>>> {
-        if let Some((at, chain)) = self.certs.lock().expect("cert cache").get(url)
-            && at.elapsed() < CERT_TTL
-        {
-            return Some(chain.clone());
+        if let Some((at, chain)) = self.certs.lock().expect("cert cache").get(url) {
+            let ttl = if chain.is_some() {
+                CERT_TTL
+            } else {
+                FAILED_FETCH_TTL
+            };
+            if at.elapsed() < ttl {
+                return chain.clone();
+            }
         }
-        let pem = match self.http.get(url, MAX_CERT_BYTES).await {
-            Ok(pem) => pem,
+        let chain = match self.http.get(url, MAX_CERT_BYTES).await {
+            Ok(pem) => CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .ok()
+                .filter(|chain| !chain.is_empty())
+                .map(Arc::new),
             Err(err) => {
                 tracing::warn!(url, error = %err, "fetching a PayPal certificate failed");
-                return None;
+                None
             }
         };
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<_, _>>()
-            .ok()?;
-        if chain.is_empty() {
-            return None;
-        }
-        let chain = Arc::new(chain);
         let mut certs = self.certs.lock().expect("cert cache");
         if certs.len() > 100 {
             certs.clear();
         }
         certs.insert(url.to_owned(), (Instant::now(), chain.clone()));
-        Some(chain)
+        chain
     }
 }

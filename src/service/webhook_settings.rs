@@ -50,6 +50,8 @@ pub struct SettingsView {
     /// created or rotated it.
     pub signing_secret: Option<String>,
     pub signing_secret_configured: bool,
+    /// `gone` while a 410 paused forwarding.
+    pub callback_disabled_reason: Option<String>,
 }
 
 /// One provider of an update (`provider`: `None` when the request named
@@ -135,13 +137,18 @@ impl WebhookSettings {
                 }
             })
             .collect();
-        let signing_secret_configured = callbacks::callback_endpoint(tx, tenant).await?.is_some();
+        let endpoint = callbacks::callback_endpoint(tx, tenant).await?;
+        let signing_secret_configured = endpoint.is_some();
+        let callback_disabled_reason = endpoint
+            .filter(|e| !e.enabled && callback_url.is_some())
+            .and_then(|e| e.disabled_reason);
         Ok(SettingsView {
             callback_url,
             providers,
             updated_at,
             signing_secret: None,
             signing_secret_configured,
+            callback_disabled_reason,
         })
     }
 

@@ -98,6 +98,7 @@ pub struct CallbackEndpoint {
     pub id: Uuid,
     pub url: String,
     pub enabled: bool,
+    pub disabled_reason: Option<String>,
 }
 
 pub async fn callback_endpoint(
@@ -105,7 +106,7 @@ pub async fn callback_endpoint(
     tenant: Uuid,
 ) -> Result<Option<CallbackEndpoint>, DbErr> {
     tx.query_one_raw(statement(
-        "SELECT id, url, enabled FROM webhook_endpoints WHERE tenant_id = $1",
+        "SELECT id, url, enabled, disabled_reason FROM webhook_endpoints WHERE tenant_id = $1",
         [tenant.into()],
     ))
     .await?
@@ -114,6 +115,7 @@ pub async fn callback_endpoint(
             id: r.try_get("", "id")?,
             url: r.try_get("", "url")?,
             enabled: r.try_get("", "enabled")?,
+            disabled_reason: r.try_get("", "disabled_reason")?,
         })
     })
     .transpose()

@@ -265,3 +265,12 @@ pub async fn release_lease(pool: &PgPool, name: &str, holder: &str) -> Result<()
         .await?;
     Ok(())
 }
+
+/// Jobs by kind and state (`/metrics`).
+pub async fn depth_by_kind(pool: &PgPool) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT kind, state, count(*) FROM jobs GROUP BY kind, state ORDER BY kind, state",
+    )
+    .fetch_all(pool)
+    .await
+}

@@ -604,3 +604,19 @@ pub async fn purge_events(
     .await?
     .rows_affected())
 }
+
+/// Enabled endpoints by breaker state, and pending deliveries
+/// (`/metrics`).
+pub async fn breaker_states(pool: &PgPool) -> Result<(Vec<(String, i64)>, i64), sqlx::Error> {
+    let states = sqlx::query_as(
+        "SELECT breaker_state, count(*) FROM webhook_endpoints WHERE enabled \
+         GROUP BY breaker_state ORDER BY breaker_state",
+    )
+    .fetch_all(pool)
+    .await?;
+    let pending =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
+            .fetch_one(pool)
+            .await?;
+    Ok((states, pending))
+}

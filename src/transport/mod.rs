@@ -43,7 +43,12 @@ use self::{
     auth::{AccessTable, AuthState, Authenticator},
     rest::{Transcoder, json::JsonCodec, routes::RouteTable},
 };
-use crate::{app::AppState, error::ApiError, proto};
+use crate::{
+    app::AppState,
+    error::ApiError,
+    metrics::{Gauge, Metrics},
+    proto,
+};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -116,6 +121,10 @@ pub fn build(state: &AppState) -> anyhow::Result<Transport> {
         .layer(axum::middleware::from_fn_with_state(
             auth,
             auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            count_rpc,
         ));
     let grpc_web = grpc_router.clone().layer(tonic_web::GrpcWebLayer::new());
     let transcoder = Arc::new(Transcoder::new(
@@ -129,11 +138,13 @@ pub fn build(state: &AppState) -> anyhow::Result<Transport> {
         grpc_web,
         transcoder,
         closing: state.lifecycle.closing.clone(),
+        metrics: state.metrics.clone(),
     };
 
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz).with_state(state.clone()))
+        .route("/metrics", get(metrics).with_state(state.clone()))
         .fallback(dispatch)
         .with_state(protocols)
         .layer(cors())
@@ -157,7 +168,13 @@ struct Protocols {
     /// The listener is closing: new requests are refused (503 /
     /// UNAVAILABLE).
     closing: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 }
+
+/// Set by [`count_rpc`] when a REST request reached an RPC (else the
+/// transcoder refused it).
+#[derive(Clone, Default)]
+struct RpcRan(Arc<AtomicBool>);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Protocol {
@@ -181,15 +198,167 @@ fn protocol(request: &Request) -> Protocol {
     }
 }
 
-async fn dispatch(State(protocols): State<Protocols>, request: Request) -> Response {
+async fn dispatch(State(protocols): State<Protocols>, mut request: Request) -> Response {
+    let protocol = protocol(&request);
     if protocols.closing.load(Ordering::Acquire) {
-        return refuse_draining(protocol(&request));
+        return refuse_draining(protocol);
     }
-    match protocol(&request) {
+    request.extensions_mut().insert(protocol);
+    match protocol {
         Protocol::GrpcWeb => protocols.grpc_web.oneshot(request).await.into_response(),
         Protocol::Grpc => protocols.grpc.oneshot(request).await.into_response(),
-        Protocol::Rest => protocols.transcoder.handle(request).await,
+        Protocol::Rest => {
+            let ran = RpcRan::default();
+            request.extensions_mut().insert(ran.clone());
+            let response = protocols.transcoder.handle(request).await;
+            if !ran.0.load(Ordering::Relaxed) {
+                protocols.metrics.rest_refused(response.status().as_u16());
+            }
+            response
+        }
     }
+}
+
+/// Records every RPC, whichever protocol carried it: method, protocol,
+/// gRPC status (from a trailers-only answer's headers; a response with a
+/// body is OK), and the time to the response head.
+async fn count_rpc(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let protocol = match request.extensions().get::<Protocol>() {
+        Some(Protocol::Rest) => "rest",
+        Some(Protocol::GrpcWeb) => "grpc_web",
+        _ => "grpc",
+    };
+    if let Some(ran) = request.extensions().get::<RpcRan>() {
+        ran.0.store(true, Ordering::Relaxed);
+    }
+    let rpc = request.uri().path().trim_start_matches('/').to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or("OK", |c| code_name(tonic::Code::from_i32(c)));
+    metrics.request(&rpc, protocol, code, started.elapsed());
+    response
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Prometheus text format: what [`Metrics`] counted, then gauges read now
+/// (queues, the pool, key lookups; job and breaker states from Postgres,
+/// left out when it does not answer within 2 s).
+async fn metrics(State(state): State<AppState>) -> Response {
+    let pool = state.db.pool();
+    let idle = pool.num_idle() as f64;
+    let size = f64::from(pool.size());
+    let (local, shared, misses) = state.keys.lookups();
+    let help_pool = "Application pool connections by state.";
+    let help_keys = "API key lookups by where they were answered (hit rate: local_hit / all).";
+    let mut gauges = vec![
+        Gauge::new("tenlyr_db_pool_connections", help_pool, size - idle).with("state", "in_use"),
+        Gauge::new("tenlyr_db_pool_connections", help_pool, idle).with("state", "idle"),
+        Gauge::new(
+            "tenlyr_db_pool_max_connections",
+            "Application pool size limit.",
+            f64::from(pool.options().get_max_connections()),
+        ),
+        Gauge::new(
+            "tenlyr_ingest_queue_depth",
+            "Track submissions waiting for an ingest committer.",
+            state.metering.ingest_queued() as f64,
+        ),
+        Gauge::new(
+            "tenlyr_inbound_queue_depth",
+            "Verified inbound webhooks waiting for the log committer.",
+            state.inbound.queued() as f64,
+        ),
+        Gauge::new("tenlyr_key_cache_lookups_total", help_keys, local as f64)
+            .counter()
+            .with("result", "local_hit"),
+        Gauge::new("tenlyr_key_cache_lookups_total", help_keys, shared as f64)
+            .counter()
+            .with("result", "shared_hit"),
+        Gauge::new("tenlyr_key_cache_lookups_total", help_keys, misses as f64)
+            .counter()
+            .with("result", "miss"),
+    ];
+    let read = async {
+        let jobs = crate::storage::jobs::depth_by_kind(pool).await?;
+        let breakers = crate::storage::webhooks::breaker_states(pool).await?;
+        Ok::<_, sqlx::Error>((jobs, breakers))
+    };
+    let up = match tokio::time::timeout(Duration::from_secs(2), read).await {
+        Ok(Ok((jobs, (breakers, pending)))) => {
+            for (kind, job_state, n) in jobs {
+                gauges.push(
+                    Gauge::new(
+                        "tenlyr_jobs",
+                        "Jobs in the queue by kind and state.",
+                        n as f64,
+                    )
+                    .with("kind", kind)
+                    .with("state", job_state),
+                );
+            }
+            for (breaker, n) in breakers {
+                gauges.push(
+                    Gauge::new(
+                        "tenlyr_webhook_endpoints",
+                        "Enabled webhook endpoints by circuit-breaker state.",
+                        n as f64,
+                    )
+                    .with("breaker_state", breaker),
+                );
+            }
+            gauges.push(Gauge::new(
+                "tenlyr_webhook_deliveries_pending",
+                "Webhook deliveries waiting to be sent or retried.",
+                pending as f64,
+            ));
+            1.0
+        }
+        _ => 0.0,
+    };
+    gauges.push(Gauge::new(
+        "tenlyr_database_up",
+        "Whether Postgres answered this scrape's queries.",
+        up,
+    ));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(&gauges),
+    )
+        .into_response()
 }
 
 /// A request that arrived after shutdown began: the client should go to

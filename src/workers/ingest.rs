@@ -26,6 +26,7 @@ pub struct IngestWorker {
     pub(crate) shards: Vec<mpsc::Receiver<Submission>>,
     pub(crate) db: Db,
     pub(crate) counters: Arc<LiveCounters>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Worker for IngestWorker {
@@ -35,7 +36,7 @@ impl Worker for IngestWorker {
         let mut committers = JoinSet::new();
         for rx in self.shards {
             let (db, counters, stop) = (self.db.clone(), self.counters.clone(), cancel.clone());
-            committers.spawn(commit_loop(rx, db, counters, stop));
+            committers.spawn(commit_loop(rx, db, counters, self.metrics.clone(), stop));
         }
         committers.join_all().await;
         self.counters.flush().await;
@@ -47,6 +48,7 @@ async fn commit_loop(
     mut rx: mpsc::Receiver<Submission>,
     db: Db,
     counters: Arc<LiveCounters>,
+    metrics: Arc<crate::metrics::Metrics>,
     stop: CancellationToken,
 ) {
     // What this committer last read of its tenants (for `commit_small`).
@@ -71,6 +73,7 @@ async fn commit_loop(
                 Err(_) => break,
             }
         }
+        metrics.ingest_commit(size);
         commit_group(&db, &counters, &mut known, group).await;
     }
 }

@@ -15,7 +15,7 @@
 //! circuit breaker: nothing is claimed for it (and no retry is used up)
 //! until a half-open probe succeeds.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -51,6 +51,7 @@ pub struct Dispatcher {
     pub concurrency: usize,
     /// How long a claim holds a delivery: the request timeout plus margin.
     pub lease: Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A sent delivery and what came back.
@@ -154,6 +155,12 @@ impl Dispatcher {
                     }
                     _ => next_attempt(&s.claim, &s.answer, now),
                 };
+                self.metrics.delivery(match (ok, verdict, next_at) {
+                    (true, _, _) => "delivered",
+                    (false, Verdict::Gone, _) => "gone",
+                    (false, _, Some(_)) => "retry",
+                    (false, _, None) => "failed",
+                });
                 if s.probe {
                     if ok { &mut close } else { &mut reopen }.push(s.claim.endpoint_id);
                 } else if !ok {

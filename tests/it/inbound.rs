@@ -488,6 +488,17 @@ async fn every_hmac_provider_verifies_its_own_scheme() {
         text.starts_with("bt_public_key|") && text.len() == "bt_public_key|".len() + 40,
         "{text}"
     );
+    // Only Braintree's challenge format is answered: the answer is the
+    // signing HMAC, so anything else would let anyone sign payloads.
+    let (status, reply) = json(
+        app.http
+            .get(app.url(&format!("{path}?bt_challenge=PG5vdGlmaWNhdGlvbj4gICAg")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{reply}");
 
     // Every accepted one is logged with its normalized type.
     let logged = events(&app, &key, "").await;
@@ -1241,4 +1252,85 @@ async fn paypal_is_verified_offline_with_a_certificate_from_an_allowed_host() {
     assert_eq!(logged[0]["providerEventId"], "WH-EVT-1");
     assert_eq!(logged[0]["type"], "chargeback.opened");
     let _ = std::fs::remove_dir_all(&pki);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_callback_pauses_forwarding_until_the_url_is_saved_again() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start(Reply::Ok).await;
+    receiver.then(&[Reply::Status(410)]);
+    let (_, key, slug, _) = tenant_with(
+        &app,
+        "gone@inbound.test",
+        Some(&receiver),
+        json!([{"provider": "stripe", "enabled": true, "secret": STRIPE_SECRET}]),
+    )
+    .await;
+    let path = format!("/v1/t/{slug}/webhooks/stripe");
+    let send = |id: &str| {
+        let body = json!({"id": id, "type": "charge.succeeded"}).to_string();
+        let sig = timestamped(STRIPE_SECRET, now(), &body);
+        let (app, path) = (&app, path.clone());
+        async move { post(app, &path, &[("stripe-signature", sig)], body).await }
+    };
+    assert_eq!(send("evt_gone_1").await.0, 200);
+    let first = receiver.wait_for(1).await[0].json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let failed = event_until(&app, &key, &first, |e| e["status"] == "delivery_failed").await;
+    assert_eq!(failed["lastError"], "HTTP 410");
+    let (_, settings) = call(&app, &key, Method::GET, "/api/v1/webhooks/settings", None).await;
+    assert_eq!(settings["callbackDisabledReason"], "gone", "{settings}");
+
+    // Paused, not lost: the next event waits until the URL is saved again.
+    assert_eq!(send("evt_gone_2").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 1);
+    let waiting = events(&app, &key, "?status=received").await;
+    assert_eq!(waiting.len(), 1);
+    let (status, saved) = call(
+        &app,
+        &key,
+        Method::PUT,
+        "/api/v1/webhooks/settings",
+        Some(json!({"callbackUrl": receiver.url("/callback")})),
+    )
+    .await;
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(saved["callbackDisabledReason"], Value::Null);
+    let got = receiver.wait_for(2).await;
+    assert_eq!(got[1].json()["payload"]["id"], "evt_gone_2");
+    let id = waiting[0]["id"].as_str().unwrap();
+    event_until(&app, &key, id, |e| e["status"] == "processed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_row_of_a_deleted_tenant_is_skipped_not_fatal() {
+    let app = TestApp::spawn().await;
+    let (tenant, key, _, _) = tenant_with(
+        &app,
+        "batch@inbound.test",
+        None,
+        json!([{"provider": "generic", "enabled": true, "secret": "generic-secret"}]),
+    )
+    .await;
+    let row = |tenant_id: uuid::Uuid, event: &str| tenlyr::storage::inbound::InboundRow {
+        tenant_id,
+        id: tenlyr::domain::webhook::new_event_id(),
+        provider: "generic".into(),
+        provider_event_id: event.into(),
+        raw_type: "thing".into(),
+        event_type: "thing".into(),
+        occurred_at: chrono::Utc::now(),
+        received_at: chrono::Utc::now(),
+        body: "{}".into(),
+    };
+    let live = row(tenant.parse().unwrap(), "kept");
+    let orphan = row(uuid::Uuid::now_v7(), "orphan");
+    let logged = tenlyr::storage::inbound::log(app.state.db.pool(), &[orphan, live.clone()])
+        .await
+        .unwrap();
+    assert_eq!(logged, vec![live.id]);
+    assert_eq!(events(&app, &key, "").await.len(), 1);
 }

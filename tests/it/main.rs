@@ -15,6 +15,7 @@ mod helpers;
 mod idempotency;
 mod inbound;
 mod metering;
+mod metrics;
 mod operations;
 mod protocols;
 mod records;

@@ -65,6 +65,7 @@ fn settings_to_proto(s: SettingsView) -> v1::WebhookSettings {
         updated_at: s.updated_at.map(timestamp),
         signing_secret: s.signing_secret,
         signing_secret_configured: s.signing_secret_configured,
+        callback_disabled_reason: s.callback_disabled_reason,
     }
 }
 
