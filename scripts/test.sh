@@ -56,3 +56,6 @@ export TENLYR_TEST_STRIPE_URL="$LOCALSTRIPE_URL"
 
 echo "--- cargo test" >&2
 cargo test --all-targets
+
+echo "--- schemathesis against /openapi.json" >&2
+run_schemathesis

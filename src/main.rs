@@ -31,6 +31,9 @@ enum Command {
     Serve(Box<ServeConfig>),
     /// Apply pending database migrations and exit.
     Migrate(StorageConfig),
+    /// Print the REST API's OpenAPI 3.1 document (also served at
+    /// `GET /openapi.json`).
+    Openapi,
     /// Admin key management.
     Admin {
         #[command(subcommand)]
@@ -56,6 +59,11 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(&cli.log)?;
     match cli.command {
         Command::Serve(config) => app::serve(*config).await,
+        Command::Openapi => {
+            let doc = tenlyr::transport::openapi_document()?;
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(())
+        }
         Command::Migrate(storage) => {
             with_database(&storage.clone(), |url| async move {
                 let (db, _) = app::connect(&storage, &url, 1).await?;

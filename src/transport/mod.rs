@@ -52,6 +52,20 @@ use crate::{
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The OpenAPI document (`tenlyr openapi`, `GET /openapi.json`).
+pub fn openapi_document() -> anyhow::Result<serde_json::Value> {
+    let pool = proto::pool();
+    let problems = |p: Vec<String>| anyhow!("invalid API annotations:\n  {}", p.join("\n  "));
+    let access = AccessTable::from_pool(pool, proto::PACKAGE).map_err(problems)?;
+    let routes = RouteTable::from_pool(pool, proto::PACKAGE).map_err(problems)?;
+    Ok(rest::openapi::document(
+        pool,
+        &routes,
+        &JsonCodec::new(pool),
+        &access,
+    ))
+}
+
 /// What the listener serves, built once at start-up.
 pub struct Transport {
     pub router: Router,
@@ -65,6 +79,9 @@ pub fn build(state: &AppState) -> anyhow::Result<Transport> {
     let problems = |p: Vec<String>| anyhow!("invalid API annotations:\n  {}", p.join("\n  "));
     let access = AccessTable::from_pool(pool, proto::PACKAGE).map_err(problems)?;
     let routes = RouteTable::from_pool(pool, proto::PACKAGE).map_err(problems)?;
+    let openapi: Arc<str> = rest::openapi::document(pool, &routes, &JsonCodec::new(pool), &access)
+        .to_string()
+        .into();
 
     let (health, health_service) = tonic_health::server::health_reporter();
     // Both reflection versions describe every service on the port,
@@ -145,6 +162,18 @@ pub fn build(state: &AppState) -> anyhow::Result<Transport> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz).with_state(state.clone()))
         .route("/metrics", get(metrics).with_state(state.clone()))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let body = openapi.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        body.to_string(),
+                    )
+                }
+            }),
+        )
         .fallback(dispatch)
         .with_state(protocols)
         .layer(cors())

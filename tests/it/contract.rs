@@ -231,3 +231,78 @@ async fn unknown_routes_get_the_documented_404_body() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_valid_and_covers_every_route() {
+    let app = TestApp::spawn().await;
+    let response = app.http.get(app.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let doc: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        doc,
+        tenlyr::transport::openapi_document().unwrap(),
+        "served = `tenlyr openapi`"
+    );
+    assert_eq!(doc["openapi"], "3.1.0");
+    // Every documented route is an operation with the documented shape.
+    for (method, path, key, _) in documented_routes() {
+        let concrete = path.split('?').next().unwrap();
+        let verb = method.as_str().to_ascii_lowercase();
+        // The operation whose template matches the path, literals first.
+        let mut candidates: Vec<(&String, &serde_json::Value)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(p, ops)| {
+                let a: Vec<&str> = p.split('/').collect();
+                let b: Vec<&str> = concrete.split('/').collect();
+                ops.get(&verb).is_some()
+                    && a.len() == b.len()
+                    && a.iter()
+                        .zip(&b)
+                        .all(|(x, y)| x == y || (x.starts_with('{') && !y.is_empty()))
+            })
+            .collect();
+        candidates.sort_by_key(|(p, _)| p.matches('{').count());
+        let found = candidates.first().and_then(|(_, ops)| ops.get(&verb));
+        let op = found.unwrap_or_else(|| panic!("{method} {path} missing from /openapi.json"));
+        let security = op["security"].to_string();
+        match key {
+            "tenant" => assert!(
+                security.contains("tenantKey"),
+                "{method} {path}: {security}"
+            ),
+            "none" => assert_eq!(op["security"], serde_json::json!([]), "{method} {path}"),
+            _ => {}
+        }
+        assert!(
+            op["responses"]["default"].is_object(),
+            "{method} {path}: error body"
+        );
+    }
+    // The reference validator accepts it.
+    let validator = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/peers/.venv/bin/openapi-spec-validator"
+    );
+    assert!(
+        std::path::Path::new(validator).exists(),
+        "run scripts/test.sh once (it installs tests/peers/requirements.txt into tests/peers/.venv)"
+    );
+    let file = std::env::temp_dir().join(format!(
+        "tenlyr-openapi-{}.json",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let out = std::process::Command::new(validator)
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -253,6 +253,14 @@ impl JsonCodec {
         })
     }
 
+    /// How an enum value is written (`PLAN_GROWTH` → `growth`).
+    pub fn enum_alias(&self, desc: &EnumDescriptor, number: i32) -> String {
+        self.enums
+            .get(desc.full_name())
+            .and_then(|a| a.by_number.get(&number).cloned())
+            .unwrap_or_else(|| number.to_string())
+    }
+
     /// Whether an unset `field` is written as `null` (else left out).
     pub fn is_nullable(&self, field: &FieldDescriptor) -> bool {
         self.nullable.contains(field.full_name())

@@ -7,6 +7,7 @@
 
 pub mod bridge;
 pub mod json;
+pub mod openapi;
 pub mod routes;
 pub mod template;
 pub mod wire;
