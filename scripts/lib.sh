@@ -118,49 +118,77 @@ start_localstripe() {
     LOCALSTRIPE_URL="http://127.0.0.1:$port"
 }
 
-# Runs schemathesis (tests/peers/.venv) against a server started from
-# target/debug/tenlyr on a fresh database of the private cluster, with the
-# generated /openapi.json: every operation, no 5xx, every response valid
-# against its schema. Three passes: tenant-key operations (and those
-# either key may call) with a tenant key, then admin ones with the admin
-# key, then public ones without a key. Left out: revoking the very key a
-# pass runs with (it would leave the rest of the pass at 401), and the
-# isolation operations, which answer 501 until they are built.
-run_schemathesis() {
-    local port data admin tenant pid status=0
+# Starts target/debug/tenlyr on a fresh database of the private cluster
+# and provisions one tenant; sets API_URL, API_ADMIN_KEY, API_TENANT_KEY,
+# API_PID and API_DATA (stop_api_server stops it).
+start_api_server() {
+    local port
     port=$(free_port)
-    data=$(mktemp -d)
-    "$PRIVATE_BINDIR/psql" "$PRIVATE_PG_URL" -qc "CREATE DATABASE tenlyr_schemathesis" >/dev/null
-    DATABASE_URL="${PRIVATE_PG_URL%/*}/tenlyr_schemathesis" TENLYR_LISTEN="127.0.0.1:$port" \
-        TENLYR_DATA_DIR="$data" TENLYR_KEY_PEPPER=schemathesis-pepper-0123456789 \
-        TENLYR_SECRETS_KEY=schemathesis-secrets-key-0123456789abcdef RUST_LOG=warn \
-        target/debug/tenlyr serve >"$data/stdout" 2>"$data/stderr" &
-    pid=$!
+    API_DATA=$(mktemp -d)
+    "$PRIVATE_BINDIR/psql" "$PRIVATE_PG_URL" -qc "CREATE DATABASE tenlyr_api_tests" >/dev/null
+    DATABASE_URL="${PRIVATE_PG_URL%/*}/tenlyr_api_tests" TENLYR_LISTEN="127.0.0.1:$port" \
+        TENLYR_DATA_DIR="$API_DATA" TENLYR_KEY_PEPPER=api-tests-pepper-0123456789 \
+        TENLYR_SECRETS_KEY=api-tests-secrets-key-0123456789abcdef RUST_LOG=warn \
+        target/debug/tenlyr serve >"$API_DATA/stdout" 2>"$API_DATA/stderr" &
+    API_PID=$!
+    API_URL="http://127.0.0.1:$port"
     for _ in $(seq 1 100); do
-        curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+        curl -fs "$API_URL/readyz" >/dev/null 2>&1 && break
         sleep 0.2
     done
-    admin=$(head -1 "$data/stdout")
-    if [ -z "$admin" ]; then
-        echo "the server for schemathesis did not start:" >&2
-        grep -m3 -A3 -i "panicked\|error" "$data/stderr" >&2 || tail -20 "$data/stderr" >&2
-        kill "$pid" 2>/dev/null || true
+    API_ADMIN_KEY=$(head -1 "$API_DATA/stdout")
+    if [ -z "$API_ADMIN_KEY" ]; then
+        echo "the API server did not start:" >&2
+        grep -m3 -A3 -i "panicked\|error" "$API_DATA/stderr" >&2 || tail -20 "$API_DATA/stderr" >&2
+        kill "$API_PID" 2>/dev/null || true
         return 1
     fi
-    tenant=$(curl -fs -H "Authorization: Bearer $admin" -H 'content-type: application/json' \
-        -d '{"name":"Schemathesis","ownerEmail":"schemathesis@tenlyr.test","plan":"growth"}' \
-        "http://127.0.0.1:$port/api/v1/tenants" | python3 -c 'import json,sys; print(json.load(sys.stdin)["apiKey"])')
-    local st=(tests/peers/.venv/bin/schemathesis run "http://127.0.0.1:$port/openapi.json"
-        --url "http://127.0.0.1:$port" --checks not_a_server_error,response_schema_conformance
+    API_TENANT_KEY=$(curl -fs -H "Authorization: Bearer $API_ADMIN_KEY" -H 'content-type: application/json' \
+        -d '{"name":"API tests","ownerEmail":"api-tests@tenlyr.test","plan":"growth"}' \
+        "$API_URL/api/v1/tenants" | python3 -c 'import json,sys; print(json.load(sys.stdin)["apiKey"])')
+}
+
+stop_api_server() {
+    kill "$API_PID" 2>/dev/null || true
+    wait "$API_PID" 2>/dev/null || true
+    rm -rf "$API_DATA"
+}
+
+# The JavaScript SDK (sdk/js): its types must be what openapi-typescript
+# generates from the server's /openapi.json today (they are never edited
+# by hand), it must build, and its tests (node --test) run against the
+# server of start_api_server.
+run_sdk_js_tests() {
+    npm ci --prefix sdk/js --silent --no-audit --no-fund
+    curl -fs "$API_URL/openapi.json" >"$API_DATA/openapi.json"
+    (cd sdk/js && npx openapi-typescript "$API_DATA/openapi.json" -o "$API_DATA/schema.d.ts" >/dev/null 2>&1)
+    if ! cmp -s sdk/js/src/schema.d.ts "$API_DATA/schema.d.ts"; then
+        echo "sdk/js/src/schema.d.ts is stale: run (cd sdk/js && TENLYR_OPENAPI=<tenlyr openapi output> npm run generate)" >&2
+        diff "$API_DATA/schema.d.ts" sdk/js/src/schema.d.ts | head -20 >&2
+        return 1
+    fi
+    npm run --prefix sdk/js build --silent
+    TENLYR_SDK_TEST_URL="$API_URL" TENLYR_SDK_TEST_ADMIN_KEY="$API_ADMIN_KEY" npm test --prefix sdk/js --silent
+}
+
+# Runs schemathesis (tests/peers/.venv) against the server of
+# start_api_server with its own /openapi.json: every operation, no 5xx,
+# every response valid against its schema. Three passes: tenant-key
+# operations (and those either key may call) with a tenant key, then
+# admin ones with the admin key, then public ones without a key. Left out:
+# revoking the very key a pass runs with (it would leave the rest of the
+# pass at 401), and the isolation operations, which answer 501 until they
+# are built.
+run_schemathesis() {
+    local status=0
+    local st=(tests/peers/.venv/bin/schemathesis run "$API_URL/openapi.json"
+        --url "$API_URL" --checks not_a_server_error,response_schema_conformance
         --max-examples "${SCHEMATHESIS_EXAMPLES:-20}" --exclude-operation-id StartMigration
         --exclude-operation-id GetMigration --exclude-operation-id ListMigrations)
-    "${st[@]}" -H "Authorization: Bearer $tenant" --include-tag tenant --include-tag admin-or-tenant \
+    "${st[@]}" -H "Authorization: Bearer $API_TENANT_KEY" --include-tag tenant --include-tag admin-or-tenant \
         --exclude-operation-id RevokeApiKey || status=1
-    "${st[@]}" -H "Authorization: Bearer $admin" --include-tag admin --include-tag admin-or-tenant \
+    "${st[@]}" -H "Authorization: Bearer $API_ADMIN_KEY" --include-tag admin --include-tag admin-or-tenant \
         --exclude-operation-id RevokeAdminKey || status=1
     "${st[@]}" --include-tag public || status=1
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    rm -rf "$data"
     return $status
 }

@@ -1,0 +1,218 @@
+// The SDK against a real Tenlyr server (scripts/test.sh starts one and sets
+// TENLYR_SDK_TEST_URL and TENLYR_SDK_TEST_ADMIN_KEY), plus the failures a
+// server cannot be made to produce on cue (a hanging or unreachable peer,
+// a 503) through an injected fetch.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  Tenlyr,
+  TenlyrError,
+  AuthenticationError,
+  PermissionError,
+  NotFoundError,
+  ConflictError,
+  InvalidRequestError,
+  RateLimitError,
+  TenlyrTimeoutError,
+  TenlyrNetworkError,
+  TenlyrNotImplementedError,
+  VERSION,
+} from "../dist/index.js";
+
+const baseUrl = process.env.TENLYR_SDK_TEST_URL;
+const adminKey = process.env.TENLYR_SDK_TEST_ADMIN_KEY;
+if (!baseUrl || !adminKey) {
+  throw new Error("set TENLYR_SDK_TEST_URL and TENLYR_SDK_TEST_ADMIN_KEY (scripts/test.sh does)");
+}
+const admin = new Tenlyr({ apiKey: adminKey, baseUrl });
+const unique = () => `${Date.now()}-${Math.random().toString(36).slice(2, 8)}`;
+
+test("tenants: the whole lifecycle", async () => {
+  const email = `sdk-${unique()}@sdk.test`;
+  const { tenant, apiKey } = await admin.tenants.create({ name: "SDK Corp", ownerEmail: email, plan: "growth" });
+  assert.equal(tenant.ownerEmail, email);
+  assert.equal(tenant.plan, "growth");
+  assert.match(apiKey, /^tenlyr_live_/);
+  assert.equal((await admin.tenants.get(tenant.id)).id, tenant.id);
+  const page = await admin.tenants.list({ limit: 100 });
+  assert.ok(Array.isArray(page.data));
+  assert.ok("nextCursor" in page);
+  const dashboard = await admin.tenants.health({ limit: 100 });
+  assert.ok(Array.isArray(dashboard));
+  assert.equal((await admin.tenants.update(tenant.id, { name: "SDK Corp 2" })).name, "SDK Corp 2");
+  assert.equal((await admin.tenants.changePlan(tenant.id, "scale")).plan, "scale");
+  const suspended = await admin.tenants.suspend(tenant.id, "unpaid");
+  assert.equal(suspended.status, "suspended");
+  assert.equal((await admin.tenants.reactivate(tenant.id)).status, "active");
+  const rotated = await admin.tenants.rotateApiKey(tenant.id);
+  assert.notEqual(rotated.apiKey, apiKey);
+  assert.equal((await admin.tenants.terminate(tenant.id)).status, "terminated");
+  assert.equal(await admin.tenants.delete(tenant.id), undefined);
+  await assert.rejects(admin.tenants.get(tenant.id), NotFoundError);
+});
+
+test("usage: track, metrics, summary, events with the tenant's key", async () => {
+  const { apiKey } = await admin.tenants.create({ name: "Usage Co", ownerEmail: `usage-${unique()}@sdk.test` });
+  const event = await admin.usage.track({ tenantKey: apiKey, metric: "api_call", value: 2, endpoint: "/v1/orders" });
+  assert.equal(event.metric, "api_call");
+  assert.equal(event.endpoint, "/v1/orders");
+  await admin.usage.track({ tenantKey: apiKey, metric: "api_call", value: 1 });
+  const metrics = await admin.usage.metrics(apiKey);
+  assert.equal(metrics.apiCalls, "3");
+  const summary = await admin.usage.summary(apiKey);
+  assert.ok(summary);
+  const events = await admin.usage.events(apiKey, 10);
+  assert.equal(events.length, 2);
+});
+
+test("health, alerts and billing", async () => {
+  const { tenant, apiKey } = await admin.tenants.create({ name: "Health Co", ownerEmail: `health-${unique()}@sdk.test` });
+  const overview = await admin.health.overview();
+  assert.equal(typeof overview.total, "number");
+  assert.ok(Array.isArray(await admin.health.list()));
+  assert.equal((await admin.health.get(tenant.id)).tenantId, tenant.id);
+  assert.equal((await admin.health.throttle(tenant.id, 120)).rateLimit, 120);
+  assert.equal((await admin.health.removeThrottle(tenant.id)).rateLimit, null);
+  const alert = await admin.alerts.create({ tenantId: tenant.id, type: "disk_usage", severity: "warning", message: "disk almost full" });
+  assert.equal(alert.resolved, false);
+  assert.ok((await admin.alerts.unresolved({ tenantId: tenant.id })).some((a) => a.id === alert.id));
+  assert.equal((await admin.alerts.resolve(alert.id)).resolved, true);
+  assert.ok((await admin.alerts.list({ tenantId: tenant.id })).length >= 1);
+  assert.equal(typeof (await admin.alerts.resolveAll({ tenantId: tenant.id })).resolved, "number");
+  const billing = await admin.billing.get(apiKey);
+  assert.equal(billing.tenantId, tenant.id);
+});
+
+test("every error class, from the real server", async () => {
+  const bad = new Tenlyr({ apiKey: "tenlyr_live_not_a_real_key", baseUrl, retries: 0 });
+  await assert.rejects(bad.tenants.list(), (err) => err instanceof AuthenticationError && err.statusCode === 401);
+  const { tenant, apiKey } = await admin.tenants.create({ name: "Errors Co", ownerEmail: `errors-${unique()}@sdk.test` });
+  const asTenant = new Tenlyr({ apiKey, baseUrl, retries: 0 });
+  await assert.rejects(asTenant.tenants.list(), PermissionError);
+  await assert.rejects(admin.tenants.get("00000000-0000-7000-8000-000000000000"), NotFoundError);
+  await assert.rejects(
+    admin.tenants.create({ name: "Errors Co", ownerEmail: tenant.ownerEmail }),
+    (err) => err instanceof ConflictError && err.statusCode === 409,
+  );
+  await assert.rejects(admin.tenants.create({ name: "x", ownerEmail: "not-an-email" }), (err) => {
+    assert.ok(err instanceof InvalidRequestError);
+    assert.ok(Array.isArray(err.body.details), JSON.stringify(err.body));
+    return true;
+  });
+  // A throttle of 1 request per minute: the second track is a 429.
+  await admin.health.throttle(tenant.id, 1);
+  const noRetry = new Tenlyr({ apiKey: adminKey, baseUrl, retries: 0 });
+  await noRetry.usage.track({ tenantKey: apiKey, metric: "api_call", value: 1 });
+  await assert.rejects(noRetry.usage.track({ tenantKey: apiKey, metric: "api_call", value: 1 }), (err) => {
+    assert.ok(err instanceof RateLimitError);
+    assert.ok(err.retryAfter >= 1, `retryAfter ${err.retryAfter}`);
+    return true;
+  });
+  // Isolation is not built yet: 501 is its own class, and not retried.
+  let calls = 0;
+  const counting = new Tenlyr({ apiKey: adminKey, baseUrl, retryDelay: 1, fetchFn: (...a) => (calls++, fetch(...a)) });
+  await assert.rejects(counting.isolation.migrate(tenant.id, { targetLevel: "dedicated_schema" }), TenlyrNotImplementedError);
+  assert.equal(calls, 1);
+  for (const cls of [AuthenticationError, PermissionError, NotFoundError, ConflictError, InvalidRequestError,
+                     RateLimitError, TenlyrTimeoutError, TenlyrNetworkError, TenlyrNotImplementedError]) {
+    assert.ok(new cls("x") instanceof TenlyrError, cls.name);
+  }
+});
+
+/** A fetch that answers from a script of responses (or throws), recording each call. */
+function scripted(steps) {
+  const seen = [];
+  const fn = async (url, init) => {
+    seen.push({ url: String(url), init, at: Date.now() });
+    const step = steps[Math.min(seen.length - 1, steps.length - 1)];
+    if (step === "network") throw new TypeError("fetch failed: ECONNREFUSED");
+    if (step === "hang") {
+      return new Promise((_, reject) => init.signal.addEventListener("abort", () => reject(new Error("aborted"))));
+    }
+    return new Response(JSON.stringify(step.body ?? {}), {
+      status: step.status,
+      headers: { "content-type": "application/json", ...(step.headers ?? {}) },
+    });
+  };
+  return { fn, seen };
+}
+
+test("retries 5xx and network failures with exponential back-off, one Idempotency-Key", async () => {
+  const { fn, seen } = scripted([
+    { status: 503, body: { message: "busy" } },
+    "network",
+    { status: 500, body: { message: "oops" } },
+    { status: 200, body: { tenant: { id: "t1" }, apiKey: "tenlyr_live_x" } },
+  ]);
+  const client = new Tenlyr({ apiKey: "tenlyr_live_tf_x", baseUrl: "http://sdk.test", retries: 3, retryDelay: 20, fetchFn: fn });
+  const reply = await client.tenants.create({ name: "Retry Co", ownerEmail: "r@sdk.test" });
+  assert.equal(reply.tenant.id, "t1");
+  assert.equal(seen.length, 4);
+  const keys = new Set(seen.map((s) => s.init.headers["idempotency-key"]));
+  assert.equal(keys.size, 1, "every attempt of one call carries the same Idempotency-Key");
+  assert.match([...keys][0], /^[0-9a-f-]{36}$/);
+  assert.equal(seen[0].init.headers["user-agent"], `tenlyr-sdk/${VERSION}`);
+  assert.equal(seen[0].init.headers.authorization, "Bearer tenlyr_live_tf_x");
+  const gaps = seen.slice(1).map((s, i) => s.at - seen[i].at);
+  assert.ok(gaps[0] >= 18 && gaps[1] >= 38 && gaps[2] >= 78, `back-off 20, 40, 80 ms: ${gaps}`);
+
+  const exhausted = scripted([{ status: 502, body: { message: "bad gateway" } }]);
+  const few = new Tenlyr({ apiKey: "k", baseUrl: "http://sdk.test", retries: 2, retryDelay: 1, fetchFn: exhausted.fn });
+  await assert.rejects(few.tenants.list(), (err) => err instanceof TenlyrError && err.statusCode === 502);
+  assert.equal(exhausted.seen.length, 3);
+
+  const down = scripted(["network"]);
+  const offline = new Tenlyr({ apiKey: "k", baseUrl: "http://sdk.test", retries: 1, retryDelay: 1, fetchFn: down.fn });
+  await assert.rejects(offline.tenants.list(), TenlyrNetworkError);
+  assert.equal(down.seen.length, 2, "a network failure is retried");
+});
+
+test("a timeout is not retried; a 429 waits for Retry-After", async () => {
+  const hang = scripted(["hang"]);
+  const slow = new Tenlyr({ apiKey: "k", baseUrl: "http://sdk.test", timeout: 50, retries: 3, fetchFn: hang.fn });
+  await assert.rejects(slow.tenants.list(), TenlyrTimeoutError);
+  assert.equal(hang.seen.length, 1);
+
+  const limited = scripted([
+    { status: 429, body: { message: "slow down" }, headers: { "retry-after": "1" } },
+    { status: 200, body: { data: [], nextCursor: null } },
+  ]);
+  const patient = new Tenlyr({ apiKey: "k", baseUrl: "http://sdk.test", retryDelay: 1, fetchFn: limited.fn });
+  const started = Date.now();
+  assert.deepEqual(await patient.tenants.list(), { data: [], nextCursor: null });
+  assert.ok(Date.now() - started >= 950, "waited for Retry-After");
+});
+
+test("waitForMigration polls until completed, throws on failed and on timeout", async () => {
+  const migration = (status, extra = {}) => ({
+    status: 200,
+    body: { id: "m1", tenantId: "t1", fromLevel: "shared_schema", toLevel: "dedicated_schema", status, error: null, ...extra },
+  });
+  const ok = scripted([migration("pending"), migration("in_progress"), migration("completed")]);
+  const client = new Tenlyr({ apiKey: "k", baseUrl: "http://sdk.test", fetchFn: ok.fn });
+  const done = await client.isolation.waitForMigration("m1", { pollIntervalMs: 5, timeoutMs: 1000 });
+  assert.equal(done.status, "completed");
+  assert.equal(ok.seen.length, 3);
+  assert.ok(ok.seen.every((s) => s.url.endsWith("/api/v1/isolation/migrations/m1")));
+
+  const bad = scripted([migration("in_progress"), migration("failed", { error: "checksum mismatch" })]);
+  const failing = new Tenlyr({ apiKey: "k", baseUrl: "http://sdk.test", fetchFn: bad.fn });
+  await assert.rejects(failing.isolation.waitForMigration("m1", { pollIntervalMs: 5 }), /checksum mismatch/);
+
+  const stuck = scripted([migration("in_progress")]);
+  const waiting = new Tenlyr({ apiKey: "k", baseUrl: "http://sdk.test", fetchFn: stuck.fn });
+  await assert.rejects(waiting.isolation.waitForMigration("m1", { pollIntervalMs: 10, timeoutMs: 50 }), TenlyrTimeoutError);
+});
+
+test("the docs' Quickstart, as written, against the server", async () => {
+  const tenlyr = new Tenlyr({ apiKey: adminKey, baseUrl });
+  const { tenant, apiKey } = await tenlyr.tenants.create({
+    name: "Acme Corp",
+    ownerEmail: `quickstart-${unique()}@acme.test`,
+    plan: "growth",
+  });
+  await tenlyr.usage.track({ tenantKey: apiKey, metric: "api_call", value: 1, endpoint: "/v1/orders" });
+  const metrics = await tenlyr.usage.metrics(apiKey);
+  assert.equal(metrics.apiCalls, "1");
+  assert.equal(metrics.tenantId, tenant.id);
+});
