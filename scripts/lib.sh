@@ -129,7 +129,7 @@ start_api_server() {
     DATABASE_URL="${PRIVATE_PG_URL%/*}/tenlyr_api_tests" TENLYR_LISTEN="127.0.0.1:$port" \
         TENLYR_DATA_DIR="$API_DATA" TENLYR_KEY_PEPPER=api-tests-pepper-0123456789 \
         TENLYR_SECRETS_KEY=api-tests-secrets-key-0123456789abcdef RUST_LOG=warn \
-        target/debug/tenlyr serve >"$API_DATA/stdout" 2>"$API_DATA/stderr" &
+        "${CARGO_TARGET_DIR:-target}/debug/tenlyr" serve >"$API_DATA/stdout" 2>"$API_DATA/stderr" &
     API_PID=$!
     API_URL="http://127.0.0.1:$port"
     for _ in $(seq 1 100); do
@@ -169,6 +169,14 @@ run_sdk_js_tests() {
     fi
     npm run --prefix sdk/js build --silent
     TENLYR_SDK_TEST_URL="$API_URL" TENLYR_SDK_TEST_ADMIN_KEY="$API_ADMIN_KEY" npm test --prefix sdk/js --silent
+}
+
+# The Python SDK (sdk/python): its pytest suite, in the peers' venv (httpx
+# and pytest come from tests/peers/requirements.txt), against the server
+# of start_api_server.
+run_sdk_python_tests() {
+    TENLYR_SDK_TEST_URL="$API_URL" TENLYR_SDK_TEST_ADMIN_KEY="$API_ADMIN_KEY" PYTHONPATH=sdk/python \
+        tests/peers/.venv/bin/python -m pytest -q -p no:cacheprovider sdk/python/tests
 }
 
 # Runs schemathesis (tests/peers/.venv) against the server of

@@ -57,12 +57,14 @@ export TENLYR_TEST_STRIPE_URL="$LOCALSTRIPE_URL"
 echo "--- cargo test" >&2
 cargo test --all-targets
 
-# A server built from this tree for the clients' tests: the JavaScript
-# SDK's, then schemathesis with the server's own OpenAPI document.
+# A server built from this tree for the clients' tests: the JavaScript and
+# Python SDKs', then schemathesis with the server's own OpenAPI document.
 echo "--- API server for the SDK and schemathesis" >&2
 start_api_server
 trap 'stop_api_server; kill "$LOCALSTRIPE_PID" 2>/dev/null; stop_private_services' EXIT
 echo "--- JavaScript SDK (sdk/js)" >&2
 run_sdk_js_tests
+echo "--- Python SDK (sdk/python)" >&2
+run_sdk_python_tests
 echo "--- schemathesis against /openapi.json" >&2
 run_schemathesis
