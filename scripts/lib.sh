@@ -119,7 +119,8 @@ start_localstripe() {
 }
 
 # Starts target/debug/tenlyr on a fresh database of the private cluster
-# and provisions one tenant; sets API_URL, API_ADMIN_KEY, API_TENANT_KEY,
+# (webhooks may reach loopback, for the SDKs' receivers) and provisions
+# one tenant; sets API_URL, API_ADMIN_KEY, API_TENANT_KEY,
 # API_PID and API_DATA (stop_api_server stops it).
 start_api_server() {
     local port
@@ -129,6 +130,7 @@ start_api_server() {
     DATABASE_URL="${PRIVATE_PG_URL%/*}/tenlyr_api_tests" TENLYR_LISTEN="127.0.0.1:$port" \
         TENLYR_DATA_DIR="$API_DATA" TENLYR_KEY_PEPPER=api-tests-pepper-0123456789 \
         TENLYR_SECRETS_KEY=api-tests-secrets-key-0123456789abcdef RUST_LOG=warn \
+        TENLYR_WEBHOOK_ALLOWED_CIDRS=127.0.0.0/8 \
         "${CARGO_TARGET_DIR:-target}/debug/tenlyr" serve >"$API_DATA/stdout" 2>"$API_DATA/stderr" &
     API_PID=$!
     API_URL="http://127.0.0.1:$port"

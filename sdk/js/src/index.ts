@@ -41,6 +41,8 @@ export type IsolationLevel = Exclude<IsolationMigration["toLevel"], "unspecified
 
 export const VERSION = "0.1.0";
 
+export { verifySignature, verifyStandardWebhook, type VerifyOptions } from "./webhooks.js";
+
 export interface TenlyrOptions {
   /** An admin key (`tenlyr_live_tf_…`) or a tenant key (`tenlyr_live_…`). */
   apiKey: string;

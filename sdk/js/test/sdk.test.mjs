@@ -17,7 +17,10 @@ import {
   TenlyrNetworkError,
   TenlyrNotImplementedError,
   VERSION,
+  verifySignature,
+  verifyStandardWebhook,
 } from "../dist/index.js";
+import { createServer } from "node:http";
 
 const baseUrl = process.env.TENLYR_SDK_TEST_URL;
 const adminKey = process.env.TENLYR_SDK_TEST_ADMIN_KEY;
@@ -215,4 +218,51 @@ test("the docs' Quickstart, as written, against the server", async () => {
   const metrics = await tenlyr.usage.metrics(apiKey);
   assert.equal(metrics.apiCalls, "1");
   assert.equal(metrics.tenantId, tenant.id);
+});
+
+test("the webhook helpers verify a real delivery, both schemes", async () => {
+  // A receiver on loopback (the test server allows 127.0.0.0/8).
+  let resolveDelivery;
+  const delivered = new Promise((resolve) => (resolveDelivery = resolve));
+  const server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => (body += c));
+    req.on("end", () => {
+      res.writeHead(204).end();
+      resolveDelivery({ headers: req.headers, body });
+    });
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  try {
+    const url = `http://127.0.0.1:${server.address().port}/hook`;
+    const created = await fetch(`${baseUrl}/api/v1/webhook-endpoints`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${adminKey}`, "content-type": "application/json" },
+      body: JSON.stringify({ url, eventTypes: ["webhook.test"] }),
+    }).then((r) => r.json());
+    assert.match(created.secret, /^whsec_/, JSON.stringify(created));
+    const sent = await fetch(`${baseUrl}/api/v1/webhook-endpoints/${created.endpoint.id}/test`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${adminKey}`, "content-type": "application/json" },
+      body: "{}",
+    });
+    assert.equal(sent.status, 200);
+    const { headers, body } = await delivered;
+    assert.equal(JSON.parse(body).type, "webhook.test");
+    assert.equal(await verifySignature(body, headers["tenlyr-signature"], created.secret), true);
+    assert.equal(await verifyStandardWebhook(body, headers, created.secret), true);
+    // Tampered, wrong secret, stale: refused.
+    assert.equal(await verifySignature(body + " ", headers["tenlyr-signature"], created.secret), false);
+    assert.equal(await verifySignature(body, headers["tenlyr-signature"], "whsec_other"), false);
+    const later = Number(headers["webhook-timestamp"]) + 301;
+    assert.equal(await verifySignature(body, headers["tenlyr-signature"], created.secret, { now: later }), false);
+    assert.equal(await verifyStandardWebhook(body.replace("webhook.test", "webhook.tost"), headers, created.secret), false);
+    assert.equal(await verifyStandardWebhook(body, headers, created.secret, { now: later }), false);
+    await fetch(`${baseUrl}/api/v1/webhook-endpoints/${created.endpoint.id}`, {
+      method: "DELETE",
+      headers: { authorization: `Bearer ${adminKey}` },
+    });
+  } finally {
+    server.close();
+  }
 });

@@ -3,6 +3,7 @@ snake_case names: ``tenlyr.Tenlyr(api_key=..., base_url=..., timeout=10.0)``.
 """
 
 from ._client import VERSION, Model, Tenlyr
+from .webhooks import verify_signature, verify_standard_webhook
 from .errors import (
     AuthenticationError,
     ConflictError,
@@ -30,4 +31,6 @@ __all__ = [
     "TenlyrTimeoutError",
     "TenlyrNetworkError",
     "TenlyrNotImplementedError",
+    "verify_signature",
+    "verify_standard_webhook",
 ]

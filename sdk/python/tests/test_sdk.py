@@ -202,3 +202,48 @@ def test_the_planned_api_preview_as_written():
         await client.aclose()
 
     run(main())
+
+
+def test_the_webhook_helpers_verify_a_real_delivery():
+    import http.server
+    import threading
+
+    received = {}
+    arrived = threading.Event()
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            length = int(self.headers["content-length"])
+            received["body"] = self.rfile.read(length)
+            received["headers"] = {k.lower(): v for k, v in self.headers.items()}
+            self.send_response(204)
+            self.end_headers()
+            arrived.set()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+        url = f"http://127.0.0.1:{server.server_port}/hook"
+        created = httpx.post(f"{BASE_URL}/api/v1/webhook-endpoints", headers=auth,
+                             json={"url": url, "eventTypes": ["webhook.test"]}).json()
+        secret = created["secret"]
+        sent = httpx.post(f"{BASE_URL}/api/v1/webhook-endpoints/{created['endpoint']['id']}/test",
+                          headers=auth, json={})
+        assert sent.status_code == 200
+        assert arrived.wait(10), "the test event arrived"
+        body, headers = received["body"], received["headers"]
+        assert tenlyr.verify_signature(body, headers["tenlyr-signature"], secret)
+        assert tenlyr.verify_standard_webhook(body, headers, secret)
+        assert not tenlyr.verify_signature(body + b" ", headers["tenlyr-signature"], secret)
+        assert not tenlyr.verify_signature(body, headers["tenlyr-signature"], "whsec_other")
+        later = int(headers["webhook-timestamp"]) + 301
+        assert not tenlyr.verify_signature(body, headers["tenlyr-signature"], secret, now=later)
+        assert not tenlyr.verify_standard_webhook(body + b" ", headers, secret)
+        assert not tenlyr.verify_standard_webhook(body, headers, secret, now=later)
+        httpx.delete(f"{BASE_URL}/api/v1/webhook-endpoints/{created['endpoint']['id']}", headers=auth)
+    finally:
+        server.shutdown()
