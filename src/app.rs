@@ -423,6 +423,7 @@ impl Server {
             // Longer than any attempt, with room to record it.
             lease: timeout * 2 + Duration::from_secs(5),
             metrics,
+            pressure: state.inbound.pressure(),
         });
         for _ in 0..config.job_runners {
             runtime.spawn(Runner::new(jobs_registry(), wakeups.clone()));

@@ -62,6 +62,31 @@ const QUEUE: usize = 8192;
 pub const DEFAULT_PAGE: u64 = 50;
 pub const MAX_PAGE: u64 = 200;
 
+/// Whether the gateway is saturated: [`PRESSURE_GROUP`] or more verified
+/// webhooks queued behind one log commit within the last [`PRESSURE_HOLD`]. The delivery dispatcher reads
+/// it and holds forwarding to a few requests in flight meanwhile:
+/// acknowledging providers (who time out and retry) comes first, and the
+/// forwarding backlog is sent once the burst is over.
+#[derive(Debug, Clone, Default)]
+pub struct Pressure(Arc<AtomicI64>);
+
+/// How long one sign of saturation counts.
+pub const PRESSURE_HOLD: Duration = Duration::from_millis(250);
+/// Webhooks that queued behind one commit that mean saturation (at 1,000/s
+/// a commit finds one or two).
+const PRESSURE_GROUP: usize = 8;
+
+impl Pressure {
+    fn raise(&self) {
+        let until = Utc::now().timestamp_millis() + PRESSURE_HOLD.as_millis() as i64;
+        self.0.store(until, Ordering::Relaxed);
+    }
+
+    pub fn active(&self) -> bool {
+        Utc::now().timestamp_millis() < self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// How a webhook was addressed.
 #[derive(Debug, Clone, Copy)]
 pub enum Addressed<'a> {
@@ -329,6 +354,7 @@ pub struct Gateway {
     cache: Arc<InboundConfigCache>,
     paypal: PaypalVerifier,
     shards: Arc<[mpsc::Sender<LogSubmission>]>,
+    pressure: Pressure,
 }
 
 /// The committing half, run by `workers::inbound::InboundLogWorker`.
@@ -339,6 +365,7 @@ pub struct Committer {
     pub(crate) spool: Arc<Spool>,
     /// Unix millis until which Postgres counts as unreachable.
     pub(crate) down_until: Arc<AtomicI64>,
+    pub(crate) pressure: Pressure,
 }
 
 fn rejected(r: &Rejection) -> ApiError {
@@ -371,6 +398,7 @@ impl Gateway {
         let count = super::metering::committers().0;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..count).map(|_| mpsc::channel(QUEUE)).unzip();
+        let pressure = Pressure::default();
         let gateway = Self {
             db: db.clone(),
             secrets,
@@ -378,14 +406,21 @@ impl Gateway {
             cache,
             paypal,
             shards: senders.into(),
+            pressure: pressure.clone(),
         };
         let committer = Committer {
             shards: receivers,
             db,
             spool,
             down_until: Arc::default(),
+            pressure,
         };
         (gateway, committer)
+    }
+
+    /// The gateway's saturation signal (for the delivery dispatcher).
+    pub fn pressure(&self) -> Pressure {
+        self.pressure.clone()
     }
 
     /// Verified webhooks waiting for the log committer.
@@ -569,6 +604,9 @@ impl Gateway {
 impl Committer {
     /// Logs one batch; the answer for each submission.
     pub(crate) async fn commit(&self, group: Vec<LogSubmission>) {
+        if group.len() >= PRESSURE_GROUP {
+            self.pressure.raise();
+        }
         let now_ms = Utc::now().timestamp_millis();
         let rows: Vec<InboundRow> = group.iter().map(|s| s.row.clone()).collect();
         let result = if now_ms < self.down_until.load(Ordering::Relaxed) {

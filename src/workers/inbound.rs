@@ -25,6 +25,7 @@ impl Worker for InboundLogWorker {
             db,
             spool,
             down_until,
+            pressure,
         } = self.0;
         let mut loops = JoinSet::new();
         for rx in shards {
@@ -33,6 +34,7 @@ impl Worker for InboundLogWorker {
                 db: db.clone(),
                 spool: spool.clone(),
                 down_until: down_until.clone(),
+                pressure: pressure.clone(),
             };
             loops.spawn(commit_loop(rx, committer, cancel.clone()));
         }

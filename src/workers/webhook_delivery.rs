@@ -52,7 +52,15 @@ pub struct Dispatcher {
     /// How long a claim holds a delivery: the request timeout plus margin.
     pub lease: Duration,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The inbound gateway's saturation: while it lasts, at most
+    /// [`PRESSED_IN_FLIGHT`] requests are in flight.
+    pub pressure: crate::service::inbound::Pressure,
 }
+
+/// Requests in flight while the inbound gateway is saturated: enough to
+/// keep forwarding moving (thousands per second on loopback), few enough to
+/// leave the CPU to acknowledging webhooks.
+pub const PRESSED_IN_FLIGHT: usize = 8;
 
 /// A sent delivery and what came back.
 struct Sent {
@@ -273,13 +281,18 @@ impl Worker for Dispatcher {
         let mut last_probe = tokio::time::Instant::now() - POLL;
         let mut idle = POLL;
         while !cancel.is_cancelled() {
-            if want_claim && in_flight.len() < self.concurrency {
+            let limit = if self.pressure.active() {
+                self.concurrency.min(PRESSED_IN_FLIGHT)
+            } else {
+                self.concurrency
+            };
+            if want_claim && in_flight.len() < limit {
                 wake.mark_unchanged();
                 let probes = last_probe.elapsed() >= Duration::from_millis(500);
                 if probes {
                     last_probe = tokio::time::Instant::now();
                 }
-                let room = self.concurrency - in_flight.len();
+                let room = limit - in_flight.len();
                 match self.claim(&ctx, &me, room, probes).await {
                     Ok(claimed) => {
                         // A full claim may have left more behind.
