@@ -71,6 +71,7 @@ pub struct AppState {
     pub webhook_settings: WebhookSettings,
     pub inbound: Gateway,
     pub webhook_events: WebhookEvents,
+    pub audit: crate::service::audit::AuditLog,
     pub health: Health,
     pub alerts: Alerts,
     pub billing: Billing,
@@ -337,6 +338,7 @@ impl Server {
             clock.clone(),
             chrono::Duration::hours(i64::from(config.record_retention_hours)),
         );
+        let audit = crate::service::audit::AuditLog::new(db.clone());
         let state = AppState {
             db,
             keys: keys.clone(),
@@ -348,6 +350,7 @@ impl Server {
             webhook_settings,
             inbound,
             webhook_events,
+            audit,
             health: health.clone(),
             alerts: alerts.clone(),
             billing: billing.clone(),

@@ -3,6 +3,7 @@
 
 pub mod admin_keys;
 pub mod alerts;
+pub mod audit;
 pub mod billing;
 pub mod counters;
 pub mod events;

@@ -6,6 +6,7 @@
 //! the connecting (owner) user.
 
 pub mod admin_keys;
+pub mod audit;
 pub mod billing;
 pub mod embedded;
 pub mod entities;

@@ -200,6 +200,7 @@ async fn every_handler_refuses_a_request_the_auth_layer_did_not_pass() {
         "AlertService",
         "BillingService",
         "WebhookService",
+        "AuditService",
     ];
     let mut checked = 0;
     for service in tenlyr::proto::pool()

@@ -6,6 +6,7 @@
 //! the middle of its SCRAM login, say) must keep running meanwhile, or
 //! `DROP DATABASE … WITH (FORCE)` waits for that login to time out.
 
+mod audit;
 mod auth;
 mod billing;
 mod contract;

@@ -108,6 +108,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/audit-logs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** ListAuditLogs */
+        get: operations["ListAuditLogs"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/billing": {
         parameters: {
             query?: never;
@@ -946,6 +963,18 @@ export interface components {
             revokedAt: string | null;
             primary: boolean;
         };
+        "tenlyr.v1.AuditLogEntry": {
+            id: string;
+            /** Format: date-time */
+            occurredAt?: string;
+            actorKind: string;
+            actorKeyId: string | null;
+            tenantId: string | null;
+            action: string;
+            targetId: string | null;
+            details?: Record<string, never>;
+            requestId: string | null;
+        };
         "tenlyr.v1.BillingSummary": {
             /** Format: int64 */
             tenants: string;
@@ -1048,6 +1077,10 @@ export interface components {
         };
         "tenlyr.v1.ListApiKeysResponse": {
             data: components["schemas"]["tenlyr.v1.ApiKey"][];
+        };
+        "tenlyr.v1.ListAuditLogsResponse": {
+            data: components["schemas"]["tenlyr.v1.AuditLogEntry"][];
+            nextCursor: string | null;
         };
         "tenlyr.v1.ListDashboardTenantsResponse": {
             data: components["schemas"]["tenlyr.v1.DashboardTenant"][];
@@ -1601,6 +1634,44 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["tenlyr.v1.Alert"];
+                };
+            };
+            /** @description The documented error body */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    ListAuditLogs: {
+        parameters: {
+            query?: {
+                tenantId?: string;
+                actorKind?: string;
+                actorKeyId?: string;
+                action?: string;
+                from?: string;
+                to?: string;
+                limit?: number;
+                cursor?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["tenlyr.v1.ListAuditLogsResponse"];
                 };
             };
             /** @description The documented error body */

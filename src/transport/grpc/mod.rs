@@ -3,6 +3,7 @@
 //! then, so every documented route exists from the start.
 
 pub mod admin;
+pub mod audit;
 pub mod billing;
 pub mod export;
 pub mod health;
@@ -96,7 +97,8 @@ macro_rules! unimplemented_services {
                 .add_service(v1::health_service_server::HealthServiceServer::new(health::HealthApi { state: state.clone() }).max_decoding_message_size(limit))
                 .add_service(v1::alert_service_server::AlertServiceServer::new(health::AlertApi { state: state.clone() }).max_decoding_message_size(limit))
                 .add_service(v1::billing_service_server::BillingServiceServer::new(billing::BillingApi { state: state.clone() }).max_decoding_message_size(limit))
-                .add_service(v1::webhook_service_server::WebhookServiceServer::new(webhook::WebhookApi { state: state.clone() }).max_decoding_message_size(limit));
+                .add_service(v1::webhook_service_server::WebhookServiceServer::new(webhook::WebhookApi { state: state.clone() }).max_decoding_message_size(limit))
+                .add_service(v1::audit_service_server::AuditServiceServer::new(audit::AuditApi { state: state.clone() }).max_decoding_message_size(limit));
             $(
                 routes = routes.add_service(v1::$server::$ctor::new($api { state: state.clone() }).max_decoding_message_size(limit));
             )*
