@@ -11,6 +11,8 @@ use http::HeaderMap;
 use ring::{digest, hmac};
 use serde_json::{Map, Value as Json, json};
 
+use super::webhook::decode_hex;
+
 /// Where a signature carries a timestamp (Stripe, generic) it must be
 /// within this many seconds of now.
 pub const TOLERANCE_SECS: i64 = 300;
@@ -105,16 +107,6 @@ fn same(tag: &[u8], presented: &[u8]) -> bool {
             .zip(presented)
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
-}
-
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// `t=<unix>,v1=<hex>[,v1=…]` (Stripe's scheme, and the generic one): any

@@ -276,7 +276,8 @@ pub fn verify_stripe_signature(
     }
 }
 
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+/// Lower- or upper-case hex to bytes; `None` unless every pair is hex.
+pub fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     if !hex.len().is_multiple_of(2) {
         return None;
     }

@@ -288,17 +288,7 @@ pub async fn event_attempts(
     ))
     .await?
     .iter()
-    .map(|row| {
-        Ok(super::webhooks::AttemptRow {
-            attempt: row.try_get("", "attempt")?,
-            attempted_at: row.try_get("", "attempted_at")?,
-            ok: row.try_get("", "ok")?,
-            response_status: row.try_get("", "response_status")?,
-            latency_ms: row.try_get("", "latency_ms")?,
-            error: row.try_get("", "error")?,
-            response_excerpt: row.try_get("", "response_excerpt")?,
-        })
-    })
+    .map(super::webhooks::attempt)
     .collect()
 }
 

@@ -358,18 +358,22 @@ pub async fn attempts(tx: &DatabaseTransaction, delivery: i64) -> Result<Vec<Att
     ))
     .await?
     .iter()
-    .map(|row| {
-        Ok(AttemptRow {
-            attempt: row.try_get("", "attempt")?,
-            attempted_at: row.try_get("", "attempted_at")?,
-            ok: row.try_get("", "ok")?,
-            response_status: row.try_get("", "response_status")?,
-            latency_ms: row.try_get("", "latency_ms")?,
-            error: row.try_get("", "error")?,
-            response_excerpt: row.try_get("", "response_excerpt")?,
-        })
-    })
+    .map(attempt)
     .collect()
+}
+
+/// An attempt row (`attempt, attempted_at, ok, response_status,
+/// latency_ms, error, response_excerpt`).
+pub(crate) fn attempt(row: &QueryResult) -> Result<AttemptRow, DbErr> {
+    Ok(AttemptRow {
+        attempt: row.try_get("", "attempt")?,
+        attempted_at: row.try_get("", "attempted_at")?,
+        ok: row.try_get("", "ok")?,
+        response_status: row.try_get("", "response_status")?,
+        latency_ms: row.try_get("", "latency_ms")?,
+        error: row.try_get("", "error")?,
+        response_excerpt: row.try_get("", "response_excerpt")?,
+    })
 }
 
 /// A delivery a dispatcher claimed: it holds the lease until `claims`

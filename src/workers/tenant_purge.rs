@@ -34,44 +34,41 @@ impl Job for TenantPurge {
     type Payload = Purge;
 
     async fn run(&self, ctx: &Context, payload: Purge) -> Result<(), JobError> {
-        let mut total = 0;
-        loop {
-            let tx = ctx
-                .db
-                .begin(Scope::Platform)
+        let tenant = payload.tenant_id;
+        let events = in_chunks(ctx, |tx| async move {
+            tenants::purge_usage_events(&tx, tenant, CHUNK)
                 .await
-                .map_err(|e| JobError::Retry(e.to_string()))?;
-            let deleted = tenants::purge_usage_events(&tx, payload.tenant_id, CHUNK)
+                .map(|n| (tx, n))
+        })
+        .await?;
+        let payloads = in_chunks(ctx, |tx| async move {
+            inbound::purge_tenant_payloads(&tx, tenant, CHUNK)
                 .await
-                .map_err(|e| JobError::Retry(e.to_string()))?;
-            tx.commit()
-                .await
-                .map_err(|e| JobError::Retry(e.to_string()))?;
-            total += deleted;
-            if deleted < CHUNK as u64 {
-                break;
-            }
-        }
-        let mut payloads = 0;
-        loop {
-            let tx = ctx
-                .db
-                .begin(Scope::Platform)
-                .await
-                .map_err(|e| JobError::Retry(e.to_string()))?;
-            let deleted = inbound::purge_tenant_payloads(&tx, payload.tenant_id, CHUNK)
-                .await
-                .map_err(|e| JobError::Retry(e.to_string()))?;
-            tx.commit()
-                .await
-                .map_err(|e| JobError::Retry(e.to_string()))?;
-            payloads += deleted;
-            if deleted < CHUNK as u64 {
-                break;
-            }
-        }
-        tracing::info!(tenant = %payload.tenant_id, events = total, webhook_payloads = payloads,
+                .map(|n| (tx, n))
+        })
+        .await?;
+        tracing::info!(tenant = %tenant, events, webhook_payloads = payloads,
             "purged a deleted tenant's usage events and webhook payloads");
         Ok(())
+    }
+}
+
+/// Runs `delete` (up to [`CHUNK`] rows) in one short platform-scope
+/// transaction after another until a run deletes fewer; how many in all.
+async fn in_chunks<F, Fut>(ctx: &Context, delete: F) -> Result<u64, JobError>
+where
+    F: Fn(sea_orm::DatabaseTransaction) -> Fut,
+    Fut: std::future::Future<Output = Result<(sea_orm::DatabaseTransaction, u64), sea_orm::DbErr>>,
+{
+    let retry = |e: sea_orm::DbErr| JobError::Retry(e.to_string());
+    let mut total = 0;
+    loop {
+        let tx = ctx.db.begin(Scope::Platform).await.map_err(retry)?;
+        let (tx, deleted) = delete(tx).await.map_err(retry)?;
+        tx.commit().await.map_err(retry)?;
+        total += deleted;
+        if deleted < CHUNK as u64 {
+            return Ok(total);
+        }
     }
 }

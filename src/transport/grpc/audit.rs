@@ -3,11 +3,8 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{actor, parse_id, record::json_to_struct, timestamp};
-use crate::{
-    app::AppState, error::ApiError, proto::v1, service::audit::AuditQuery,
-    storage::entities::audit_log,
-};
+use super::{actor, optional_time, parse_id, record::json_to_struct, timestamp};
+use crate::{app::AppState, proto::v1, service::audit::AuditQuery, storage::entities::audit_log};
 
 #[derive(Clone)]
 pub struct AuditApi {
@@ -32,17 +29,6 @@ fn entry_to_proto(e: audit_log::Model) -> v1::AuditLogEntry {
     }
 }
 
-fn time(
-    t: Option<prost_types::Timestamp>,
-    field: &str,
-) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
-    t.map(|t| {
-        chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
-            .ok_or_else(|| ApiError::bad_field(field, "is out of range"))
-    })
-    .transpose()
-}
-
 #[tonic::async_trait]
 impl v1::audit_service_server::AuditService for AuditApi {
     async fn list_audit_logs(
@@ -58,8 +44,8 @@ impl v1::audit_service_server::AuditService for AuditApi {
             actor_kind: Some(r.actor_kind).filter(|k| !k.is_empty()),
             actor_key_id: optional_id("actorKeyId", &r.actor_key_id)?,
             action: Some(r.action).filter(|a| !a.is_empty()),
-            from: time(r.from, "from")?,
-            to: time(r.to, "to")?,
+            from: optional_time("from", r.from)?,
+            to: optional_time("to", r.to)?,
             limit: (r.limit != 0).then_some(r.limit.max(0) as u64),
             cursor: Some(r.cursor).filter(|c| !c.is_empty()),
         };

@@ -63,6 +63,19 @@ pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     }
 }
 
+/// An optional request timestamp as a UTC time, or 400 naming the field
+/// when it is out of range.
+pub fn optional_time(
+    field: &str,
+    t: Option<prost_types::Timestamp>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    t.map(|t| {
+        chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+            .ok_or_else(|| ApiError::bad_field(field, "is out of range"))
+    })
+    .transpose()
+}
+
 /// A UUID from a request field, or 400 naming the field.
 pub fn parse_id(field: &str, value: &str) -> Result<Uuid, ApiError> {
     value

@@ -4,7 +4,9 @@
 
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
-use super::{actor, record::json_to_struct, timestamp, webhook_endpoint::attempt_to_proto};
+use super::{
+    actor, optional_time, record::json_to_struct, timestamp, webhook_endpoint::attempt_to_proto,
+};
 use crate::{
     app::AppState,
     error::ApiError,
@@ -271,19 +273,12 @@ impl v1::webhook_service_server::WebhookService for WebhookApi {
                     .ok_or_else(|| ApiError::bad_field("status", "is not an event status"))?,
             ),
         };
-        let time = |t: Option<prost_types::Timestamp>, field: &str| {
-            t.map(|t| {
-                chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
-                    .ok_or_else(|| ApiError::bad_field(field, "is out of range"))
-            })
-            .transpose()
-        };
         let filter = EventFilter {
             status: status.map(str::to_owned),
             provider: provider.map(str::to_owned),
             event_type: Some(r.r#type).filter(|t| !t.is_empty()),
-            received_from: time(r.received_from, "receivedFrom")?,
-            received_to: time(r.received_to, "receivedTo")?,
+            received_from: optional_time("receivedFrom", r.received_from)?,
+            received_to: optional_time("receivedTo", r.received_to)?,
         };
         let limit = (r.limit != 0).then_some(r.limit.max(0) as u64);
         let cursor = Some(r.cursor.as_str()).filter(|c| !c.is_empty());

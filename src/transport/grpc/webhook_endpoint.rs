@@ -4,7 +4,7 @@
 use prost_types::value::Kind;
 use tonic::{Request, Response, Status};
 
-use super::{actor, parse_id, timestamp};
+use super::{actor, optional_time, parse_id, timestamp};
 use crate::{
     app::AppState,
     error::{ApiError, FieldViolation},
@@ -238,13 +238,7 @@ impl v1::webhook_endpoint_service_server::WebhookEndpointService for WebhookEndp
         let actor = actor(&request)?;
         let r = request.into_inner();
         let id = parse_id("id", &r.id)?;
-        let since = r
-            .since
-            .map(|t| {
-                chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-                    .ok_or_else(|| ApiError::bad_field("since", "is out of range"))
-            })
-            .transpose()?;
+        let since = optional_time("since", r.since)?;
         let recovered = self
             .state
             .webhook_endpoints
