@@ -294,6 +294,7 @@ impl Server {
             outbound.clone(),
         )?;
         let spool = Arc::new(Spool::new(&config.storage.data_dir));
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let (inbound, inbound_log) = Gateway::new(
             db.clone(),
             secrets.clone(),
@@ -301,6 +302,7 @@ impl Server {
             inbound_cache,
             paypal,
             spool.clone(),
+            metrics.clone(),
         );
         let webhook_events = WebhookEvents::new(db.clone(), clock.clone());
         let webhook_endpoints = WebhookEndpoints::new(
@@ -316,7 +318,6 @@ impl Server {
             tracing::warn!(error = %err, "creating usage partitions failed; ingestion retries");
         }
         let counters = Arc::new(LiveCounters::new(redis.clone()));
-        let metrics = Arc::new(crate::metrics::Metrics::default());
         let (ingest_tx, ingest) = Ingest::new(db.clone(), counters.clone(), metrics.clone());
         let metering = Metering::new(db.clone(), ingest_tx, counters.clone());
         let stripe = config

@@ -94,6 +94,8 @@ pub struct Metrics {
     /// REST requests refused before any RPC ran (no route, bad JSON, too
     /// large), by HTTP status.
     rest_refused: RwLock<HashMap<u16, AtomicU64>>,
+    /// Inbound webhooks by provider and outcome.
+    inbound: RwLock<HashMap<(&'static str, &'static str), AtomicU64>>,
     deliveries: [AtomicU64; OUTCOMES.len()],
     ingest_commit_sizes: Histogram,
 }
@@ -103,6 +105,7 @@ impl Default for Metrics {
         Self {
             requests: RwLock::default(),
             rest_refused: RwLock::default(),
+            inbound: RwLock::default(),
             deliveries: Default::default(),
             ingest_commit_sizes: Histogram::new(&SIZE_BUCKETS),
         }
@@ -147,6 +150,22 @@ impl Metrics {
             .write()
             .expect("metrics")
             .entry(status)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One inbound webhook: its provider and what became of it (`logged`,
+    /// `duplicate`, `queued`, `invalid_signature`, …).
+    pub fn inbound(&self, provider: &'static str, outcome: &'static str) {
+        let key = (provider, outcome);
+        if let Some(c) = self.inbound.read().expect("metrics").get(&key) {
+            c.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.inbound
+            .write()
+            .expect("metrics")
+            .entry(key)
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -198,6 +217,21 @@ impl Metrics {
             );
         }
         drop(refused);
+        out.push_str(
+            "# HELP tenlyr_inbound_webhooks_total Inbound provider webhooks by provider and outcome.\n\
+             # TYPE tenlyr_inbound_webhooks_total counter\n",
+        );
+        let inbound = self.inbound.read().expect("metrics");
+        let mut rows: Vec<_> = inbound.iter().collect();
+        rows.sort_by_key(|(k, _)| **k);
+        for ((provider, outcome), count) in rows {
+            let _ = writeln!(
+                out,
+                "tenlyr_inbound_webhooks_total{{provider=\"{provider}\",outcome=\"{outcome}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+        drop(inbound);
         out.push_str(
             "# HELP tenlyr_webhook_attempts_total Webhook delivery attempts by outcome.\n\
              # TYPE tenlyr_webhook_attempts_total counter\n",

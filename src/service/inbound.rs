@@ -355,6 +355,7 @@ pub struct Gateway {
     paypal: PaypalVerifier,
     shards: Arc<[mpsc::Sender<LogSubmission>]>,
     pressure: Pressure,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The committing half, run by `workers::inbound::InboundLogWorker`.
@@ -394,6 +395,7 @@ impl Gateway {
         cache: Arc<InboundConfigCache>,
         paypal: PaypalVerifier,
         spool: Arc<Spool>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> (Self, Committer) {
         let count = super::metering::committers().0;
         let (senders, receivers): (Vec<_>, Vec<_>) =
@@ -407,6 +409,7 @@ impl Gateway {
             paypal,
             shards: senders.into(),
             pressure: pressure.clone(),
+            metrics,
         };
         let committer = Committer {
             shards: receivers,
@@ -444,6 +447,31 @@ impl Gateway {
             ApiError::not_found(format!("unknown webhook provider {provider:?}"))
                 .with_reason("UNKNOWN_PROVIDER")
         })?;
+        let result = self.receive_from(to, provider, headers, body).await;
+        let outcome = match &result {
+            Ok(Accepted::Logged) => "logged",
+            Ok(Accepted::Duplicate) => "duplicate",
+            Ok(Accepted::Queued) => "queued",
+            Err(err) => match err.reason() {
+                "INVALID_SIGNATURE" => "invalid_signature",
+                "MISSING_EVENT_ID" => "missing_event_id",
+                "INVALID_PAYLOAD" => "invalid_payload",
+                "TENANT_NOT_ALLOWED" => "not_allowed",
+                "NOT_FOUND" => "unknown_tenant",
+                _ => "error",
+            },
+        };
+        self.metrics.inbound(provider.name(), outcome);
+        result
+    }
+
+    async fn receive_from(
+        &self,
+        to: Addressed<'_>,
+        provider: Provider,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Accepted, ApiError> {
         let config = self.config(to).await?;
         if !config.active {
             return Err(not_allowed());

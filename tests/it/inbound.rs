@@ -258,6 +258,27 @@ async fn a_stripe_webhook_is_verified_logged_deduped_and_forwarded_signed() {
     let logged = events(&app, &key, "?type=payment.failed").await;
     assert_eq!(logged.len(), 1);
     assert_eq!(logged[0]["providerEventId"], "evt_stripe_2");
+    // What became of each, by provider, in /metrics.
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (outcome, n) in [
+        ("logged", 2),
+        ("duplicate", 1),
+        ("invalid_signature", 5),
+        ("missing_event_id", 1),
+    ] {
+        let line = format!(
+            "tenlyr_inbound_webhooks_total{{provider=\"stripe\",outcome=\"{outcome}\"}} {n}"
+        );
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     let received_at = logged[0]["receivedAt"].as_str().unwrap().to_owned();
     let from = events(&app, &key, &format!("?receivedFrom={received_at}")).await;
     assert_eq!(
