@@ -47,7 +47,7 @@ use crate::{
         billing_sync::BillingSync,
         counters::CounterPublisher,
         health::{AlertCheck, HealthScan},
-        inbound::{self as inbound_workers, InboundLogWorker, SpoolDrain},
+        inbound::{self as inbound_workers, SpoolDrain},
         key_invalidation::KeyInvalidation,
         partitions::{self, Partitions},
         periodic::{Election, Periodic},
@@ -294,7 +294,7 @@ impl Server {
             outbound.clone(),
         )?;
         let spool = Arc::new(Spool::new(&config.storage.data_dir));
-        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new(transport::rpc_names()));
         let (inbound, inbound_log) = Gateway::new(
             db.clone(),
             secrets.clone(),
@@ -368,7 +368,7 @@ impl Server {
             .with_context(|| format!("binding TENLYR_LISTEN={}", config.listen))?;
 
         runtime.spawn(ingest);
-        runtime.spawn(InboundLogWorker(inbound_log));
+        runtime.spawn(inbound_log);
         runtime.spawn(Periodic::new(
             SpoolDrain(spool),
             inbound_workers::DRAIN_EVERY,

@@ -77,20 +77,41 @@ impl Histogram {
     }
 }
 
-/// One RPC as called through one protocol, ending with one code.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct RequestKey {
-    rpc: String,
-    protocol: &'static str,
-    code: String,
+/// One RPC's histograms by protocol and gRPC code (both static names).
+#[derive(Debug, Default)]
+pub struct RpcStats {
+    by_outcome: RwLock<HashMap<(&'static str, &'static str), Histogram>>,
 }
+
+impl RpcStats {
+    /// One finished call.
+    pub fn observe(&self, protocol: &'static str, code: &'static str, latency: Duration) {
+        let key = (protocol, code);
+        if let Some(h) = self.by_outcome.read().expect("metrics").get(&key) {
+            h.observe(latency.as_secs_f64());
+            return;
+        }
+        self.by_outcome
+            .write()
+            .expect("metrics")
+            .entry(key)
+            .or_insert_with(|| Histogram::new(&LATENCY_BUCKETS))
+            .observe(latency.as_secs_f64());
+    }
+}
+
+/// The label of calls to paths that name no known RPC (so a client
+/// inventing paths cannot grow the set of series).
+pub const UNKNOWN_RPC: &str = "unknown";
 
 /// Delivery attempt outcomes, as the dispatcher records them.
 pub const OUTCOMES: [&str; 4] = ["delivered", "retry", "failed", "gone"];
 
 #[derive(Debug)]
 pub struct Metrics {
-    requests: RwLock<HashMap<RequestKey, Histogram>>,
+    /// Every known RPC (`package.Service/Method`), fixed at start-up.
+    rpcs: HashMap<String, RpcStats>,
+    unknown_rpc: RpcStats,
     /// REST requests refused before any RPC ran (no route, bad JSON, too
     /// large), by HTTP status.
     rest_refused: RwLock<HashMap<u16, AtomicU64>>,
@@ -101,9 +122,21 @@ pub struct Metrics {
 }
 
 impl Default for Metrics {
+    /// No known RPC: every call counts as [`UNKNOWN_RPC`].
     fn default() -> Self {
+        Self::new(std::iter::empty())
+    }
+}
+
+impl Metrics {
+    /// Metrics for a server whose RPCs are `rpcs` (`package.Service/Method`).
+    pub fn new(rpcs: impl IntoIterator<Item = String>) -> Self {
         Self {
-            requests: RwLock::default(),
+            rpcs: rpcs
+                .into_iter()
+                .map(|rpc| (rpc, RpcStats::default()))
+                .collect(),
+            unknown_rpc: RpcStats::default(),
             rest_refused: RwLock::default(),
             inbound: RwLock::default(),
             deliveries: Default::default(),
@@ -121,24 +154,12 @@ fn label(value: &str) -> String {
 }
 
 impl Metrics {
-    /// One finished RPC: `rpc` as `Service/Method`, `code` the gRPC status
-    /// name.
-    pub fn request(&self, rpc: &str, protocol: &'static str, code: &str, latency: Duration) {
-        let key = RequestKey {
-            rpc: rpc.to_owned(),
-            protocol,
-            code: code.to_owned(),
-        };
-        if let Some(h) = self.requests.read().expect("metrics").get(&key) {
-            h.observe(latency.as_secs_f64());
-            return;
-        }
-        self.requests
-            .write()
-            .expect("metrics")
-            .entry(key)
-            .or_insert_with(|| Histogram::new(&LATENCY_BUCKETS))
-            .observe(latency.as_secs_f64());
+    /// The histograms of the RPC at `path` (`/package.Service/Method`, or
+    /// without the slash); [`UNKNOWN_RPC`]'s for any other path.
+    pub fn rpc(&self, path: &str) -> &RpcStats {
+        self.rpcs
+            .get(path.trim_start_matches('/'))
+            .unwrap_or(&self.unknown_rpc)
     }
 
     pub fn rest_refused(&self, status: u16) {
@@ -189,19 +210,24 @@ impl Metrics {
             "# HELP tenlyr_rpc_duration_seconds RPCs by method, protocol (grpc, grpc_web, rest) and gRPC status code.\n\
              # TYPE tenlyr_rpc_duration_seconds histogram\n",
         );
-        let requests = self.requests.read().expect("metrics");
-        let mut keys: Vec<&RequestKey> = requests.keys().collect();
-        keys.sort_by(|a, b| (&a.rpc, a.protocol, &a.code).cmp(&(&b.rpc, b.protocol, &b.code)));
-        for key in keys {
-            let labels = format!(
-                "rpc=\"{}\",protocol=\"{}\",code=\"{}\"",
-                label(&key.rpc),
-                key.protocol,
-                label(&key.code)
-            );
-            requests[key].render(&mut out, "tenlyr_rpc_duration_seconds", &labels);
+        let mut rpcs: Vec<(&str, &RpcStats)> =
+            self.rpcs.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        rpcs.sort_by_key(|(name, _)| *name);
+        rpcs.push((UNKNOWN_RPC, &self.unknown_rpc));
+        for (rpc, stats) in rpcs {
+            let by_outcome = stats.by_outcome.read().expect("metrics");
+            let mut keys: Vec<_> = by_outcome.keys().collect();
+            keys.sort();
+            for key in keys {
+                let labels = format!(
+                    "rpc=\"{}\",protocol=\"{}\",code=\"{}\"",
+                    label(rpc),
+                    key.0,
+                    key.1
+                );
+                by_outcome[key].render(&mut out, "tenlyr_rpc_duration_seconds", &labels);
+            }
         }
-        drop(requests);
         out.push_str(
             "# HELP tenlyr_rest_refused_total REST requests refused before any RPC ran, by HTTP status.\n\
              # TYPE tenlyr_rest_refused_total counter\n",
@@ -311,19 +337,14 @@ mod tests {
 
     #[test]
     fn histograms_are_cumulative_and_labels_escaped() {
-        let m = Metrics::default();
-        m.request(
-            "tenlyr.v1.TenantService/GetTenant",
-            "rest",
-            "OK",
-            Duration::from_millis(3),
-        );
-        m.request(
-            "tenlyr.v1.TenantService/GetTenant",
-            "rest",
-            "OK",
-            Duration::from_millis(30),
-        );
+        let m = Metrics::new(["tenlyr.v1.TenantService/GetTenant".to_owned()]);
+        let rpc = m.rpc("/tenlyr.v1.TenantService/GetTenant");
+        rpc.observe("rest", "OK", Duration::from_millis(3));
+        rpc.observe("rest", "OK", Duration::from_millis(30));
+        m.rpc("/made.up.Service/Anything")
+            .observe("grpc", "UNIMPLEMENTED", Duration::ZERO);
+        m.rpc("/made.up.Service/Other")
+            .observe("grpc", "UNIMPLEMENTED", Duration::ZERO);
         m.rest_refused(404);
         let text = m.render(&[Gauge::new("tenlyr_x", "x", 1.0).with("k", "a\"b")]);
         assert!(text.contains(
@@ -333,6 +354,11 @@ mod tests {
             "tenlyr_rpc_duration_seconds_bucket{rpc=\"tenlyr.v1.TenantService/GetTenant\",protocol=\"rest\",code=\"OK\",le=\"0.05\"} 2"
         ));
         assert!(text.contains("tenlyr_rest_refused_total{status=\"404\"} 1"));
+        // Invented paths share one series.
+        assert!(text.contains(
+            "tenlyr_rpc_duration_seconds_count{rpc=\"unknown\",protocol=\"grpc\",code=\"UNIMPLEMENTED\"} 2"
+        ));
+        assert!(!text.contains("made.up"));
         assert!(text.contains("tenlyr_x{k=\"a\\\"b\"} 1"));
     }
 }

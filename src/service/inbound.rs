@@ -13,7 +13,7 @@
 //! returns, deduped as usual.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io::Write as _,
     path::PathBuf,
     sync::{
@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{Actor, paypal::PaypalVerifier};
+use crate::workers::inbound::InboundLogWorker;
 use crate::{
     domain::{
         inbound::{self as rules, Provider, Rejection},
@@ -358,10 +359,10 @@ pub struct Gateway {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// The committing half, run by `workers::inbound::InboundLogWorker`.
-#[derive(Debug)]
+/// The committing half, run by `workers::inbound::InboundLogWorker` (one
+/// loop per shard, all sharing this).
+#[derive(Debug, Clone)]
 pub struct Committer {
-    pub(crate) shards: Vec<mpsc::Receiver<LogSubmission>>,
     pub(crate) db: Db,
     pub(crate) spool: Arc<Spool>,
     /// Unix millis until which Postgres counts as unreachable.
@@ -396,7 +397,7 @@ impl Gateway {
         paypal: PaypalVerifier,
         spool: Arc<Spool>,
         metrics: Arc<crate::metrics::Metrics>,
-    ) -> (Self, Committer) {
+    ) -> (Self, InboundLogWorker) {
         let count = super::metering::committers().0;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..count).map(|_| mpsc::channel(QUEUE)).unzip();
@@ -412,13 +413,18 @@ impl Gateway {
             metrics,
         };
         let committer = Committer {
-            shards: receivers,
             db,
             spool,
             down_until: Arc::default(),
             pressure,
         };
-        (gateway, committer)
+        (
+            gateway,
+            InboundLogWorker {
+                shards: receivers,
+                committer,
+            },
+        )
     }
 
     /// The gateway's saturation signal (for the delivery dispatcher).
@@ -642,8 +648,9 @@ impl Committer {
         } else {
             Some(repo::log(self.db.pool(), &rows).await)
         };
-        let unavailable = match result {
+        match result {
             Some(Ok(new_ids)) => {
+                let new_ids: HashSet<String> = new_ids.into_iter().collect();
                 for s in group {
                     let fresh = new_ids.contains(&s.row.id);
                     let _ = s.reply.send(Ok(if fresh {
@@ -669,11 +676,10 @@ impl Committer {
                     Ordering::Relaxed,
                 );
                 tracing::warn!(error = %err, "Postgres unreachable: spooling webhooks");
-                true
             }
-            None => true,
-        };
-        debug_assert!(unavailable);
+            // Found unreachable within the last second: straight to the spool.
+            None => {}
+        }
         match self.spool.append(rows).await {
             Ok(()) => {
                 for s in group {

@@ -52,6 +52,27 @@ use crate::{
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Every RPC the listener serves, as `package.Service/Method`: the API's,
+/// health's and reflection's (what `/metrics` labels; other paths count as
+/// unknown).
+pub fn rpc_names() -> Vec<String> {
+    let api = proto::pool()
+        .services()
+        .filter(|s| s.package_name() == proto::PACKAGE)
+        .flat_map(|s| {
+            s.methods()
+                .map(|m| format!("{}/{}", s.full_name(), m.name()))
+                .collect::<Vec<_>>()
+        });
+    let standard = [
+        "grpc.health.v1.Health/Check",
+        "grpc.health.v1.Health/Watch",
+        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ];
+    api.chain(standard.into_iter().map(str::to_owned)).collect()
+}
+
 /// The OpenAPI document (`tenlyr openapi`, `GET /openapi.json`).
 pub fn openapi_document() -> anyhow::Result<serde_json::Value> {
     let pool = proto::pool();
@@ -59,7 +80,6 @@ pub fn openapi_document() -> anyhow::Result<serde_json::Value> {
     let access = AccessTable::from_pool(pool, proto::PACKAGE).map_err(problems)?;
     let routes = RouteTable::from_pool(pool, proto::PACKAGE).map_err(problems)?;
     Ok(rest::openapi::document(
-        pool,
         &routes,
         &JsonCodec::new(pool),
         &access,
@@ -79,7 +99,7 @@ pub fn build(state: &AppState) -> anyhow::Result<Transport> {
     let problems = |p: Vec<String>| anyhow!("invalid API annotations:\n  {}", p.join("\n  "));
     let access = AccessTable::from_pool(pool, proto::PACKAGE).map_err(problems)?;
     let routes = RouteTable::from_pool(pool, proto::PACKAGE).map_err(problems)?;
-    let openapi: Arc<str> = rest::openapi::document(pool, &routes, &JsonCodec::new(pool), &access)
+    let openapi: Arc<str> = rest::openapi::document(&routes, &JsonCodec::new(pool), &access)
         .to_string()
         .into();
 
@@ -264,7 +284,7 @@ async fn count_rpc(
     if let Some(ran) = request.extensions().get::<RpcRan>() {
         ran.0.store(true, Ordering::Relaxed);
     }
-    let rpc = request.uri().path().trim_start_matches('/').to_owned();
+    let rpc = metrics.rpc(request.uri().path());
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     let code = response
@@ -273,7 +293,7 @@ async fn count_rpc(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
         .map_or("OK", |c| code_name(tonic::Code::from_i32(c)));
-    metrics.request(&rpc, protocol, code, started.elapsed());
+    rpc.observe(protocol, code, started.elapsed());
     response
 }
 

@@ -10,61 +10,31 @@ use std::{sync::Arc, time::Duration};
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::{Context, Worker, periodic::Tick};
+use super::{Context, Worker, next_group, periodic::Tick};
 use crate::service::inbound::{Committer, LogSubmission, MAX_COMMIT, Spool};
 
+/// Created with the gateway by `service::inbound::Gateway::new`.
 #[derive(Debug)]
-pub struct InboundLogWorker(pub Committer);
+pub struct InboundLogWorker {
+    pub(crate) shards: Vec<mpsc::Receiver<LogSubmission>>,
+    pub(crate) committer: Committer,
+}
 
 impl Worker for InboundLogWorker {
     const NAME: &'static str = "inbound-log";
 
     async fn run(self, _ctx: Context, cancel: CancellationToken) -> anyhow::Result<()> {
-        let Committer {
-            shards,
-            db,
-            spool,
-            down_until,
-            pressure,
-        } = self.0;
         let mut loops = JoinSet::new();
-        for rx in shards {
-            let committer = Committer {
-                shards: Vec::new(),
-                db: db.clone(),
-                spool: spool.clone(),
-                down_until: down_until.clone(),
-                pressure: pressure.clone(),
-            };
-            loops.spawn(commit_loop(rx, committer, cancel.clone()));
+        for mut rx in self.shards {
+            let (committer, stop) = (self.committer.clone(), cancel.clone());
+            loops.spawn(async move {
+                while let Some((group, _)) = next_group(&mut rx, &stop, MAX_COMMIT, |_| 1).await {
+                    committer.commit(group).await;
+                }
+            });
         }
         loops.join_all().await;
         Ok(())
-    }
-}
-
-async fn commit_loop(
-    mut rx: mpsc::Receiver<LogSubmission>,
-    committer: Committer,
-    stop: CancellationToken,
-) {
-    loop {
-        let first = tokio::select! {
-            s = rx.recv() => s,
-            () = stop.cancelled() => {
-                rx.close();
-                rx.recv().await
-            }
-        };
-        let Some(first) = first else { return };
-        let mut group = vec![first];
-        while group.len() < MAX_COMMIT {
-            match rx.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
-            }
-        }
-        committer.commit(group).await;
     }
 }
 

@@ -53,26 +53,9 @@ async fn commit_loop(
 ) {
     // What this committer last read of its tenants (for `commit_small`).
     let mut known = repo::Tenants::new();
-    loop {
-        let first = tokio::select! {
-            s = rx.recv() => s,
-            () = stop.cancelled() => {
-                rx.close();
-                rx.recv().await
-            }
-        };
-        let Some(first) = first else { return };
-        let mut size = first.events.len();
-        let mut group = vec![first];
-        while size < MAX_COMMIT {
-            match rx.try_recv() {
-                Ok(next) => {
-                    size += next.events.len();
-                    group.push(next);
-                }
-                Err(_) => break,
-            }
-        }
+    while let Some((group, size)) =
+        super::next_group(&mut rx, &stop, MAX_COMMIT, |s: &Submission| s.events.len()).await
+    {
         metrics.ingest_commit(size);
         commit_group(&db, &counters, &mut known, group).await;
     }

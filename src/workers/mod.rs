@@ -41,6 +41,37 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub use self::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use crate::storage::Db;
 
+/// A group-commit loop's next group: waits for one item (once `stop` fires
+/// it stops receiving and drains what is already queued), then takes
+/// whatever else is queued while `weight` sums to less than `max`. `None`
+/// when the channel is closed and empty. The group and its weight.
+pub(crate) async fn next_group<T>(
+    rx: &mut tokio::sync::mpsc::Receiver<T>,
+    stop: &CancellationToken,
+    max: usize,
+    weight: impl Fn(&T) -> usize,
+) -> Option<(Vec<T>, usize)> {
+    let first = tokio::select! {
+        item = rx.recv() => item,
+        () = stop.cancelled() => {
+            rx.close();
+            rx.recv().await
+        }
+    }?;
+    let mut size = weight(&first);
+    let mut group = vec![first];
+    while size < max {
+        match rx.try_recv() {
+            Ok(next) => {
+                size += weight(&next);
+                group.push(next);
+            }
+            Err(_) => break,
+        }
+    }
+    Some((group, size))
+}
+
 /// What every worker may use.
 #[derive(Debug, Clone)]
 pub struct Context {

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
+use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value as Json, json};
 
 use super::{
@@ -265,13 +265,7 @@ fn is_gateway(route: &Route) -> bool {
 }
 
 /// The whole document.
-pub fn document(
-    pool: &DescriptorPool,
-    routes: &RouteTable,
-    codec: &JsonCodec,
-    access: &AccessTable,
-) -> Json {
-    let _ = pool;
+pub fn document(routes: &RouteTable, codec: &JsonCodec, access: &AccessTable) -> Json {
     let mut builder = Builder {
         codec,
         schemas: BTreeMap::new(),
