@@ -30,7 +30,7 @@ use futures_util::{StreamExt as _, stream};
 use serde_json::json;
 use tenlyr::{
     service::events::Outbox,
-    storage::{scope::Scope, webhooks},
+    storage::{tenant_data::Scope, webhooks},
     workers::SystemClock,
 };
 

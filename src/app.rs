@@ -28,6 +28,7 @@ use crate::{
         events::Outbox,
         health::Health,
         inbound::{Gateway, InboundConfigCache, Spool, WebhookEvents},
+        isolation::Isolation,
         keys::KeyResolver,
         metering::{self, Ingest, Metering},
         outbound::{Guard, Outbound},
@@ -48,6 +49,7 @@ use crate::{
         counters::CounterPublisher,
         health::{AlertCheck, HealthScan},
         inbound::{self as inbound_workers, SpoolDrain},
+        isolation::{CleanupJob, MigrateJob},
         key_invalidation::KeyInvalidation,
         partitions::{self, Partitions},
         periodic::{Election, Periodic},
@@ -72,6 +74,7 @@ pub struct AppState {
     pub inbound: Gateway,
     pub webhook_events: WebhookEvents,
     pub audit: crate::service::audit::AuditLog,
+    pub isolation: Isolation,
     pub health: Health,
     pub alerts: Alerts,
     pub billing: Billing,
@@ -217,6 +220,10 @@ pub async fn connect(
         pool_size,
         Duration::from_millis(storage.statement_timeout_ms),
     )?;
+    // Only groups ingest batches; a failure here is retried on demand.
+    if let Err(err) = db.placements().refresh(db.pool()).await {
+        tracing::warn!(error = %err, "reading tenant placements failed");
+    }
     Ok((db, hasher))
 }
 
@@ -340,6 +347,7 @@ impl Server {
             chrono::Duration::hours(i64::from(config.record_retention_hours)),
         );
         let audit = crate::service::audit::AuditLog::new(db.clone());
+        let isolation = Isolation::new(db.clone(), queue.clone(), clock.clone());
         let state = AppState {
             db,
             keys: keys.clone(),
@@ -352,6 +360,7 @@ impl Server {
             inbound,
             webhook_events,
             audit,
+            isolation,
             health: health.clone(),
             alerts: alerts.clone(),
             billing: billing.clone(),
@@ -532,7 +541,10 @@ impl Server {
 
 /// Every job kind this build runs.
 pub fn jobs_registry() -> Registry {
-    Registry::default().with(TenantPurge)
+    Registry::default()
+        .with(TenantPurge)
+        .with(MigrateJob)
+        .with(CleanupJob)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -3,6 +3,7 @@
 pub mod billing;
 pub mod health;
 pub mod inbound;
+pub mod isolation;
 pub mod keys;
 pub mod record;
 pub mod secrets;

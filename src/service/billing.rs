@@ -26,7 +26,7 @@ use crate::{
         Db,
         billing::{self as repo, BillingRow},
         entities::tenant,
-        scope::Scope,
+        tenant_data::Scope,
         tenants as tenant_repo,
     },
     workers::SharedClock,

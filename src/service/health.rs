@@ -13,7 +13,7 @@ use crate::{
     storage::{
         Db,
         health::{self as repo, HealthRow, ScanRows},
-        scope::Scope,
+        tenant_data::Scope,
         tenants as tenant_repo,
     },
     workers::SharedClock,

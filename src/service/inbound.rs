@@ -42,7 +42,7 @@ use crate::{
         Db,
         inbound::{self as repo, EventFilter, EventRow, InboundRow, Retried},
         is_connection_error, is_sqlx_unavailable,
-        scope::Scope,
+        tenant_data::Scope,
         tenants as tenant_repo,
         webhooks::AttemptRow,
     },
@@ -314,7 +314,7 @@ impl Spool {
             }
         }
         for chunk in rows.chunks(MAX_COMMIT) {
-            match repo::log(db.pool(), chunk).await {
+            match repo::log(db, chunk).await {
                 Ok(_) => {}
                 Err(err) if is_sqlx_unavailable(&err) => return Err(err.into()),
                 // One bad row must not hold the rest: log them one by
@@ -323,7 +323,7 @@ impl Spool {
                 Err(err) => {
                     tracing::error!(error = %err, "a spooled batch was refused; logging its rows one by one");
                     for row in chunk {
-                        match repo::log(db.pool(), std::slice::from_ref(row)).await {
+                        match repo::log(db, std::slice::from_ref(row)).await {
                             Ok(_) => {}
                             Err(err) if is_sqlx_unavailable(&err) => return Err(err.into()),
                             Err(err) => {
@@ -646,7 +646,7 @@ impl Committer {
         let result = if now_ms < self.down_until.load(Ordering::Relaxed) {
             None
         } else {
-            Some(repo::log(self.db.pool(), &rows).await)
+            Some(repo::log(&self.db, &rows).await)
         };
         match result {
             Some(Ok(new_ids)) => {

@@ -26,7 +26,7 @@ use crate::{
         tenant::{PlanLimits, TenantStatus},
     },
     error::ApiError,
-    storage::{Db, admin_keys, entities::tenant, redis::Redis, scope::Scope, tenants},
+    storage::{Db, admin_keys, entities::tenant, redis::Redis, tenant_data::Scope, tenants},
 };
 
 const TTL: Duration = Duration::from_secs(60);

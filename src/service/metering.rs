@@ -28,6 +28,7 @@ use crate::{
     storage::{
         Db,
         entities::tenant,
+        tenant_data,
         usage::{self as repo, Outcome, Pending, Retry, StoredEvent},
     },
 };
@@ -126,13 +127,42 @@ impl Ingest {
 /// Tenants a committer remembers, at most (then it starts over).
 const KNOWN_TENANTS: usize = 100_000;
 
-/// Commits one group of submissions and answers each of them.
+/// Commits one group of submissions and answers each of them: one commit
+/// per place their tenants' data lives in (`storage::tenant_data`; one
+/// submission is one tenant's).
 pub(crate) async fn commit_group(
     db: &Db,
     counters: &LiveCounters,
     known: &mut repo::Tenants,
     group: Vec<Submission>,
 ) {
+    let tenant_of = |s: &Submission| s.events.first().map_or(Uuid::nil(), |p| p.tenant_id);
+    let mut work = db.placements().partition(group, tenant_of);
+    let mut refreshed = false;
+    while let Some(part) = work.pop() {
+        let Some(misrouted) = commit_place(db, counters, known, part, refreshed).await else {
+            continue;
+        };
+        // A tenant moved since this process last looked: look again and
+        // regroup (once; the database checks every commit anyway).
+        refreshed = true;
+        if let Err(err) = db.placements().refresh(db.pool()).await {
+            tracing::warn!(error = %err, "reading tenant placements failed");
+        }
+        work.extend(db.placements().partition(misrouted, tenant_of));
+    }
+}
+
+/// Commits submissions whose tenants live in one place; gives them back
+/// (unanswered, nothing written) when the database says they do not and
+/// `refreshed` is false.
+async fn commit_place(
+    db: &Db,
+    counters: &LiveCounters,
+    known: &mut repo::Tenants,
+    group: Vec<Submission>,
+    refreshed: bool,
+) -> Option<Vec<Submission>> {
     let events: Vec<Pending> = group
         .iter()
         .flat_map(|s| s.events.iter().cloned())
@@ -155,6 +185,7 @@ pub(crate) async fn commit_group(
             known.extend(done.tenants);
             counters.publish(&done.totals).await;
         }
+        Err(err) if tenant_data::is_misrouted(&err) && !refreshed => return Some(group),
         Err(err) => {
             let err = ApiError::from(err);
             for submission in group {
@@ -162,6 +193,7 @@ pub(crate) async fn commit_group(
             }
         }
     }
+    None
 }
 
 /// Commits `events`: in one call when their outcome is known beforehand
@@ -175,6 +207,7 @@ async fn commit_with_retry(
     match repo::commit_small(db.pool(), events, known).await {
         Ok(Some(done)) => return Ok(done),
         Ok(None) => {}
+        Err(err) if tenant_data::is_misrouted(&err) => return Err(err),
         // The database refused the statement (a missing partition, say):
         // nothing was written, the long way decides. Anything else (a lost
         // connection) may have committed, so it is not repeated.

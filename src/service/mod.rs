@@ -9,6 +9,7 @@ pub mod counters;
 pub mod events;
 pub mod health;
 pub mod inbound;
+pub mod isolation;
 pub mod keys;
 pub mod metering;
 pub mod outbound;
@@ -27,7 +28,7 @@ use uuid::Uuid;
 use self::keys::TenantFacts;
 use crate::{
     error::ApiError,
-    storage::{scope::Scope, tenants::Audit},
+    storage::{tenant_data::Scope, tenants::Audit},
 };
 
 /// Who is calling; the auth layer puts it in the request extensions.

@@ -18,7 +18,7 @@ use crate::{
         Db,
         entities::{api_key, tenant},
         jobs,
-        scope::{self, Scope},
+        tenant_data::{self, Scope},
         tenants::{self as repo, Conflict},
     },
     workers::{
@@ -225,9 +225,9 @@ impl Tenants {
         .await?;
         let key_row = repo::insert_key(tx, self.key_row(id, PRIMARY_LABEL, &key, true)).await?;
         // The tenant's own storage, written as the tenant (RLS applies).
-        scope::set_scope(tx, Scope::Tenant(id)).await?;
+        tenant_data::set_scope(tx, Scope::Tenant(id)).await?;
         repo::create_settings(tx, id).await?;
-        scope::set_scope(tx, Scope::Platform).await?;
+        tenant_data::set_scope(tx, Scope::Platform).await?;
         let mut active = pending.into_active_model();
         active.status = Set(TenantStatus::Active.as_str().to_owned());
         let tenant = repo::update(tx, active).await?;

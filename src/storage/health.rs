@@ -1,7 +1,7 @@
 //! Health records, throttles and alerts (`migrations/0014_health.sql`).
 //! Every function runs in the caller's scoped transaction; RLS applies.
 
-use super::statement;
+use super::{statement, tenant_data};
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, QueryResult};
 use uuid::Uuid;
@@ -120,7 +120,7 @@ pub async fn window_counts(
                      sum(total) FILTER (WHERE metric = 'errors' AND bucket_start >= $3) AS e60, \
                      sum(total) FILTER (WHERE metric = 'requests') AS r360, \
                      sum(total) FILTER (WHERE metric = 'errors') AS e360 \
-                 FROM usage_rollups \
+                 FROM usage_rollups_all \
                  WHERE granularity = 'minute' AND bucket_start >= $4 AND bucket_start <= $5 \
                  GROUP BY tenant_id) \
              SELECT t.id, coalesce(h.status, 'unknown') AS previous, \
@@ -204,15 +204,22 @@ pub async fn save_scan(
     Ok(())
 }
 
-/// Forgets minute counts older than the longest window; how many rows.
+/// Forgets minute counts older than the longest window, in every place
+/// tenant data lives; how many rows. Leaves `tx` in the shared place.
 pub async fn purge_minutes(tx: &DatabaseTransaction, before: DateTime<Utc>) -> Result<u64, DbErr> {
-    Ok(tx
-        .execute_raw(statement(
-            "DELETE FROM usage_rollups WHERE granularity = 'minute' AND bucket_start < $1",
-            [before.into()],
-        ))
-        .await?
-        .rows_affected())
+    let mut purged = 0;
+    for schema in tenant_data::data_schemas(tx).await? {
+        tenant_data::enter_schema(tx, &schema).await?;
+        purged += tx
+            .execute_raw(statement(
+                "DELETE FROM usage_rollups WHERE granularity = 'minute' AND bucket_start < $1",
+                [before.into()],
+            ))
+            .await?
+            .rows_affected();
+    }
+    tenant_data::enter_schema(tx, "public").await?;
+    Ok(purged)
 }
 
 /// Sets (or with `None` clears) a tenant's throttle; false if no such

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
-    statement,
+    Db, statement, tenant_data,
     webhook_settings::{self, ProviderRow},
 };
 
@@ -35,8 +35,30 @@ pub struct InboundRow {
 }
 
 /// Logs a batch; the ids of the rows that were new (the rest were
-/// duplicates).
-pub async fn log(pool: &PgPool, rows: &[InboundRow]) -> Result<Vec<String>, sqlx::Error> {
+/// duplicates). One call per place the rows' tenants live in
+/// (`storage::tenant_data`); an error after some places were logged is
+/// harmless to repeat (a logged row is a duplicate the next time).
+pub async fn log(db: &Db, rows: &[InboundRow]) -> Result<Vec<String>, sqlx::Error> {
+    let mut work = db
+        .placements()
+        .partition(rows.iter().collect(), |r| r.tenant_id);
+    let mut refreshed = false;
+    let mut logged = Vec::new();
+    while let Some(part) = work.pop() {
+        match log_in_place(db.pool(), &part).await {
+            Ok(ids) => logged.extend(ids),
+            Err(err) if tenant_data::is_misrouted(&err) && !refreshed => {
+                refreshed = true;
+                db.placements().refresh(db.pool()).await?;
+                work.extend(db.placements().partition(part, |r| r.tenant_id));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(logged)
+}
+
+async fn log_in_place(pool: &PgPool, rows: &[&InboundRow]) -> Result<Vec<String>, sqlx::Error> {
     let tenants: Vec<Uuid> = rows.iter().map(|r| r.tenant_id).collect();
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     let providers: Vec<&str> = rows.iter().map(|r| r.provider.as_str()).collect();
@@ -360,15 +382,21 @@ pub async fn retry(
 /// Deletes up to `chunk` events received before `before` (their dedup keys
 /// expire with them; their payloads and deliveries go with the platform
 /// events' retention); how many.
+/// `schema`: one of `tenant_data::data_schemas`.
 pub async fn purge_events(
     pool: &PgPool,
+    schema: &str,
     before: DateTime<Utc>,
     chunk: i64,
 ) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('app.scope', 'platform', true)")
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "SELECT set_config('app.scope', 'platform', true), \
+                set_config('search_path', tenlyr_place_path($1), true)",
+    )
+    .bind(schema)
+    .execute(&mut *tx)
+    .await?;
     let deleted = sqlx::query(
         "DELETE FROM webhook_events WHERE id = ANY(ARRAY( \
              SELECT id FROM webhook_events WHERE received_at < $1 ORDER BY received_at LIMIT $2))",

@@ -98,6 +98,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "inbound_webhooks",
         sql: include_str!("../../migrations/0017_inbound_webhooks.sql"),
     },
+    Migration {
+        version: 18,
+        name: "isolation",
+        sql: include_str!("../../migrations/0018_isolation.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

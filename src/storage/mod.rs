@@ -13,12 +13,13 @@ pub mod entities;
 pub mod health;
 pub mod idempotency;
 pub mod inbound;
+pub mod isolation;
 pub mod jobs;
 pub mod login;
 pub mod migrate;
 pub mod records;
 pub mod redis;
-pub mod scope;
+pub mod tenant_data;
 pub mod tenants;
 pub mod usage;
 pub mod webhook_settings;
@@ -37,6 +38,7 @@ pub const APP_ROLE: &str = "tenlyr_app";
 #[derive(Clone, Debug)]
 pub struct Db {
     app: DatabaseConnection,
+    placements: std::sync::Arc<tenant_data::Placements>,
 }
 
 impl Db {
@@ -68,7 +70,13 @@ impl Db {
             .connect_lazy_with(options);
         Ok(Self {
             app: SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
+            placements: Default::default(),
         })
+    }
+
+    /// Where tenants' data lives, as this process last read it.
+    pub fn placements(&self) -> &tenant_data::Placements {
+        &self.placements
     }
 
     pub fn app(&self) -> &DatabaseConnection {

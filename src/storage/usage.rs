@@ -257,14 +257,15 @@ pub async fn begin_platform(pool: &PgPool) -> Result<Transaction<'static, Postgr
     pool.begin_with(BEGIN_PLATFORM).await
 }
 
-/// A transaction that sees `tenant`'s rows only.
+/// A transaction that sees `tenant`'s rows only, in its place
+/// (`storage::tenant_data`).
 pub async fn begin(
     pool: &PgPool,
     tenant: Uuid,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true), set_config('app.scope', '', true)")
-        .bind(tenant.to_string())
+    sqlx::query("SELECT tenlyr_enter_scope($1)")
+        .bind(tenant)
         .execute(&mut *tx)
         .await?;
     Ok(tx)
@@ -758,7 +759,7 @@ pub async fn month_totals_many(
     let (tenants, starts): (Vec<Uuid>, Vec<DateTime<Utc>>) = periods.iter().copied().unzip();
     let mut tx = begin_platform(pool).await?;
     let rows = sqlx::query(
-        "SELECT r.tenant_id, r.metric, r.total FROM usage_rollups r \
+        "SELECT r.tenant_id, r.metric, r.total FROM usage_rollups_all r \
          JOIN UNNEST($1::uuid[], $2::timestamptz[]) AS u(t, s) \
          ON r.tenant_id = u.t AND r.granularity = 'month' AND r.bucket_start = u.s",
     )

@@ -25,6 +25,7 @@ pub mod counters;
 pub mod health;
 pub mod inbound;
 pub mod ingest;
+pub mod isolation;
 pub mod key_invalidation;
 pub mod partitions;
 pub mod periodic;

@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use super::{Context, periodic::Tick};
-use crate::storage::{self, scope::Scope};
+use crate::storage::{
+    self,
+    tenant_data::{self, Scope},
+};
 
 pub const EVERY: Duration = Duration::from_secs(300);
 /// Records deleted per transaction.
@@ -20,14 +23,30 @@ impl Tick for RecordExpiry {
 
     async fn tick(&self, ctx: &Context) -> anyhow::Result<()> {
         let now = ctx.clock.now();
+        let tx = ctx.db.begin(Scope::Platform).await?;
+        let schemas = tenant_data::data_schemas(&tx).await?;
+        tx.commit().await?;
         let mut total = 0;
+        // Records, in every place tenant data lives.
+        for schema in schemas {
+            loop {
+                let tx = ctx.db.begin(Scope::Platform).await?;
+                tenant_data::enter_schema(&tx, &schema).await?;
+                let records = storage::purge_expired(&tx, "records", now, CHUNK).await?;
+                tx.commit().await?;
+                total += records;
+                if records < CHUNK as u64 {
+                    break;
+                }
+            }
+        }
+        // Stored responses: platform data.
         loop {
             let tx = ctx.db.begin(Scope::Platform).await?;
-            let records = storage::purge_expired(&tx, "records", now, CHUNK).await?;
             let responses = storage::purge_expired(&tx, "idempotency_keys", now, CHUNK).await?;
             tx.commit().await?;
-            total += records + responses;
-            if records.max(responses) < CHUNK as u64 {
+            total += responses;
+            if responses < CHUNK as u64 {
                 break;
             }
         }

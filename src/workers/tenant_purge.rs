@@ -14,7 +14,7 @@ use super::{
     Context,
     queue::{Job, JobError},
 };
-use crate::storage::{inbound, scope::Scope, tenants};
+use crate::storage::{inbound, tenant_data::Scope, tenants};
 
 /// Events deleted per transaction.
 pub const CHUNK: i64 = 10_000;

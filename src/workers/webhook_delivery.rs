@@ -36,7 +36,10 @@ use crate::{
         },
     },
     service::outbound::{Answer, Outbound},
-    storage::webhooks::{self as repo, Claimed, Finished},
+    storage::{
+        tenant_data::{self, Scope},
+        webhooks::{self as repo, Claimed, Finished},
+    },
 };
 
 /// Longest idle wait without a notification.
@@ -366,11 +369,17 @@ impl super::periodic::Tick for EventRetention {
         // Inbound events: their log rows and dedup keys (their payloads
         // are platform events, purged above).
         let mut inbound = 0;
-        loop {
-            let n = crate::storage::inbound::purge_events(ctx.db.pool(), before, 1000).await?;
-            inbound += n;
-            if n < 1000 {
-                break;
+        let tx = ctx.db.begin(Scope::Platform).await?;
+        let schemas = tenant_data::data_schemas(&tx).await?;
+        tx.commit().await?;
+        for schema in schemas {
+            loop {
+                let n = crate::storage::inbound::purge_events(ctx.db.pool(), &schema, before, 1000)
+                    .await?;
+                inbound += n;
+                if n < 1000 {
+                    break;
+                }
             }
         }
         if total + inbound > 0 {

@@ -36,12 +36,12 @@ fn hmac256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     ctx.sign().as_ref().to_vec()
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
 /// `Stripe-Signature` / `X-Syllecta-Signature`: `t=…,v1=<hex>`.
-fn timestamped(secret: &str, t: i64, body: &str) -> String {
+pub(crate) fn timestamped(secret: &str, t: i64, body: &str) -> String {
     let tag = hmac256(
         secret.as_bytes(),
         &[t.to_string().as_bytes(), b".", body.as_bytes()],
@@ -53,7 +53,7 @@ const STRIPE_SECRET: &str = "whsec_inbound_stripe_test";
 
 /// A tenant with a callback URL at `receiver` and the providers given
 /// enabled; its id, key, slug and the forwarding signing secret.
-async fn tenant_with(
+pub(crate) async fn tenant_with(
     app: &TestApp,
     email: &str,
     receiver: Option<&Receiver>,
@@ -86,7 +86,7 @@ async fn tenant_with(
     (tenant, key, slug, secret)
 }
 
-async fn post(
+pub(crate) async fn post(
     app: &TestApp,
     path: &str,
     headers: &[(&str, String)],
@@ -103,7 +103,7 @@ async fn post(
     json(request.send().await.unwrap()).await
 }
 
-async fn events(app: &TestApp, key: &str, query: &str) -> Vec<Value> {
+pub(crate) async fn events(app: &TestApp, key: &str, query: &str) -> Vec<Value> {
     let (status, page) = call(
         app,
         key,
@@ -117,7 +117,12 @@ async fn events(app: &TestApp, key: &str, query: &str) -> Vec<Value> {
 }
 
 /// Polls one event until `pred` holds (10 s at most).
-async fn event_until(app: &TestApp, key: &str, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn event_until(
+    app: &TestApp,
+    key: &str,
+    id: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     for _ in 0..200 {
         let (status, event) = call(
             app,
@@ -1349,7 +1354,7 @@ async fn a_batch_row_of_a_deleted_tenant_is_skipped_not_fatal() {
     };
     let live = row(tenant.parse().unwrap(), "kept");
     let orphan = row(uuid::Uuid::now_v7(), "orphan");
-    let logged = tenlyr::storage::inbound::log(app.state.db.pool(), &[orphan, live.clone()])
+    let logged = tenlyr::storage::inbound::log(&app.state.db, &[orphan, live.clone()])
         .await
         .unwrap();
     assert_eq!(logged, vec![live.id]);

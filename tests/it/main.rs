@@ -15,6 +15,7 @@ mod health;
 mod helpers;
 mod idempotency;
 mod inbound;
+mod isolation;
 mod metering;
 mod metrics;
 mod operations;

@@ -59,22 +59,26 @@ async fn one_rpc_three_protocols_same_outcome() {
     assert_eq!(rest["nextCursor"], serde_json::Value::Null);
     assert_eq!(rest["data"][0], created["tenant"]);
 
-    // Not built yet: UNIMPLEMENTED everywhere.
+    // An unknown migration: NOT_FOUND everywhere, same message.
+    let id = "51fad484-7f82-4c97-a3e1-b0c29d4f8201";
     let (status, rest) = json(
-        app.admin(reqwest::Method::GET, "/api/v1/isolation/migrations")
-            .send()
-            .await
-            .unwrap(),
+        app.admin(
+            reqwest::Method::GET,
+            &format!("/api/v1/isolation/migrations/{id}"),
+        )
+        .send()
+        .await
+        .unwrap(),
     )
     .await;
     let web = grpc_web(
         &app,
-        "/tenlyr.v1.IsolationService/ListMigrations",
+        "/tenlyr.v1.IsolationService/GetMigration",
         Some(&app.admin_key),
-        &[],
+        &tenlyr::proto::v1::GetMigrationRequest { id: id.into() }.encode_to_vec(),
     )
     .await;
-    assert_eq!((status, web.code), (501, tonic::Code::Unimplemented));
+    assert_eq!((status, web.code), (404, tonic::Code::NotFound));
     assert_eq!(rest["message"], web.message.as_str());
 
     // Unauthenticated: rejected by the same layer, same message.

@@ -1071,6 +1071,11 @@ export interface components {
             createdAt?: string;
             startedAt: string | null;
             completedAt: string | null;
+            /** Format: int64 */
+            rowsCopied: string;
+            /** Format: int64 */
+            rowsTotal: string;
+            phase: string;
         };
         "tenlyr.v1.ListAdminKeysResponse": {
             data: components["schemas"]["tenlyr.v1.AdminKey"][];

@@ -111,10 +111,11 @@ test("every error class, from the real server", async () => {
     assert.ok(err.retryAfter >= 1, `retryAfter ${err.retryAfter}`);
     return true;
   });
-  // Isolation is not built yet: 501 is its own class, and not retried.
+  // The dedicated_database tier is not built yet: 501 is its own class,
+  // and not retried.
   let calls = 0;
   const counting = new Tenlyr({ apiKey: adminKey, baseUrl, retryDelay: 1, fetchFn: (...a) => (calls++, fetch(...a)) });
-  await assert.rejects(counting.isolation.migrate(tenant.id, { targetLevel: "dedicated_schema" }), TenlyrNotImplementedError);
+  await assert.rejects(counting.isolation.migrate(tenant.id, { targetLevel: "dedicated_database" }), TenlyrNotImplementedError);
   assert.equal(calls, 1);
   for (const cls of [AuthenticationError, PermissionError, NotFoundError, ConflictError, InvalidRequestError,
                      RateLimitError, TenlyrTimeoutError, TenlyrNetworkError, TenlyrNotImplementedError]) {
@@ -184,6 +185,21 @@ test("a timeout is not retried; a 429 waits for Retry-After", async () => {
   const started = Date.now();
   assert.deepEqual(await patient.tenants.list(), { data: [], nextCursor: null });
   assert.ok(Date.now() - started >= 950, "waited for Retry-After");
+});
+
+test("isolation: a real move to dedicated_schema, awaited with waitForMigration", async () => {
+  const { tenant, apiKey } = await admin.tenants.create({ name: "SDK Isolation", ownerEmail: `iso-${unique()}@sdk.test` });
+  await admin.usage.track({ tenantKey: apiKey, metric: "api_call", value: 3 });
+  const started = await admin.isolation.migrate(tenant.id, { targetLevel: "dedicated_schema" });
+  assert.equal(started.status, "pending");
+  assert.equal(started.fromLevel, "shared_schema");
+  const done = await admin.isolation.waitForMigration(started.id, { pollIntervalMs: 100, timeoutMs: 30_000 });
+  assert.equal(done.status, "completed");
+  assert.equal(done.toLevel, "dedicated_schema");
+  assert.equal((await admin.tenants.get(tenant.id)).isolationLevel, "dedicated_schema");
+  assert.deepEqual((await admin.isolation.migrations(apiKey)).map((m) => m.id), [started.id]);
+  assert.equal(Number((await admin.usage.metrics(apiKey)).apiCalls), 3);
+  await assert.rejects(admin.isolation.migrate(tenant.id, { targetLevel: "dedicated_schema" }), InvalidRequestError);
 });
 
 test("waitForMigration polls until completed, throws on failed and on timeout", async () => {

@@ -111,7 +111,7 @@ def test_error_classes_from_the_server():
                 await client.usage.track(tenant_key=result.api_key, metric="api_call", value=1)
             assert err.value.retry_after >= 1
             with pytest.raises(TenlyrNotImplementedError):
-                await client.isolation.migrate(result.tenant.id, target_level="dedicated_schema")
+                await client.isolation.migrate(result.tenant.id, target_level="dedicated_database")
         for cls in (AuthenticationError, PermissionError, NotFoundError, ConflictError, InvalidRequestError,
                     TenlyrTimeoutError, TenlyrNetworkError, TenlyrNotImplementedError):
             assert issubclass(cls, TenlyrError)
@@ -162,6 +162,22 @@ def test_retries_back_off_and_keep_one_idempotency_key():
             with pytest.raises(TenlyrNetworkError):
                 await client.tenants.list()
         assert len(seen) == 2, "a network failure is retried"
+
+    run(main())
+
+
+def test_a_real_move_to_dedicated_schema():
+    async def main():
+        async with tenlyr.Tenlyr(api_key=ADMIN_KEY, base_url=BASE_URL) as client:
+            result = await client.tenants.create(name="Py Isolation", owner_email=email("iso"))
+            await client.usage.track(tenant_key=result.api_key, metric="api_call", value=2)
+            started = await client.isolation.migrate(result.tenant.id, target_level="dedicated_schema")
+            assert started.status == "pending"
+            done = await client.isolation.wait_for_migration(started.id, poll_interval=0.1, timeout=30)
+            assert done.status == "completed" and done.to_level == "dedicated_schema"
+            assert (await client.tenants.get(result.tenant.id)).isolation_level == "dedicated_schema"
+            assert [m.id for m in await client.isolation.migrations(result.api_key)] == [started.id]
+            assert int((await client.usage.metrics(result.api_key)).api_calls) == 2
 
     run(main())
 

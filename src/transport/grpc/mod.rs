@@ -1,12 +1,12 @@
-//! The tonic services. Each RPC that a later capability implements answers
-//! UNIMPLEMENTED (REST 501) through tonic's generated default methods until
-//! then, so every documented route exists from the start.
+//! The tonic services: proto ⇄ service conversions, one module per
+//! service.
 
 pub mod admin;
 pub mod audit;
 pub mod billing;
 pub mod export;
 pub mod health;
+pub mod isolation;
 pub mod metering;
 pub mod record;
 pub mod tenant;
@@ -83,45 +83,79 @@ pub fn parse_id(field: &str, value: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::bad_field(field, "must be a UUID"))
 }
 
-macro_rules! unimplemented_services {
-    ($($api:ident => $server:ident :: $trait_:ident, $ctor:ident;)*) => {
-        $(
-            #[doc = concat!("`", stringify!($trait_), "`: not built yet; every RPC answers UNIMPLEMENTED.")]
-            #[derive(Clone)]
-            pub struct $api {
-                #[allow(dead_code)]
-                state: AppState,
-            }
-
-            impl v1::$server::$trait_ for $api {}
-        )*
-
-        /// Every tenlyr.v1 service, ready to add to the router. Each
-        /// refuses a message larger than the REST body limit before
-        /// decoding it.
-        pub fn routes(state: &AppState) -> tonic::service::Routes {
-            let limit = state.max_body_bytes;
-            let mut routes = tonic::service::Routes::default()
-                .add_service(v1::admin_key_service_server::AdminKeyServiceServer::new(admin::AdminKeyApi { state: state.clone() }).max_decoding_message_size(limit))
-                .add_service(v1::tenant_service_server::TenantServiceServer::new(tenant::TenantApi { state: state.clone() }).max_decoding_message_size(limit))
-                .add_service(v1::metering_service_server::MeteringServiceServer::new(metering::MeteringApi { state: state.clone() }).max_decoding_message_size(limit))
-                .add_service(v1::record_service_server::RecordServiceServer::new(record::RecordApi { state: state.clone() }).max_decoding_message_size(limit))
-                .add_service(v1::webhook_endpoint_service_server::WebhookEndpointServiceServer::new(webhook_endpoint::WebhookEndpointApi { state: state.clone() }).max_decoding_message_size(limit))
-                .add_service(v1::health_service_server::HealthServiceServer::new(health::HealthApi { state: state.clone() }).max_decoding_message_size(limit))
-                .add_service(v1::alert_service_server::AlertServiceServer::new(health::AlertApi { state: state.clone() }).max_decoding_message_size(limit))
-                .add_service(v1::billing_service_server::BillingServiceServer::new(billing::BillingApi { state: state.clone() }).max_decoding_message_size(limit))
-                .add_service(v1::webhook_service_server::WebhookServiceServer::new(webhook::WebhookApi { state: state.clone() }).max_decoding_message_size(limit))
-                .add_service(v1::audit_service_server::AuditServiceServer::new(audit::AuditApi { state: state.clone() }).max_decoding_message_size(limit));
-            $(
-                routes = routes.add_service(v1::$server::$ctor::new($api { state: state.clone() }).max_decoding_message_size(limit));
-            )*
-            routes
-        }
-    };
-}
-
-unimplemented_services! {
-    IsolationApi => isolation_service_server::IsolationService, IsolationServiceServer;
+/// Every tenlyr.v1 service, ready to add to the router. Each refuses a
+/// message larger than the REST body limit before decoding it.
+pub fn routes(state: &AppState) -> tonic::service::Routes {
+    let limit = state.max_body_bytes;
+    tonic::service::Routes::default()
+        .add_service(
+            v1::admin_key_service_server::AdminKeyServiceServer::new(admin::AdminKeyApi {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            v1::tenant_service_server::TenantServiceServer::new(tenant::TenantApi {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            v1::metering_service_server::MeteringServiceServer::new(metering::MeteringApi {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            v1::record_service_server::RecordServiceServer::new(record::RecordApi {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            v1::webhook_endpoint_service_server::WebhookEndpointServiceServer::new(
+                webhook_endpoint::WebhookEndpointApi {
+                    state: state.clone(),
+                },
+            )
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            v1::health_service_server::HealthServiceServer::new(health::HealthApi {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            v1::alert_service_server::AlertServiceServer::new(health::AlertApi {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            v1::billing_service_server::BillingServiceServer::new(billing::BillingApi {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            v1::webhook_service_server::WebhookServiceServer::new(webhook::WebhookApi {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            v1::audit_service_server::AuditServiceServer::new(audit::AuditApi {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            v1::isolation_service_server::IsolationServiceServer::new(isolation::IsolationApi {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
 }
 
 #[cfg(test)]

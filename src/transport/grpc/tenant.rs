@@ -62,7 +62,7 @@ fn status_to_proto(status: &str) -> i32 {
     }) as i32
 }
 
-fn isolation_to_proto(level: &str) -> i32 {
+pub(super) fn isolation_to_proto(level: &str) -> i32 {
     (match rules::IsolationLevel::parse(level) {
         Some(rules::IsolationLevel::SharedSchema) => v1::IsolationLevel::SharedSchema,
         Some(rules::IsolationLevel::DedicatedSchema) => v1::IsolationLevel::DedicatedSchema,

@@ -1,0 +1,619 @@
+//! IsolationService and the tenant-data router: a tenant moved from the
+//! shared tables to its own schema while it keeps writing, over REST and
+//! gRPC; its usage, records and webhooks behave the same afterwards; row
+//! security in the schema; bad input.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tenlyr::proto::v1::{self, isolation_service_client::IsolationServiceClient};
+
+use crate::{
+    helpers::{TestApp, admin_call, assert_error_body, call, provision, with_key},
+    inbound::{event_until, now, post, tenant_with, timestamped},
+    webhooks::{Receiver, Reply},
+};
+
+/// Polls a migration until it is completed or failed (30 s at most).
+async fn wait_for(app: &TestApp, key: &str, id: &str) -> Value {
+    for _ in 0..600 {
+        let (status, m) = call(
+            app,
+            key,
+            Method::GET,
+            &format!("/api/v1/isolation/migrations/{id}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{m}");
+        if m["status"] == "completed" || m["status"] == "failed" {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("migration {id} did not finish");
+}
+
+/// The tenant's rows of a table in a schema, counted as the owner.
+async fn rows_in(app: &TestApp, schema: &str, table: &str, tenant: &str) -> i64 {
+    let mut conn = app.db.connect().await;
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM \"{schema}\".\"{table}\" WHERE tenant_id = $1::uuid"
+    )))
+    .bind(tenant)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    n
+}
+
+fn schema_of(tenant: &str) -> String {
+    format!("t_{}", tenant.replace('-', ""))
+}
+
+async fn track(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
+    call(app, key, Method::POST, "/api/v1/usage/track", Some(body)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_moves_to_its_own_schema_while_it_writes_and_loses_nothing() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start(Reply::Ok).await;
+    let (tenant, key, slug, _) = tenant_with(
+        &app,
+        "moving@isolation.test",
+        Some(&receiver),
+        json!([{"provider": "generic", "enabled": true, "secret": "generic-secret"}]),
+    )
+    .await;
+    let (other, other_key) = provision(&app, "staying@isolation.test", "growth", "UTC").await;
+    let schema = schema_of(&tenant);
+
+    // Data before the move: events (one with a key), a saved record, a
+    // forwarded webhook; the other tenant's events.
+    for i in 0..50 {
+        let (status, body) = track(&app, &key, json!({"metric": "api_call", "value": 1})).await;
+        assert_eq!(status, 200, "{i}: {body}");
+    }
+    let (status, keyed) = track(
+        &app,
+        &key,
+        json!({"metric": "api_call", "value": 1, "idempotencyKey": "before-move"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{keyed}");
+    for _ in 0..5 {
+        track(&app, &other_key, json!({"metric": "api_call", "value": 1})).await;
+    }
+    let (status, locked) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/v1/record/lock",
+        Some(json!({"key": "order-1"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{locked}");
+    let (status, _) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/v1/record/save",
+        Some(json!({"key": "order-1", "lockToken": locked["lockToken"], "data": {"n": "one"}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let path = format!("/v1/t/{slug}/webhooks/generic");
+    let body = json!({"type": "order.shipped", "occurredAt": "2026-03-01T10:00:00Z"}).to_string();
+    let headers = |id: &str| {
+        [
+            (
+                "x-syllecta-signature",
+                timestamped("generic-secret", now(), &body),
+            ),
+            ("x-syllecta-event-id", id.to_owned()),
+        ]
+    };
+    assert_eq!(
+        post(&app, &path, &headers("wh-before"), body.clone())
+            .await
+            .0,
+        200
+    );
+    receiver.wait_for(1).await;
+    let (_, before) = call(&app, &key, Method::GET, "/api/v1/usage/metrics", None).await;
+
+    // Writes go on during the whole move; every acknowledged one must be
+    // in the new place afterwards.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (http, url, key) = (
+            app.http.clone(),
+            app.url("/api/v1/usage/track"),
+            key.clone(),
+        );
+        let (stop, acknowledged, refused) = (stop.clone(), acknowledged.clone(), refused.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let response = http
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&json!({"metric": "api_call", "value": 1}))
+                    .send()
+                    .await
+                    .unwrap();
+                if response.status() == 200 {
+                    acknowledged.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let (status, started) = admin_call(
+        &app,
+        Method::POST,
+        "/api/v1/isolation/migrate",
+        Some(json!({"tenantId": tenant, "targetLevel": "dedicated_schema"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["status"], "pending");
+    assert_eq!(started["tenantId"], tenant);
+    assert_eq!(started["fromLevel"], "shared_schema");
+    assert_eq!(started["toLevel"], "dedicated_schema");
+    assert_eq!(started["error"], Value::Null);
+    let id = started["id"].as_str().unwrap().to_owned();
+    let done = wait_for(&app, &key, &id).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["error"], Value::Null);
+    assert!(
+        done["startedAt"].is_string() && done["completedAt"].is_string(),
+        "{done}"
+    );
+    assert_eq!(
+        refused.load(Ordering::Relaxed),
+        0,
+        "writes are never refused"
+    );
+    let written = acknowledged.load(Ordering::Relaxed) as i64;
+    assert!(written > 0);
+
+    let (_, row) = admin_call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/tenants/{tenant}"),
+        None,
+    )
+    .await;
+    assert_eq!(row["isolationLevel"], "dedicated_schema");
+    let (_, row) = admin_call(&app, Method::GET, &format!("/api/v1/tenants/{other}"), None).await;
+    assert_eq!(row["isolationLevel"], "shared_schema");
+
+    // Every event is in the schema; the cleanup empties the shared tables.
+    assert_eq!(
+        rows_in(&app, &schema, "usage_events", &tenant).await,
+        51 + written
+    );
+    for _ in 0..200 {
+        if rows_in(&app, "public", "usage_events", &tenant).await == 0
+            && rows_in(&app, "public", "records", &tenant).await == 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for table in ["usage_events", "usage_rollups", "records", "webhook_events"] {
+        assert_eq!(rows_in(&app, "public", table, &tenant).await, 0, "{table}");
+    }
+    assert_eq!(rows_in(&app, &schema, "records", &tenant).await, 1);
+    assert_eq!(rows_in(&app, &schema, "webhook_events", &tenant).await, 1);
+    assert_eq!(rows_in(&app, "public", "usage_events", &other).await, 5);
+    let (_, m) = call(
+        &app,
+        &key,
+        Method::GET,
+        &format!("/api/v1/isolation/migrations/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(m["phase"], "done", "{m}");
+
+    // The API sees the same data: counters, events, records, keys.
+    let (_, after) = call(&app, &key, Method::GET, "/api/v1/usage/metrics", None).await;
+    assert_eq!(
+        after["apiCalls"]
+            .as_i64()
+            .unwrap_or_else(|| after["apiCalls"].as_str().unwrap().parse().unwrap()),
+        before["apiCalls"]
+            .as_i64()
+            .unwrap_or_else(|| before["apiCalls"].as_str().unwrap().parse().unwrap())
+            + written,
+        "{before} {after}"
+    );
+    let (status, again) = track(
+        &app,
+        &key,
+        json!({"metric": "api_call", "value": 1, "idempotencyKey": "before-move"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["id"], keyed["id"], "the key still finds its event");
+    let (status, record) = call(&app, &key, Method::GET, "/v1/record/order-1", None).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["data"], json!({"n": "one"}));
+    let (status, events) = call(
+        &app,
+        &key,
+        Method::GET,
+        "/api/v1/usage/events?limit=5",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{events}");
+    assert_eq!(events.as_array().unwrap().len(), 5);
+
+    // A webhook after the move: logged in the schema, forwarded, its
+    // status (set by the delivery engine's trigger) found there too.
+    assert_eq!(
+        post(&app, &path, &headers("wh-after"), body.clone())
+            .await
+            .0,
+        200
+    );
+    receiver.wait_for(2).await;
+    let (_, page) = call(&app, &key, Method::GET, "/api/v1/webhooks/events", None).await;
+    let listed = page["data"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{page}");
+    let newest = listed[0]["id"].as_str().unwrap().to_owned();
+    let event = event_until(&app, &key, &newest, |e| e["status"] == "processed").await;
+    assert_eq!(event["attempts"], 1);
+    assert_eq!(
+        post(&app, &path, &headers("wh-after"), body.clone()).await,
+        (200, json!({"ok": true, "cached": true})),
+        "dedup works in the schema"
+    );
+
+    // The dashboard still counts the moved tenant.
+    let (status, dashboard) = admin_call(
+        &app,
+        Method::GET,
+        "/api/v1/tenants/dashboard?limit=100",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{dashboard}");
+    let row = dashboard["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == tenant)
+        .unwrap()
+        .clone();
+    assert_eq!(row["apiCalls"], (51 + written).to_string(), "{row}");
+    assert_eq!(row["isolationLevel"], "dedicated_schema");
+
+    // The documented events, with their payload.
+    let mut conn = app.db.connect().await;
+    let bodies: Vec<String> = sqlx::query_scalar(
+        "SELECT body FROM platform_events WHERE type LIKE 'isolation.%' ORDER BY created_at, id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let types: Vec<Value> = bodies
+        .iter()
+        .map(|b| serde_json::from_str::<Value>(b).unwrap())
+        .collect();
+    assert_eq!(types.len(), 2, "{types:?}");
+    assert_eq!(types[0]["type"], "isolation.migration_started");
+    assert_eq!(types[1]["type"], "isolation.migration_completed");
+    assert_eq!(
+        types[1]["data"],
+        json!({"migrationId": id, "tenantId": tenant, "fromLevel": "shared_schema", "toLevel": "dedicated_schema"})
+    );
+
+    // Lists: the tenant's own; an admin's, filtered.
+    let (status, mine) = call(
+        &app,
+        &key,
+        Method::GET,
+        "/api/v1/isolation/migrations",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{mine}");
+    assert_eq!(mine.as_array().unwrap().len(), 1);
+    let (_, theirs) = call(
+        &app,
+        &other_key,
+        Method::GET,
+        "/api/v1/isolation/migrations",
+        None,
+    )
+    .await;
+    assert_eq!(theirs, json!([]));
+    let (status, body) = call(
+        &app,
+        &other_key,
+        Method::GET,
+        &format!("/api/v1/isolation/migrations/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "another tenant's migration is not found");
+    assert_error_body(&body, 404, "Not Found");
+    let (_, all) = admin_call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/isolation/migrations?tenantId={other}"),
+        None,
+    )
+    .await;
+    assert_eq!(all, json!([]));
+
+    // Upgrade only.
+    let (status, body) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v1/isolation/migrate",
+        Some(json!({"targetLevel": "dedicated_schema"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("already"),
+        "{body}"
+    );
+    let (status, body) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v1/isolation/migrate",
+        Some(json!({"targetLevel": "shared_schema"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("support ticket"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_security_holds_in_a_tenant_schema() {
+    let app = TestApp::spawn().await;
+    let (tenant, key) = provision(&app, "rls@isolation.test", "growth", "UTC").await;
+    let (other, _) = provision(&app, "rls-other@isolation.test", "growth", "UTC").await;
+    track(&app, &key, json!({"metric": "api_call", "value": 1})).await;
+    let (_, m) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v1/isolation/migrate",
+        Some(json!({"targetLevel": "dedicated_schema"})),
+    )
+    .await;
+    let done = wait_for(&app, &key, m["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let schema = schema_of(&tenant);
+
+    // As the server's role: another tenant's scope sees nothing of the
+    // schema, its own scope sees its rows, and not even platform scope
+    // can put another tenant's row into it.
+    let db = crate::helpers::app_db(&app.db.url, 1).await;
+    let mut tx = db.pool().begin().await.unwrap();
+    sqlx::query("SELECT tenlyr_enter_scope($1::uuid)")
+        .bind(&other)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let seen: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM \"{schema}\".usage_events"
+    )))
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(seen, 0);
+    sqlx::query("SELECT tenlyr_enter_scope($1::uuid)")
+        .bind(&tenant)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let path: String = sqlx::query_scalar("SELECT current_setting('search_path')")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(path, format!("{schema}, public"));
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(seen, 1, "unqualified names reach the tenant's own tables");
+    tx.rollback().await.unwrap();
+
+    let mut tx = db.pool().begin().await.unwrap();
+    sqlx::query("SELECT tenlyr_enter_scope(NULL)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let refused = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO \"{schema}\".records (tenant_id, key, state, lock_token, locked_until, \
+         created_at, updated_at, expires_at) \
+         VALUES ($1::uuid, 'x', 'locked', gen_random_uuid(), now(), now(), now(), now())"
+    )))
+    .bind(&other)
+    .execute(&mut *tx)
+    .await
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("row-level security"),
+        "{refused}"
+    );
+    tx.rollback().await.unwrap();
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_over_grpc_and_the_refusals() {
+    // No job runners: a migration stays pending, so a second one conflicts.
+    let app = TestApp::spawn_with(|c| c.job_runners = 0).await;
+    let (tenant, key) = provision(&app, "grpc@isolation.test", "growth", "UTC").await;
+    let (other, _) = provision(&app, "grpc-other@isolation.test", "growth", "UTC").await;
+    let mut client = IsolationServiceClient::new(app.channel().await);
+
+    let started = client
+        .start_migration(with_key(
+            v1::StartMigrationRequest {
+                tenant_id: String::new(),
+                target_level: v1::IsolationLevel::DedicatedSchema as i32,
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.tenant_id, tenant);
+    assert_eq!(started.status, v1::MigrationStatus::Pending as i32);
+    assert_eq!(started.from_level, v1::IsolationLevel::SharedSchema as i32);
+    assert_eq!(started.phase, "queued");
+    let got = client
+        .get_migration(with_key(
+            v1::GetMigrationRequest {
+                id: started.id.clone(),
+            },
+            &app.admin_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, started);
+
+    // One active migration per tenant.
+    let err = client
+        .start_migration(with_key(
+            v1::StartMigrationRequest {
+                tenant_id: tenant.clone(),
+                target_level: v1::IsolationLevel::DedicatedSchema as i32,
+            },
+            &app.admin_key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+    let (status, body) = admin_call(
+        &app,
+        Method::POST,
+        "/api/v1/isolation/migrate",
+        Some(json!({"tenantId": tenant, "targetLevel": "dedicated_schema"})),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_error_body(&body, 409, "Conflict");
+
+    // Refusals, each with the documented status and nothing started.
+    let cases = [
+        (
+            &app.admin_key,
+            json!({"targetLevel": "dedicated_schema"}),
+            400,
+        ),
+        (&app.admin_key, json!({"tenantId": other}), 400),
+        (
+            &app.admin_key,
+            json!({"tenantId": other, "targetLevel": "nope"}),
+            400,
+        ),
+        (
+            &app.admin_key,
+            json!({"tenantId": "not-a-uuid", "targetLevel": "dedicated_schema"}),
+            400,
+        ),
+        (
+            &app.admin_key,
+            json!({"tenantId": uuid::Uuid::now_v7(), "targetLevel": "dedicated_schema"}),
+            404,
+        ),
+        (
+            &app.admin_key,
+            json!({"tenantId": other, "targetLevel": "shared_schema"}),
+            400,
+        ),
+        (
+            &app.admin_key,
+            json!({"tenantId": other, "targetLevel": "dedicated_database"}),
+            501,
+        ),
+        (
+            &key,
+            json!({"tenantId": other, "targetLevel": "dedicated_schema"}),
+            404,
+        ),
+    ];
+    for (k, body, expected) in cases {
+        let (status, reply) = call(
+            &app,
+            k,
+            Method::POST,
+            "/api/v1/isolation/migrate",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(status, expected, "{body}: {reply}");
+        assert_eq!(reply["statusCode"], expected, "{reply}");
+    }
+    let (status, reply) = admin_call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/tenants/{other}/suspend"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    let (status, reply) = admin_call(
+        &app,
+        Method::POST,
+        "/api/v1/isolation/migrate",
+        Some(json!({"tenantId": other, "targetLevel": "dedicated_schema"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("suspended"),
+        "{reply}"
+    );
+    let (_, listed) = admin_call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/isolation/migrations?tenantId={other}"),
+        None,
+    )
+    .await;
+    assert_eq!(listed, json!([]), "no refused request started a migration");
+    let (status, _) = admin_call(
+        &app,
+        Method::GET,
+        "/api/v1/isolation/migrations/not-an-id",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+}
