@@ -49,7 +49,7 @@ use crate::{
         counters::CounterPublisher,
         health::{AlertCheck, HealthScan},
         inbound::{self as inbound_workers, SpoolDrain},
-        isolation::{CleanupJob, MigrateJob},
+        isolation::{CleanupJob, Copying, MigrateJob},
         key_invalidation::KeyInvalidation,
         partitions::{self, Partitions},
         periodic::{Election, Periodic},
@@ -439,7 +439,7 @@ impl Server {
             pressure: state.inbound.pressure(),
         });
         for _ in 0..config.job_runners {
-            runtime.spawn(Runner::new(jobs_registry(), wakeups.clone()));
+            runtime.spawn(Runner::new(jobs_registry(config), wakeups.clone()));
         }
         Ok(Self {
             listener,
@@ -540,11 +540,15 @@ impl Server {
 }
 
 /// Every job kind this build runs.
-pub fn jobs_registry() -> Registry {
+pub fn jobs_registry(config: &ServeConfig) -> Registry {
+    let copy = Copying {
+        chunk: i64::from(config.isolation_chunk_rows),
+        pause: Duration::from_millis(config.isolation_pause_ms),
+    };
     Registry::default()
         .with(TenantPurge)
-        .with(MigrateJob)
-        .with(CleanupJob)
+        .with(MigrateJob { copy })
+        .with(CleanupJob { copy })
 }
 
 /// Resolves on SIGTERM or SIGINT.

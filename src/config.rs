@@ -87,6 +87,19 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u32).range(1..=8760))]
     pub record_retention_hours: u32,
 
+    /// Rows an isolation move copies (and, after the flip, deletes) per
+    /// transaction.
+    #[arg(long, env = "TENLYR_ISOLATION_CHUNK_ROWS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
+    pub isolation_chunk_rows: u32,
+
+    /// Milliseconds an isolation move pauses between chunks, to spare a
+    /// busy database (0: none). Writes never wait for it: only the short
+    /// barrier makes them wait.
+    #[arg(long, env = "TENLYR_ISOLATION_PAUSE_MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub isolation_pause_ms: u64,
+
     /// Job runners in this process (each claims up to 32 jobs at a time).
     #[arg(long, env = "TENLYR_JOB_RUNNERS", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=64))]

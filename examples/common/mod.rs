@@ -154,6 +154,8 @@ impl Bench {
             overage_prices: Default::default(),
             job_runners: 2,
             record_retention_hours: 24,
+            isolation_chunk_rows: 20_000,
+            isolation_pause_ms: 0,
             storage: StorageConfig {
                 database_url: Some(url.clone()),
                 data_dir: "/nonexistent".into(),

@@ -245,21 +245,23 @@ pub async fn count_rows(
     r.try_get("", "n")
 }
 
-/// Where the bulk copy of events stands in `to`: the last `(occurred_at,
-/// id)` copied (a restarted move goes on from there).
+/// Where the bulk copy of events (those before `before`) stands in `to`:
+/// the last `(occurred_at, id)` copied (a restarted move goes on from
+/// there).
 pub async fn last_copied(
     tx: &DatabaseTransaction,
     to: &str,
     tenant: Uuid,
+    before: DateTime<Utc>,
 ) -> Result<Option<(DateTime<Utc>, Uuid)>, DbErr> {
     let r = tx
         .query_one_raw(statement(
             format!(
-                "SELECT occurred_at, id FROM {} WHERE tenant_id = $1 \
+                "SELECT occurred_at, id FROM {} WHERE tenant_id = $1 AND occurred_at < $2 \
                  ORDER BY occurred_at DESC, id DESC LIMIT 1",
                 table(to, "usage_events")
             ),
-            [tenant.into()],
+            [tenant.into(), before.into()],
         ))
         .await?;
     r.map(|r| Ok((r.try_get("", "occurred_at")?, r.try_get("", "id")?)))
@@ -267,13 +269,15 @@ pub async fn last_copied(
 }
 
 /// Copies the next `chunk` events after `after` (in `(occurred_at, id)`
-/// order) from `from` to `to`; how many, and the last one copied.
+/// order) that occurred before `before` from `from` to `to`; how many, and
+/// the last one copied.
 pub async fn copy_events_chunk(
     tx: &DatabaseTransaction,
     from: &str,
     to: &str,
     tenant: Uuid,
     after: Option<(DateTime<Utc>, Uuid)>,
+    before: DateTime<Utc>,
     chunk: i64,
 ) -> Result<(i64, Option<(DateTime<Utc>, Uuid)>), DbErr> {
     let (at, id) = after.unzip();
@@ -283,6 +287,7 @@ pub async fn copy_events_chunk(
                 "WITH c AS ( \
                      SELECT * FROM {src} WHERE tenant_id = $1 \
                        AND ($2::timestamptz IS NULL OR (occurred_at, id) > ($2, $3)) \
+                       AND occurred_at < $5 \
                      ORDER BY occurred_at, id LIMIT $4), \
                  ins AS (INSERT INTO {dst} SELECT * FROM c) \
                  SELECT (SELECT count(*) FROM c) AS n, \
@@ -291,7 +296,13 @@ pub async fn copy_events_chunk(
                 src = table(from, "usage_events"),
                 dst = table(to, "usage_events"),
             ),
-            [tenant.into(), at.into(), id.into(), chunk.into()],
+            [
+                tenant.into(),
+                at.into(),
+                id.into(),
+                chunk.into(),
+                before.into(),
+            ],
         ))
         .await?
         .ok_or(DbErr::RecordNotFound("chunk".into()))?;
@@ -307,28 +318,58 @@ pub async fn copy_events_chunk(
 }
 
 /// Copies the events of `from` that `to` lacks, among those that occurred
-/// from `since` (all of them with `None`); how many.
+/// in `[since, until)` (either end open with `None`); how many.
 pub async fn copy_missing_events(
     tx: &DatabaseTransaction,
     from: &str,
     to: &str,
     tenant: Uuid,
     since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
 ) -> Result<u64, DbErr> {
     Ok(tx
         .execute_raw(statement(
             format!(
                 "INSERT INTO {dst} SELECT s.* FROM {src} s \
                  WHERE s.tenant_id = $1 AND ($2::timestamptz IS NULL OR s.occurred_at >= $2) \
+                   AND ($3::timestamptz IS NULL OR s.occurred_at < $3) \
                    AND NOT EXISTS (SELECT 1 FROM {dst} d WHERE d.tenant_id = $1 \
                                    AND d.occurred_at = s.occurred_at AND d.id = s.id)",
                 src = table(from, "usage_events"),
                 dst = table(to, "usage_events"),
             ),
-            [tenant.into(), since.into()],
+            [tenant.into(), since.into(), until.into()],
         ))
         .await?
         .rows_affected())
+}
+
+/// The tenant's hourly event counts in `schema` (by hour, then metric):
+/// every write updates its hour's count in the same transaction, so two
+/// readings that differ name the hours written to in between.
+pub async fn hour_marks(
+    tx: &DatabaseTransaction,
+    schema: &str,
+    tenant: Uuid,
+) -> Result<Vec<(DateTime<Utc>, String, i64)>, DbErr> {
+    tx.query_all_raw(statement(
+        format!(
+            "SELECT bucket_start, metric, events FROM {} \
+             WHERE tenant_id = $1 AND granularity = 'hour' ORDER BY bucket_start, metric",
+            table(schema, "usage_rollups")
+        ),
+        [tenant.into()],
+    ))
+    .await?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get("", "bucket_start")?,
+            r.try_get("", "metric")?,
+            r.try_get("", "events")?,
+        ))
+    })
+    .collect()
 }
 
 /// Makes the tenant's rows of a small table in `to` those of `from`:
@@ -412,25 +453,6 @@ pub async fn checksum(
         .await?
         .ok_or(DbErr::RecordNotFound("checksum".into()))?;
     Ok((r.try_get("", "n")?, r.try_get("", "h")?))
-}
-
-/// The tenant's event count in `schema`.
-pub async fn count_events(
-    tx: &DatabaseTransaction,
-    schema: &str,
-    tenant: Uuid,
-) -> Result<i64, DbErr> {
-    let r = tx
-        .query_one_raw(statement(
-            format!(
-                "SELECT count(*) AS n FROM {} WHERE tenant_id = $1",
-                table(schema, "usage_events")
-            ),
-            [tenant.into()],
-        ))
-        .await?
-        .ok_or(DbErr::RecordNotFound("count".into()))?;
-    r.try_get("", "n")
 }
 
 /// The barrier: the tenant's placement lock in exclusive mode, held until

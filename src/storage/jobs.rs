@@ -166,6 +166,30 @@ pub async fn fail(
     Ok(result.rows_affected() == 1)
 }
 
+/// Renews the leases of claimed jobs that are still running: each until
+/// `now` plus its lease (milliseconds); how many were still held.
+pub async fn renew(
+    pool: &PgPool,
+    claims: &[(i64, i32, i64)],
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let ids: Vec<i64> = claims.iter().map(|c| c.0).collect();
+    let attempts: Vec<i32> = claims.iter().map(|c| c.1).collect();
+    let lease_ms: Vec<i64> = claims.iter().map(|c| c.2).collect();
+    let result = sqlx::query(
+        "UPDATE jobs j SET run_at = $4 + c.ms * interval '1 millisecond' \
+         FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS c(id, attempts, ms) \
+         WHERE j.id = c.id AND j.attempts = c.attempts AND j.state = 'running'",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&lease_ms)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
+
 /// Puts a claimed job back without spending its attempt (its worker could
 /// not run it now, e.g. shutting down): due again at `run_at`.
 pub async fn release(

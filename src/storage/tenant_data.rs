@@ -51,6 +51,17 @@ impl Db {
         set_scope(&tx, scope).await?;
         Ok(tx)
     }
+
+    /// [`Db::begin`] in one snapshot for the whole transaction
+    /// (REPEATABLE READ): for reads that must agree with each other.
+    pub async fn begin_snapshot(&self, scope: Scope) -> Result<DatabaseTransaction, DbErr> {
+        let tx = self
+            .app()
+            .begin_with_config(Some(sea_orm::IsolationLevel::RepeatableRead), None)
+            .await?;
+        set_scope(&tx, scope).await?;
+        Ok(tx)
+    }
 }
 
 /// Switches the scope of an open transaction (provisioning writes the new

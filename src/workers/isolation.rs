@@ -3,7 +3,7 @@
 //! source rows (`isolation.cleanup`).
 //!
 //! 1. **copying**: the tenant's schema is created (idempotent) and its
-//!    events copied in chunks of [`CHUNK`] in `(occurred_at, id)` order,
+//!    events copied in chunks ([`Copying`]) in `(occurred_at, id)` order,
 //!    each chunk with its progress in one short transaction; writes go on
 //!    to the source meanwhile. A restarted move goes on after the last
 //!    event the target holds. The small tables are copied too.
@@ -49,16 +49,38 @@ use crate::{
     },
 };
 
-/// Events copied per transaction.
-pub const CHUNK: i64 = 20_000;
+/// How a move copies: rows per transaction, and a pause between
+/// transactions (`TENLYR_ISOLATION_CHUNK_ROWS`, `TENLYR_ISOLATION_PAUSE_MS`).
+#[derive(Debug, Clone, Copy)]
+pub struct Copying {
+    pub chunk: i64,
+    pub pause: Duration,
+}
 
-/// How far before the copy's start the catch-up looks for events written
-/// during it (an event's time is its client's; a write is usually now).
-const CATCH_UP_MARGIN: chrono::Duration = chrono::Duration::hours(1);
+impl Copying {
+    async fn pause(&self) {
+        if !self.pause.is_zero() {
+            tokio::time::sleep(self.pause).await;
+        }
+    }
+}
 
-/// How long the barrier waits for writers in flight before giving up (and
-/// trying again on the job's schedule).
-const BARRIER_LOCK_TIMEOUT: &str = "10s";
+/// A job's lease; the runner renews it while the job runs, so a move of
+/// any length keeps it, and one whose process died is resumed this soon.
+const LEASE: Duration = Duration::from_secs(10);
+
+/// How far before the copy's start the window of live writes begins (an
+/// event's time is its client's: a write is usually stamped now, give or
+/// take the client's clock and queueing). The events from there on are
+/// copied whole at the end; older ones written during the move are found
+/// by their hour's count.
+const CATCH_UP_MARGIN: chrono::Duration = chrono::Duration::minutes(2);
+
+/// How long the barrier waits for writers in flight before giving up and
+/// trying again (new writers wait behind it meanwhile, so this bounds
+/// their wait), and how often it tries before the job backs off.
+const BARRIER_LOCK_TIMEOUT: &str = "1s";
+const BARRIER_TRIES: u32 = 5;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -66,12 +88,14 @@ pub struct Migrate {
     pub migration_id: Uuid,
 }
 
-#[derive(Debug, Default)]
-pub struct MigrateJob;
+#[derive(Debug)]
+pub struct MigrateJob {
+    pub copy: Copying,
+}
 
 impl Job for MigrateJob {
     const KIND: &'static str = "isolation.migrate";
-    const LEASE: Duration = Duration::from_secs(600);
+    const LEASE: Duration = LEASE;
     type Payload = Migrate;
 
     async fn run(&self, ctx: &Context, payload: Migrate) -> Result<(), JobError> {
@@ -106,7 +130,7 @@ impl Job for MigrateJob {
             }
             tx.commit().await.map_err(retry)?;
         }
-        match move_to_schema(ctx, &m, &outbox).await {
+        match move_to_schema(ctx, &m, &outbox, self.copy).await {
             Ok(()) => Ok(()),
             Err(Failure::Unavailable(err)) => Err(JobError::Retry(err)),
             Err(Failure::Failed(error)) => fail(ctx, &m, &outbox, &error).await,
@@ -123,12 +147,14 @@ pub struct Cleanup {
     pub schema: String,
 }
 
-#[derive(Debug, Default)]
-pub struct CleanupJob;
+#[derive(Debug)]
+pub struct CleanupJob {
+    pub copy: Copying,
+}
 
 impl Job for CleanupJob {
     const KIND: &'static str = "isolation.cleanup";
-    const LEASE: Duration = Duration::from_secs(600);
+    const LEASE: Duration = LEASE;
     type Payload = Cleanup;
 
     async fn run(&self, ctx: &Context, p: Cleanup) -> Result<(), JobError> {
@@ -136,14 +162,15 @@ impl Job for CleanupJob {
         for name in TABLES {
             loop {
                 let tx = ctx.db.begin(Scope::Platform).await.map_err(retry)?;
-                let n = repo::delete_rows(&tx, &p.schema, name, p.tenant_id, CHUNK)
+                let n = repo::delete_rows(&tx, &p.schema, name, p.tenant_id, self.copy.chunk)
                     .await
                     .map_err(retry)?;
                 tx.commit().await.map_err(retry)?;
                 deleted += n;
-                if n < CHUNK as u64 {
+                if n < self.copy.chunk as u64 {
                     break;
                 }
+                self.copy.pause().await;
             }
         }
         let tx = ctx.db.begin(Scope::Platform).await.map_err(retry)?;
@@ -169,9 +196,25 @@ impl From<DbErr> for Failure {
     fn from(err: DbErr) -> Self {
         if storage::is_connection_error(&err) {
             Self::Unavailable(err.to_string())
+        } else if is_lock_timeout(&err) {
+            // The barrier waited BARRIER_LOCK_TIMEOUT for a writer that
+            // stayed in its transaction: try again later.
+            Self::Unavailable(format!("the barrier waited too long for writers: {err}"))
         } else {
             Self::Failed(err.to_string())
         }
+    }
+}
+
+/// SQLSTATE 55P03: `lock_timeout` ran out.
+fn is_lock_timeout(err: &DbErr) -> bool {
+    match err {
+        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => e
+            .as_database_error()
+            .and_then(|db| db.code())
+            .is_some_and(|code| code == "55P03"),
+        _ => false,
     }
 }
 
@@ -187,11 +230,18 @@ async fn load(ctx: &Context, id: Uuid) -> Result<Option<MigrationRow>, JobError>
 }
 
 /// shared_schema → dedicated_schema.
-async fn move_to_schema(ctx: &Context, m: &MigrationRow, outbox: &Outbox) -> Result<(), Failure> {
+async fn move_to_schema(
+    ctx: &Context,
+    m: &MigrationRow,
+    outbox: &Outbox,
+    copy: Copying,
+) -> Result<(), Failure> {
     let (tenant, from) = (m.tenant_id, "public");
     let db = &ctx.db;
 
-    // 1. The target, and the bulk copy.
+    // 1. The target, and the bulk copy of the events that occurred
+    // before `since` (a bound fixed when the copy first began, so the copy
+    // never chases the live writes, which land after it).
     let tx = db.begin(Scope::Platform).await?;
     let to = repo::create_schema(&tx, tenant).await?;
     let total = if m.rows_total > 0 {
@@ -199,81 +249,123 @@ async fn move_to_schema(ctx: &Context, m: &MigrationRow, outbox: &Outbox) -> Res
     } else {
         repo::count_rows(&tx, from, tenant).await?
     };
-    let mut after = repo::last_copied(&tx, &to, tenant).await?;
-    let mut copied = if after.is_some() {
-        repo::count_rows(&tx, &to, tenant).await?
-    } else {
-        0
-    };
-    repo::progress(
-        &tx,
-        m.id,
-        Phase::Copying.as_str(),
-        Some(copied),
-        Some(total),
-    )
-    .await?;
+    repo::progress(&tx, m.id, Phase::Copying.as_str(), None, Some(total)).await?;
     tx.commit().await?;
-    loop {
-        let tx = db.begin(Scope::Platform).await?;
-        let (n, last) = repo::copy_events_chunk(&tx, from, &to, tenant, after, CHUNK).await?;
-        copied += n;
-        repo::progress(&tx, m.id, Phase::Copying.as_str(), Some(copied), None).await?;
-        tx.commit().await?;
-        after = last.or(after);
-        if n < CHUNK {
-            break;
-        }
-    }
     let since = load(ctx, m.id)
         .await
         .map_err(|e| Failure::Unavailable(e.to_string()))?
         .and_then(|m| m.copy_started_at)
-        .unwrap_or_else(Utc::now)
+        .ok_or_else(|| Failure::Failed("the migration lost its copy start".into()))?
         - CATCH_UP_MARGIN;
-
-    // 2. Catch up, and verify the bulk part.
     let tx = db.begin(Scope::Platform).await?;
-    copied += repo::copy_missing_events(&tx, from, &to, tenant, Some(since)).await? as i64;
+    let mut after = repo::last_copied(&tx, &to, tenant, since).await?;
+    let mut copied = repo::count_rows(&tx, &to, tenant).await?;
+    tx.commit().await?;
+    loop {
+        let tx = db.begin(Scope::Platform).await?;
+        let (n, last) =
+            repo::copy_events_chunk(&tx, from, &to, tenant, after, since, copy.chunk).await?;
+        copied += n;
+        repo::progress(&tx, m.id, Phase::Copying.as_str(), Some(copied), None).await?;
+        tx.commit().await?;
+        after = last.or(after);
+        tracing::debug!(migration = %m.id, rows = n, ?after, "copied a chunk of events");
+        if n < copy.chunk {
+            break;
+        }
+        copy.pause().await;
+    }
+
+    // 2. Catch up: the events from `since` on, and the small tables; then
+    // verify the bulk part, and note the hourly counts it was verified
+    // against.
+    let tx = db.begin(Scope::Platform).await?;
+    copied += repo::copy_missing_events(&tx, from, &to, tenant, Some(since), None).await? as i64;
     for name in SMALL_TABLES {
         copied += repo::sync_small_table(&tx, name, from, &to, tenant).await? as i64;
     }
     repo::progress(&tx, m.id, Phase::CatchingUp.as_str(), Some(copied), None).await?;
     tx.commit().await?;
-    if !bulk_matches(db, from, &to, tenant, since).await? {
-        // Something was written into the past during the copy.
-        let tx = db.begin(Scope::Platform).await?;
-        copied += repo::copy_missing_events(&tx, from, &to, tenant, None).await? as i64;
-        tx.commit().await?;
-        if !bulk_matches(db, from, &to, tenant, since).await? {
-            return Err(Failure::Failed(
-                "verification failed: the copied events differ from the source".into(),
-            ));
+    let past = match verified_past(db, from, &to, tenant, since).await? {
+        Some(past) => past,
+        None => {
+            // Something was written into the past during the copy.
+            let tx = db.begin(Scope::Platform).await?;
+            copied +=
+                repo::copy_missing_events(&tx, from, &to, tenant, None, Some(since)).await? as i64;
+            tx.commit().await?;
+            verified_past(db, from, &to, tenant, since)
+                .await?
+                .ok_or_else(|| {
+                    Failure::Failed(
+                        "verification failed: the copied events differ from the source".into(),
+                    )
+                })?
         }
-    }
+    };
 
-    // 3. The barrier.
+    // 3. The barrier: the events from `since` on are copied and verified
+    // whole (a few minutes of traffic); older ones only in the hours whose
+    // counts moved since the verification. Writers queue behind the
+    // barrier's lock request, so it gives up after BARRIER_LOCK_TIMEOUT
+    // when a writer in flight does not finish, and tries again.
     let tx = db.begin(Scope::Platform).await?;
-    tx_exec(
-        &tx,
-        &format!("SET LOCAL lock_timeout = '{BARRIER_LOCK_TIMEOUT}'"),
-    )
-    .await?;
     repo::progress(&tx, m.id, Phase::Barrier.as_str(), None, None).await?;
-    repo::lock_placement(&tx, tenant).await?;
-    copied += repo::copy_missing_events(&tx, from, &to, tenant, Some(since)).await? as i64;
-    if repo::count_events(&tx, from, tenant).await? != repo::count_events(&tx, &to, tenant).await? {
-        copied += repo::copy_missing_events(&tx, from, &to, tenant, None).await? as i64;
+    tx.commit().await?;
+    let mut tries = 0;
+    let tx = loop {
+        tries += 1;
+        let tx = db.begin(Scope::Platform).await?;
+        tx_exec(
+            &tx,
+            &format!("SET LOCAL lock_timeout = '{BARRIER_LOCK_TIMEOUT}'"),
+        )
+        .await?;
+        match repo::lock_placement(&tx, tenant).await {
+            Ok(()) => break tx,
+            Err(err) if is_lock_timeout(&err) && tries < BARRIER_TRIES => {
+                tracing::info!(tenant = %tenant, tries, "the barrier waited too long for a writer; trying again");
+                let _ = tx.rollback().await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    };
+    copied += repo::copy_missing_events(&tx, from, &to, tenant, Some(since), None).await? as i64;
+    let now_marks = repo::hour_marks(&tx, from, tenant).await?;
+    let mut ranges = vec![(Some(since), None)];
+    for (start, added) in past.moved(&now_marks) {
+        let end = start + chrono::Duration::hours(1);
+        if start >= since {
+            continue; // inside the window, copied whole above
+        }
+        let until = if end <= since {
+            end
+        } else {
+            // The hour `since` falls in: did anything land before `since`?
+            let upper = repo::checksum(&tx, from, "usage_events", tenant, Some(since), Some(end))
+                .await?
+                .0;
+            if upper - past.straddle_upper(start) == added {
+                continue;
+            }
+            since
+        };
+        copied += repo::copy_missing_events(&tx, from, &to, tenant, Some(start), Some(until))
+            .await? as i64;
+        ranges.push((Some(start), Some(until)));
     }
     for name in SMALL_TABLES {
         copied += repo::sync_small_table(&tx, name, from, &to, tenant).await? as i64;
     }
     let mut mismatched = Vec::new();
-    if repo::count_events(&tx, from, tenant).await? != repo::count_events(&tx, &to, tenant).await?
-        || repo::checksum(&tx, from, "usage_events", tenant, Some(since), None).await?
-            != repo::checksum(&tx, &to, "usage_events", tenant, Some(since), None).await?
-    {
-        mismatched.push("usage_events");
+    for (a, b) in ranges {
+        if repo::checksum(&tx, from, "usage_events", tenant, a, b).await?
+            != repo::checksum(&tx, &to, "usage_events", tenant, a, b).await?
+        {
+            mismatched.push("usage_events");
+            break;
+        }
     }
     for name in SMALL_TABLES {
         if repo::checksum(&tx, from, name, tenant, None, None).await?
@@ -330,20 +422,86 @@ async fn move_to_schema(ctx: &Context, m: &MigrationRow, outbox: &Outbox) -> Res
     Ok(())
 }
 
-/// Whether the events that occurred before `since` match in both places
-/// (count and checksum).
-async fn bulk_matches(
+/// The source as the bulk part was verified: its hourly event counts, and
+/// for the hour `since` falls in, its events from `since` on.
+struct Past {
+    marks: std::collections::HashMap<(DateTime<Utc>, String), i64>,
+    straddle: Option<(DateTime<Utc>, i64)>,
+}
+
+impl Past {
+    /// The hours whose counts moved since, with how many events they
+    /// gained.
+    fn moved(&self, now: &[(DateTime<Utc>, String, i64)]) -> Vec<(DateTime<Utc>, i64)> {
+        let mut moved: Vec<(DateTime<Utc>, i64)> = Vec::new();
+        for (start, metric, events) in now {
+            let before = self
+                .marks
+                .get(&(*start, metric.clone()))
+                .copied()
+                .unwrap_or(0);
+            if *events != before {
+                match moved.last_mut() {
+                    Some((s, added)) if s == start => *added += events - before,
+                    _ => moved.push((*start, events - before)),
+                }
+            }
+        }
+        moved
+    }
+
+    /// The events from `since` on in the hour starting at `start`, as
+    /// verified (0 for another hour).
+    fn straddle_upper(&self, start: DateTime<Utc>) -> i64 {
+        self.straddle
+            .filter(|(s, _)| *s == start)
+            .map_or(0, |(_, n)| n)
+    }
+}
+
+/// Verifies the events that occurred before `since` (count and checksum
+/// in both places, in one snapshot); with the source's hourly counts of
+/// that snapshot when they match.
+async fn verified_past(
     db: &Db,
     from: &str,
     to: &str,
     tenant: Uuid,
     since: DateTime<Utc>,
-) -> Result<bool, Failure> {
-    let tx = db.begin(Scope::Platform).await?;
+) -> Result<Option<Past>, Failure> {
+    let tx = db.begin_snapshot(Scope::Platform).await?;
     let source = repo::checksum(&tx, from, "usage_events", tenant, None, Some(since)).await?;
     let target = repo::checksum(&tx, to, "usage_events", tenant, None, Some(since)).await?;
+    let marks = repo::hour_marks(&tx, from, tenant).await?;
+    let hour = chrono::Duration::hours(1);
+    let straddle = match marks
+        .iter()
+        .map(|(start, _, _)| *start)
+        .find(|start| *start < since && *start + hour > since)
+    {
+        Some(start) => Some((
+            start,
+            repo::checksum(
+                &tx,
+                from,
+                "usage_events",
+                tenant,
+                Some(since),
+                Some(start + hour),
+            )
+            .await?
+            .0,
+        )),
+        None => None,
+    };
     tx.commit().await?;
-    Ok(source == target)
+    Ok((source == target).then(|| Past {
+        marks: marks
+            .into_iter()
+            .map(|(start, metric, events)| ((start, metric), events))
+            .collect(),
+        straddle,
+    }))
 }
 
 async fn tx_exec(tx: &sea_orm::DatabaseTransaction, sql: &str) -> Result<(), DbErr> {

@@ -4,8 +4,9 @@
 //! polled as a fallback (scheduled retries, lapsed leases, a lost
 //! notification).
 //!
-//! A claim leases the job for its kind's `lease`; a runner that dies
-//! leaves it to be claimed again when the lease lapses. A failed attempt
+//! A claim leases the job for its kind's `lease`, renewed while the job
+//! runs; a runner that dies leaves it to be claimed again when the lease
+//! lapses. A failed attempt
 //! is retried after [`Backoff`] (exponential, ±20 % jitter) until
 //! `max_attempts`, then the job stays `dead` with its `last_error`.
 //! Handlers must be idempotent: a crash after the effect and before the
@@ -306,11 +307,11 @@ impl Runner {
         if claimed.is_empty() {
             return Ok(0);
         }
-        let outcomes = join_all(claimed.iter().map(|job| async move {
+        let running = join_all(claimed.iter().map(|job| async move {
             let handler = &self.registry.handlers[job.kind.as_str()];
             (job, handler.run(ctx, job.payload.clone()).await)
-        }))
-        .await;
+        }));
+        let outcomes = self.renewing(ctx, &claimed, running).await;
         let mut done = Vec::with_capacity(outcomes.len());
         for (job, outcome) in outcomes {
             match outcome {
@@ -322,6 +323,41 @@ impl Runner {
             jobs::complete(pool, &done).await?;
         }
         Ok(claimed.len())
+    }
+
+    /// Awaits `running`, renewing the claimed jobs' leases every third of
+    /// the shortest one meanwhile: a long job keeps its claim, and the
+    /// claim of a runner that died lapses after one lease.
+    async fn renewing<T>(
+        &self,
+        ctx: &Context,
+        claimed: &[Claimed],
+        running: impl Future<Output = T>,
+    ) -> T {
+        let leases: Vec<(i64, i32, i64)> = claimed
+            .iter()
+            .map(|job| {
+                let lease = self.registry.handlers[job.kind.as_str()].lease();
+                (
+                    job.id,
+                    job.attempts,
+                    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
+                )
+            })
+            .collect();
+        let shortest = leases.iter().map(|l| l.2).min().unwrap_or(i64::MAX);
+        let every = Duration::from_millis(u64::try_from(shortest / 3).unwrap_or(u64::MAX).max(100));
+        let mut running = std::pin::pin!(running);
+        loop {
+            tokio::select! {
+                outcome = &mut running => return outcome,
+                () = tokio::time::sleep(every) => {
+                    if let Err(err) = jobs::renew(ctx.db.pool(), &leases, ctx.clock.now()).await {
+                        tracing::warn!(error = %err, "renewing job leases failed");
+                    }
+                }
+            }
+        }
     }
 
     async fn record_failure(

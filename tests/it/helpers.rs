@@ -163,6 +163,8 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         overage_prices: Default::default(),
         job_runners: 2,
         record_retention_hours: 24,
+        isolation_chunk_rows: 20_000,
+        isolation_pause_ms: 0,
         storage: StorageConfig {
             database_url: Some(database_url.to_owned()),
             data_dir: PathBuf::from("/nonexistent-tenlyr-test-data-dir"),

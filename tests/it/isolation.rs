@@ -617,3 +617,257 @@ async fn migrations_over_grpc_and_the_refusals() {
     .await;
     assert_eq!(status, 404);
 }
+
+/// A real `tenlyr serve` whose moves copy slowly (50 rows per chunk, a
+/// pause between chunks), so a test can kill it in a phase.
+async fn start_slow(
+    db: &crate::helpers::TestDb,
+    data_dir: &std::path::Path,
+) -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenlyr"))
+        .arg("serve")
+        .env("DATABASE_URL", &db.url)
+        .env("TENLYR_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TENLYR_KEY_PEPPER", crate::helpers::PEPPER)
+        .env("TENLYR_DATA_DIR", data_dir)
+        .env("TENLYR_LOG", "warn")
+        .env("TENLYR_ISOLATION_CHUNK_ROWS", "50")
+        .env("TENLYR_ISOLATION_PAUSE_MS", "100")
+        .env_remove("REDIS_URL")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tenlyr serve starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return (child, base);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("tenlyr serve did not become ready");
+}
+
+async fn migration(http: &reqwest::Client, base: &str, admin: &str, id: &str) -> Value {
+    http.get(format!("{base}/api/v1/isolation/migrations/{id}"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls the migration until `pred` holds (60 s at most).
+async fn until_migration(
+    http: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    id: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    for _ in 0..1200 {
+        let m = migration(http, base, admin, id).await;
+        if pred(&m) {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "migration never reached the state: {}",
+        migration(http, base, admin, id).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_killed_in_each_phase_resumes_and_loses_nothing() {
+    let db = crate::helpers::TestDb::migrated().await;
+    let admin = crate::helpers::create_admin_key(&db.url, "kill-moves").await;
+    let data_dir = std::env::temp_dir().join(format!("tenlyr-move-{}", uuid::Uuid::new_v4()));
+    let (mut child, base) = start_slow(&db, &data_dir).await;
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("{base}/api/v1/tenants"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "Moving", "ownerEmail": "kill@moves.test", "plan": "enterprise"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["apiKey"].as_str().unwrap().to_owned();
+    let tenant = created["tenant"]["id"].as_str().unwrap().to_owned();
+    // Events of the last 20 hours (the bulk copy's part).
+    let now = chrono::Utc::now();
+    for b in 0..20 {
+        let batch: Vec<Value> = (0..100)
+            .map(|i| {
+                // within the accepted 24 hours: 10 minutes to 20 hours ago
+                let at = now - chrono::Duration::seconds(600 + (b * 100 + i) * 36);
+                json!({"metric": "api_call", "value": 1, "timestamp": at.to_rfc3339()})
+            })
+            .collect();
+        let r: Value = http
+            .post(format!("{base}/api/v1/usage/track/batch"))
+            .bearer_auth(&key)
+            .json(&json!({"events": batch}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["accepted"], 100, "{}", r["results"][99]);
+    }
+    let seeded = 2_000;
+
+    // A writer for the whole test, each event with its own idempotency
+    // key: every acknowledged one must survive, none twice.
+    let base_now = Arc::new(std::sync::Mutex::new(base.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let writer = {
+        let (http, key) = (http.clone(), key.clone());
+        let (base_now, stop, acknowledged) = (base_now.clone(), stop.clone(), acknowledged.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let idem = format!("w-{n}");
+                let url = format!("{}/api/v1/usage/track", base_now.lock().unwrap());
+                let sent = http
+                    .post(url)
+                    .bearer_auth(&key)
+                    .timeout(Duration::from_secs(5))
+                    .json(&json!({"metric": "api_call", "value": 1, "idempotencyKey": idem}))
+                    .send()
+                    .await;
+                if sent.is_ok_and(|r| r.status() == 200) {
+                    acknowledged.lock().unwrap().push(idem);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        })
+    };
+
+    let started: Value = http
+        .post(format!("{base}/api/v1/isolation/migrate"))
+        .bearer_auth(&admin)
+        .json(&json!({"tenantId": tenant, "targetLevel": "dedicated_schema"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = started["id"].as_str().unwrap().to_owned();
+
+    // 1. Killed while copying.
+    until_migration(&http, &base, &admin, &id, |m| {
+        m["phase"] == "copying" && m["rowsCopied"].as_str().is_some_and(|n| n != "0")
+    })
+    .await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let (restarted, base) = start_slow(&db, &data_dir).await;
+    child = restarted;
+    *base_now.lock().unwrap() = base.clone();
+
+    // 2. Killed in the barrier: a writer holding the tenant's placement
+    // lock keeps the barrier waiting while the server dies.
+    let app = crate::helpers::app_db(&db.url, 1).await;
+    let mut blocker = app.pool().begin().await.unwrap();
+    sqlx::query("SELECT tenlyr_enter_scope($1::uuid)")
+        .bind(&tenant)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let m = until_migration(&http, &base, &admin, &id, |m| m["phase"] == "barrier").await;
+    assert_eq!(m["status"], "in_progress", "{m}");
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    blocker.rollback().await.unwrap();
+    app.close().await;
+    let (restarted, base) = start_slow(&db, &data_dir).await;
+    child = restarted;
+    *base_now.lock().unwrap() = base.clone();
+
+    // 3. Killed while cleaning up after the flip.
+    let m = until_migration(&http, &base, &admin, &id, |m| m["status"] != "in_progress").await;
+    assert_eq!(m["status"], "completed", "{m}");
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let (restarted, base) = start_slow(&db, &data_dir).await;
+    child = restarted;
+    *base_now.lock().unwrap() = base.clone();
+    let m = until_migration(&http, &base, &admin, &id, |m| m["phase"] == "done").await;
+    assert_eq!(m["status"], "completed", "{m}");
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+
+    // The data is whole in exactly one place.
+    let schema = schema_of(&tenant);
+    let mut conn = db.connect().await;
+    let count = |table: String| {
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {table} WHERE tenant_id = $1::uuid"
+        )))
+        .bind(tenant.clone())
+    };
+    let moved = count(format!("\"{schema}\".usage_events"))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let left = count("public.usage_events".into())
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let keys: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT idempotency_key FROM \"{schema}\".usage_events \
+         WHERE tenant_id = $1::uuid AND idempotency_key IS NOT NULL"
+    )))
+    .bind(&tenant)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let completed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM platform_events WHERE type = 'isolation.migration_completed'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let level: String =
+        sqlx::query_scalar("SELECT isolation_level FROM tenants WHERE id = $1::uuid")
+            .bind(&tenant)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    conn.close().await.unwrap();
+    let stored: std::collections::HashSet<&String> = keys.iter().collect();
+    assert_eq!(stored.len(), keys.len(), "no event twice");
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(!acknowledged.is_empty());
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|k| !stored.contains(k))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+    // (A write in flight when the server died may be stored unacknowledged.)
+    assert_eq!(moved, seeded + keys.len() as i64);
+    assert_eq!(left, 0);
+    assert_eq!(completed, 1);
+    assert_eq!(level, "dedicated_schema");
+    child.start_kill().unwrap();
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
