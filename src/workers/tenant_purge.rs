@@ -1,5 +1,5 @@
-//! Removes a deleted tenant's raw usage events, which may be millions, and
-//! its inbound webhook payloads: a
+//! Removes a deleted tenant's raw usage events, which may be millions, its
+//! inbound webhook payloads and its own schema if it has one: a
 //! job enqueued in the transaction that deletes the tenant
 //! (`service::tenants::delete`), deleting [`CHUNK`] events per short
 //! transaction so no statement runs long and no lock is held for the whole
@@ -14,7 +14,7 @@ use super::{
     Context,
     queue::{Job, JobError},
 };
-use crate::storage::{inbound, tenant_data::Scope, tenants};
+use crate::storage::{inbound, isolation, tenant_data::Scope, tenants};
 
 /// Events deleted per transaction.
 pub const CHUNK: i64 = 10_000;
@@ -34,6 +34,7 @@ impl Job for TenantPurge {
     type Payload = Purge;
 
     async fn run(&self, ctx: &Context, payload: Purge) -> Result<(), JobError> {
+        let retry = |e: sea_orm::DbErr| JobError::Retry(e.to_string());
         let tenant = payload.tenant_id;
         let events = in_chunks(ctx, |tx| async move {
             tenants::purge_usage_events(&tx, tenant, CHUNK)
@@ -47,8 +48,15 @@ impl Job for TenantPurge {
                 .map(|n| (tx, n))
         })
         .await?;
-        tracing::info!(tenant = %tenant, events, webhook_payloads = payloads,
-            "purged a deleted tenant's usage events and webhook payloads");
+        // A tenant with its own schema: the schema goes, with its data.
+        let tx = ctx.db.begin(Scope::Platform).await.map_err(retry)?;
+        let schema = isolation::schema_exists(&tx, tenant).await.map_err(retry)?;
+        if schema {
+            isolation::drop_schema(&tx, tenant).await.map_err(retry)?;
+        }
+        tx.commit().await.map_err(retry)?;
+        tracing::info!(tenant = %tenant, events, webhook_payloads = payloads, schema,
+            "purged a deleted tenant's usage events, webhook payloads and schema");
         Ok(())
     }
 }

@@ -470,6 +470,32 @@ async fn row_security_holds_in_a_tenant_schema() {
     );
     tx.rollback().await.unwrap();
     db.close().await;
+
+    // Deleting the tenant removes its schema with its data.
+    let (status, _) = admin_call(
+        &app,
+        Method::DELETE,
+        &format!("/api/v1/tenants/{tenant}"),
+        None,
+    )
+    .await;
+    assert!(status == 200 || status == 204, "{status}");
+    let mut gone = false;
+    for _ in 0..200 {
+        let mut conn = app.db.connect().await;
+        let exists: bool = sqlx::query_scalar("SELECT to_regnamespace($1) IS NOT NULL")
+            .bind(&schema)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        if !exists {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the deleted tenant's schema is dropped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
