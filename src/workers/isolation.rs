@@ -277,8 +277,8 @@ async fn move_to_schema(
     }
 
     // 2. Catch up: the events from `since` on, and the small tables; then
-    // verify the bulk part, and note the hourly counts it was verified
-    // against.
+    // verify (and if need be repair) the bulk part in one snapshot, and
+    // note the hourly counts of that snapshot.
     let tx = db.begin(Scope::Platform).await?;
     copied += repo::copy_missing_events(&tx, from, &to, tenant, Some(since), None).await? as i64;
     for name in SMALL_TABLES {
@@ -286,23 +286,8 @@ async fn move_to_schema(
     }
     repo::progress(&tx, m.id, Phase::CatchingUp.as_str(), Some(copied), None).await?;
     tx.commit().await?;
-    let past = match verified_past(db, from, &to, tenant, since).await? {
-        Some(past) => past,
-        None => {
-            // Something was written into the past during the copy.
-            let tx = db.begin(Scope::Platform).await?;
-            copied +=
-                repo::copy_missing_events(&tx, from, &to, tenant, None, Some(since)).await? as i64;
-            tx.commit().await?;
-            verified_past(db, from, &to, tenant, since)
-                .await?
-                .ok_or_else(|| {
-                    Failure::Failed(
-                        "verification failed: the copied events differ from the source".into(),
-                    )
-                })?
-        }
-    };
+    let (past, repaired) = verified_past(db, from, &to, tenant, since).await?;
+    copied += repaired as i64;
 
     // 3. The barrier: the events from `since` on are copied and verified
     // whole (a few minutes of traffic); older ones only in the hours whose
@@ -358,6 +343,8 @@ async fn move_to_schema(
     for name in SMALL_TABLES {
         copied += repo::sync_small_table(&tx, name, from, &to, tenant).await? as i64;
     }
+    tracing::debug!(migration = %m.id, hours = ranges.len() - 1,
+        "barrier: older hours written to during the move, copied again");
     let mut mismatched = Vec::new();
     for (a, b) in ranges {
         if repo::checksum(&tx, from, "usage_events", tenant, a, b).await?
@@ -459,19 +446,29 @@ impl Past {
     }
 }
 
-/// Verifies the events that occurred before `since` (count and checksum
-/// in both places, in one snapshot); with the source's hourly counts of
-/// that snapshot when they match.
+/// Verifies the events that occurred before `since` — count and checksum
+/// in both places — in one snapshot, and reads the source's hourly counts
+/// in it. A mismatch (something written into the past during the copy) is
+/// repaired in the same snapshot by copying what the target lacks; what is
+/// written after the snapshot shows in the hourly counts. Also returns how
+/// many events the repair copied.
 async fn verified_past(
     db: &Db,
     from: &str,
     to: &str,
     tenant: Uuid,
     since: DateTime<Utc>,
-) -> Result<Option<Past>, Failure> {
+) -> Result<(Past, u64), Failure> {
     let tx = db.begin_snapshot(Scope::Platform).await?;
-    let source = repo::checksum(&tx, from, "usage_events", tenant, None, Some(since)).await?;
-    let target = repo::checksum(&tx, to, "usage_events", tenant, None, Some(since)).await?;
+    let mut repaired = 0;
+    if !past_matches(&tx, from, to, tenant, since).await? {
+        repaired = repo::copy_missing_events(&tx, from, to, tenant, None, Some(since)).await?;
+        if !past_matches(&tx, from, to, tenant, since).await? {
+            return Err(Failure::Failed(
+                "verification failed: the copied events differ from the source".into(),
+            ));
+        }
+    }
     let marks = repo::hour_marks(&tx, from, tenant).await?;
     let hour = chrono::Duration::hours(1);
     let straddle = match marks
@@ -495,13 +492,28 @@ async fn verified_past(
         None => None,
     };
     tx.commit().await?;
-    Ok((source == target).then(|| Past {
+    let past = Past {
         marks: marks
             .into_iter()
             .map(|(start, metric, events)| ((start, metric), events))
             .collect(),
         straddle,
-    }))
+    };
+    Ok((past, repaired))
+}
+
+/// Whether the events before `since` have the same count and checksum in
+/// both places (in `tx`'s snapshot).
+async fn past_matches(
+    tx: &sea_orm::DatabaseTransaction,
+    from: &str,
+    to: &str,
+    tenant: Uuid,
+    since: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let source = repo::checksum(tx, from, "usage_events", tenant, None, Some(since)).await?;
+    let target = repo::checksum(tx, to, "usage_events", tenant, None, Some(since)).await?;
+    Ok(source == target)
 }
 
 async fn tx_exec(tx: &sea_orm::DatabaseTransaction, sql: &str) -> Result<(), DbErr> {
@@ -600,5 +612,40 @@ impl Drop for MoverLock {
                 let _ = conn.detach();
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(h: u32) -> DateTime<Utc> {
+        chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 2, h, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn moved_hours_are_those_whose_counts_changed_with_what_they_gained() {
+        let past = Past {
+            marks: [
+                ((at(9), "api_call".to_owned()), 10),
+                ((at(9), "compute".to_owned()), 5),
+                ((at(10), "api_call".to_owned()), 7),
+            ]
+            .into_iter()
+            .collect(),
+            straddle: Some((at(11), 3)),
+        };
+        let now = vec![
+            (at(9), "api_call".to_owned(), 12),
+            (at(9), "compute".to_owned(), 6),
+            (at(10), "api_call".to_owned(), 7),
+            (at(11), "api_call".to_owned(), 4),
+            (at(12), "seats".to_owned(), 1),
+        ];
+        // 9h gained 3 over two metrics; 10h did not move; 11h and 12h are
+        // new (4 and 1 from nothing).
+        assert_eq!(past.moved(&now), vec![(at(9), 3), (at(11), 4), (at(12), 1)]);
+        assert_eq!(past.straddle_upper(at(11)), 3);
+        assert_eq!(past.straddle_upper(at(9)), 0);
     }
 }

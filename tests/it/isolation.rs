@@ -897,3 +897,85 @@ async fn a_move_killed_in_each_phase_resumes_and_loses_nothing() {
     child.start_kill().unwrap();
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_into_the_past_during_a_move_are_not_lost() {
+    // A slow copy, so the writes land while it runs.
+    let app = TestApp::spawn_with(|c| {
+        c.isolation_chunk_rows = 20;
+        c.isolation_pause_ms = 20;
+    })
+    .await;
+    let (tenant, key) = provision(&app, "past@isolation.test", "growth", "UTC").await;
+    let now = chrono::Utc::now();
+    let stamp = |seconds: i64| (now - chrono::Duration::seconds(seconds)).to_rfc3339();
+    let events: Vec<Value> = (0..600)
+        .map(|i| json!({"metric": "api_call", "value": 1, "timestamp": stamp(600 + i * 100)}))
+        .collect();
+    let (status, body) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v1/usage/track/batch",
+        Some(json!({"events": events})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["accepted"].clone()),
+        (200, json!(600)),
+        "{body}"
+    );
+    let (_, started) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v1/isolation/migrate",
+        Some(json!({"targetLevel": "dedicated_schema"})),
+    )
+    .await;
+    let id = started["id"].as_str().unwrap().to_owned();
+
+    // Events stamped anywhere in the last 17 hours (into parts already
+    // copied, being copied, and not yet copied), until the move is done.
+    let mut written = 0;
+    let done = loop {
+        let events: Vec<Value> = (0..10)
+            .map(|i| json!({"metric": "api_call", "value": 1, "timestamp": stamp(300 + ((written + i) * 997) % 60_000)}))
+            .collect();
+        let (status, body) = call(
+            &app,
+            &key,
+            Method::POST,
+            "/api/v1/usage/track/batch",
+            Some(json!({"events": events})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["accepted"], 10, "{body}");
+        written += 10;
+        let (_, m) = call(
+            &app,
+            &key,
+            Method::GET,
+            &format!("/api/v1/isolation/migrations/{id}"),
+            None,
+        )
+        .await;
+        if m["status"] == "completed" || m["status"] == "failed" {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(written >= 50, "the writes overlapped the move ({written})");
+    assert_eq!(
+        rows_in(&app, &schema_of(&tenant), "usage_events", &tenant).await,
+        600 + written
+    );
+    let (_, metrics) = call(&app, &key, Method::GET, "/api/v1/usage/metrics", None).await;
+    assert_eq!(
+        metrics["apiCalls"],
+        (600 + written).to_string(),
+        "{metrics}"
+    );
+}
