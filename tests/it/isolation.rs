@@ -979,3 +979,71 @@ async fn writes_into_the_past_during_a_move_are_not_lost() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_tenant_keeps_its_exact_limit_and_keys_over_grpc() {
+    use tenlyr::proto::v1::metering_service_client::MeteringServiceClient;
+    let app = TestApp::spawn().await;
+    // Starter: 1,000 API calls a month.
+    let (_, key) = provision(&app, "limit@isolation.test", "starter", "UTC").await;
+    let events: Vec<Value> = (0..999)
+        .map(|_| json!({"metric": "api_call", "value": 1}))
+        .collect();
+    let (status, body) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v1/usage/track/batch",
+        Some(json!({"events": events})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["accepted"].clone()),
+        (200, json!(999)),
+        "{body}"
+    );
+    let (_, started) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v1/isolation/migrate",
+        Some(json!({"targetLevel": "dedicated_schema"})),
+    )
+    .await;
+    let done = wait_for(&app, &key, started["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    let mut client = MeteringServiceClient::new(app.channel().await);
+    let track = |idem: &str| {
+        with_key(
+            v1::TrackRequest {
+                metric: v1::UsageMetric::ApiCall as i32,
+                value: 1.0,
+                idempotency_key: Some(idem.to_owned()),
+                ..Default::default()
+            },
+            &key,
+        )
+    };
+    let last = client
+        .track(track("the-1000th"))
+        .await
+        .unwrap()
+        .into_inner();
+    // The same key again: the same event, not a second one.
+    let again = client
+        .track(track("the-1000th"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.id, last.id);
+    // The limit holds exactly in the new place.
+    let refused = client.track(track("one-too-many")).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let (_, metrics) = call(&app, &key, Method::GET, "/api/v1/usage/metrics", None).await;
+    assert_eq!(metrics["apiCalls"], "1000", "{metrics}");
+}
