@@ -226,7 +226,7 @@ GRANT EXECUTE ON FUNCTION tenlyr_data_schemas() TO tenlyr_app;
 
 -- Day partitions in every data schema.
 CREATE OR REPLACE FUNCTION tenlyr_ensure_usage_partitions(first_day date, last_day date) RETURNS integer
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     d date;
     created integer := 0;
@@ -251,7 +251,7 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION tenlyr_drop_usage_partitions(before_day date) RETURNS SETOF text
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     part record;
 BEGIN
@@ -278,7 +278,7 @@ END $$;
 -- partitions, row-level security forced with a policy that also pins the
 -- schema to its one tenant. Idempotent.
 CREATE FUNCTION tenlyr_create_tenant_schema(tenant uuid) RETURNS text
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     s text := tenlyr_tenant_schema(tenant);
     tbl text;
@@ -323,18 +323,24 @@ END $$;
 
 -- The cross-tenant views of tenant-data tables that platform queries read
 -- (the dashboard's month totals, the health scan's minute counts): the
--- shared table and every placed schema's, UNION ALL. Rebuilt whenever a
--- placement changes. security_invoker: row-level security applies as to
--- the caller.
+-- shared table's rows of tenants without a placement, and every placed
+-- schema's, UNION ALL. Rebuilt after a placement changes (and at start-up).
+-- security_invoker: row-level security applies as to the caller.
 CREATE FUNCTION tenlyr_refresh_placement_views() RETURNS void
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     tbl text;
     body text;
     s text;
 BEGIN
+    -- One rebuild at a time, each reading the placements after the last
+    -- one committed (a rebuild from an older list would drop a tenant).
+    PERFORM pg_advisory_xact_lock(hashtext('tenlyr_placement_views'));
     FOREACH tbl IN ARRAY ARRAY['usage_rollups'] LOOP
-        body := format('SELECT * FROM public.%I', tbl);
+        -- A placed tenant's rows left in the shared table (until the
+        -- cleanup after its move deletes them) are not its data any more.
+        body := format('SELECT * FROM public.%I r WHERE NOT EXISTS ('
+                       'SELECT 1 FROM public.tenant_placements p WHERE p.tenant_id = r.tenant_id)', tbl);
         FOR s IN SELECT p.schema_name FROM tenant_placements p
                  WHERE p.level = 'dedicated_schema' ORDER BY p.schema_name LOOP
             body := body || format(' UNION ALL SELECT * FROM %I.%I', s, tbl);
@@ -346,11 +352,18 @@ BEGIN
 END $$;
 
 -- Drops a tenant's schema (a failed move's target, or a deleted tenant's
--- data), after taking it out of the views.
+-- data), after taking it out of the views; refuses a live tenant's.
 CREATE FUNCTION tenlyr_drop_tenant_schema(tenant uuid) RETURNS void
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('tenlyr_usage_partitions'));
+    -- A schema that holds a live tenant's data is never dropped: only a
+    -- deleted tenant's (its placement went with it) or a failed move's
+    -- target (never placed).
+    IF EXISTS (SELECT 1 FROM tenant_placements p JOIN tenants t ON t.id = p.tenant_id
+               WHERE p.tenant_id = tenant) THEN
+        RAISE EXCEPTION 'tenant % lives in its schema; it is not dropped', tenant;
+    END IF;
     DELETE FROM tenant_placements WHERE tenant_id = tenant;
     PERFORM tenlyr_refresh_placement_views();
     EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', tenlyr_tenant_schema(tenant));

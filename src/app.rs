@@ -224,6 +224,14 @@ pub async fn connect(
     if let Err(err) = db.placements().refresh(db.pool()).await {
         tracing::warn!(error = %err, "reading tenant placements failed");
     }
+    // The cross-tenant views, in case a move's process died between its
+    // flip and their rebuild.
+    if let Err(err) = sqlx::query("SELECT tenlyr_refresh_placement_views()")
+        .execute(db.pool())
+        .await
+    {
+        tracing::warn!(error = %err, "rebuilding the cross-tenant views failed");
+    }
     Ok((db, hasher))
 }
 

@@ -138,14 +138,15 @@ pub(crate) async fn commit_group(
 ) {
     let tenant_of = |s: &Submission| s.events.first().map_or(Uuid::nil(), |p| p.tenant_id);
     let mut work = db.placements().partition(group, tenant_of);
-    let mut refreshed = false;
+    let mut refreshes = 0;
     while let Some(part) = work.pop() {
-        let Some(misrouted) = commit_place(db, counters, known, part, refreshed).await else {
+        let last_try = refreshes >= MAX_REGROUPS;
+        let Some(misrouted) = commit_place(db, counters, known, part, last_try).await else {
             continue;
         };
         // A tenant moved since this process last looked: look again and
-        // regroup (once; the database checks every commit anyway).
-        refreshed = true;
+        // regroup (the database checks every commit; this only groups).
+        refreshes += 1;
         if let Err(err) = db.placements().refresh(db.pool()).await {
             tracing::warn!(error = %err, "reading tenant placements failed");
         }
@@ -153,15 +154,18 @@ pub(crate) async fn commit_group(
     }
 }
 
+/// How often a commit regroups after its tenants moved under it.
+const MAX_REGROUPS: u32 = 3;
+
 /// Commits submissions whose tenants live in one place; gives them back
-/// (unanswered, nothing written) when the database says they do not and
-/// `refreshed` is false.
+/// (unanswered, nothing written) when the database says they do not,
+/// unless this is the `last_try`.
 async fn commit_place(
     db: &Db,
     counters: &LiveCounters,
     known: &mut repo::Tenants,
     group: Vec<Submission>,
-    refreshed: bool,
+    last_try: bool,
 ) -> Option<Vec<Submission>> {
     let events: Vec<Pending> = group
         .iter()
@@ -185,7 +189,7 @@ async fn commit_place(
             known.extend(done.tenants);
             counters.publish(&done.totals).await;
         }
-        Err(err) if tenant_data::is_misrouted(&err) && !refreshed => return Some(group),
+        Err(err) if tenant_data::is_misrouted(&err) && !last_try => return Some(group),
         Err(err) => {
             let err = ApiError::from(err);
             for submission in group {

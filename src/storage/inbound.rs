@@ -42,13 +42,13 @@ pub async fn log(db: &Db, rows: &[InboundRow]) -> Result<Vec<String>, sqlx::Erro
     let mut work = db
         .placements()
         .partition(rows.iter().collect(), |r| r.tenant_id);
-    let mut refreshed = false;
+    let mut refreshes = 0;
     let mut logged = Vec::new();
     while let Some(part) = work.pop() {
         match log_in_place(db.pool(), &part).await {
             Ok(ids) => logged.extend(ids),
-            Err(err) if tenant_data::is_misrouted(&err) && !refreshed => {
-                refreshed = true;
+            Err(err) if tenant_data::is_misrouted(&err) && refreshes < 3 => {
+                refreshes += 1;
                 db.placements().refresh(db.pool()).await?;
                 work.extend(db.placements().partition(part, |r| r.tenant_id));
             }

@@ -455,6 +455,36 @@ pub async fn checksum(
     Ok((r.try_get("", "n")?, r.try_get("", "h")?))
 }
 
+/// Holds the usage-partition lock in shared mode until `tx` ends:
+/// partition upkeep (exclusive) waits for the mover's statements.
+pub async fn hold_partitions(tx: &DatabaseTransaction) -> Result<(), DbErr> {
+    tx.execute_raw(statement(
+        "SELECT pg_advisory_xact_lock_shared(hashtext('tenlyr_usage_partitions'))",
+        [],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Locks the migration's row; whether it is still `in_progress`.
+pub async fn lock_running(tx: &DatabaseTransaction, id: Uuid) -> Result<bool, DbErr> {
+    Ok(tx
+        .query_one_raw(statement(
+            "SELECT 1 AS one FROM isolation_migrations WHERE id = $1 AND status = 'in_progress' \
+             FOR UPDATE",
+            [id.into()],
+        ))
+        .await?
+        .is_some())
+}
+
+/// Rebuilds the cross-tenant views from the placements.
+pub async fn refresh_views(tx: &DatabaseTransaction) -> Result<(), DbErr> {
+    tx.execute_raw(statement("SELECT tenlyr_refresh_placement_views()", []))
+        .await?;
+    Ok(())
+}
+
 /// The barrier: the tenant's placement lock in exclusive mode, held until
 /// `tx` ends. Every writer of the tenant enters with the shared mode, so
 /// this waits for those in flight and makes new ones wait.
@@ -468,7 +498,7 @@ pub async fn lock_placement(tx: &DatabaseTransaction, tenant: Uuid) -> Result<()
 }
 
 /// Flips the tenant to its schema: placement (epoch bumped), the tenant's
-/// `isolation_level`, the cross-tenant views.
+/// `isolation_level` (the views follow: [`refresh_views`]).
 pub async fn flip_to_schema(
     tx: &DatabaseTransaction,
     tenant: Uuid,
@@ -489,8 +519,6 @@ pub async fn flip_to_schema(
         [tenant.into(), at.into()],
     ))
     .await?;
-    tx.execute_raw(statement("SELECT tenlyr_refresh_placement_views()", []))
-        .await?;
     Ok(())
 }
 

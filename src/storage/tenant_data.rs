@@ -52,14 +52,16 @@ impl Db {
         Ok(tx)
     }
 
-    /// [`Db::begin`] in one snapshot for the whole transaction
-    /// (REPEATABLE READ): for reads that must agree with each other.
-    pub async fn begin_snapshot(&self, scope: Scope) -> Result<DatabaseTransaction, DbErr> {
+    /// A platform-scope transaction in one snapshot (REPEATABLE READ), for
+    /// reads that must agree with each other. Platform only: a tenant
+    /// scope entered in a snapshot taken before its placement lock was
+    /// granted would read the placement as it was before a flip.
+    pub async fn begin_platform_snapshot(&self) -> Result<DatabaseTransaction, DbErr> {
         let tx = self
             .app()
             .begin_with_config(Some(sea_orm::IsolationLevel::RepeatableRead), None)
             .await?;
-        set_scope(&tx, scope).await?;
+        set_scope(&tx, Scope::Platform).await?;
         Ok(tx)
     }
 }

@@ -36,14 +36,14 @@ use uuid::Uuid;
 
 use super::{
     Context,
-    queue::{Job, JobError},
+    queue::{Backoff, Job, JobError},
 };
 use crate::{
     domain::isolation::{MigrationStatus, Phase},
     service::{events::Outbox, isolation::event_data},
     storage::{
         self, Db,
-        isolation::{self as repo, MigrationRow, SMALL_TABLES, TABLES},
+        isolation::{self as repo, MigrationRow, SMALL_TABLES},
         jobs::{self, NewJob},
         tenant_data::Scope,
     },
@@ -68,6 +68,22 @@ impl Copying {
 /// A job's lease; the runner renews it while the job runs, so a move of
 /// any length keeps it, and one whose process died is resumed this soon.
 const LEASE: Duration = Duration::from_secs(10);
+
+/// A move or a cleanup that cannot run now (Postgres unreachable, a
+/// writer holding the barrier off) tries again, at most every 5 minutes,
+/// for weeks: a dead job would leave its migration `in_progress` for good
+/// (and every later start of the tenant refused). One that cannot succeed
+/// ends `failed` instead.
+const MAX_ATTEMPTS: i32 = 10_000;
+const BACKOFF: Backoff = Backoff {
+    base: Duration::from_secs(2),
+    max: Duration::from_secs(300),
+};
+
+/// Mover statements outside the barrier may read a large tenant's every
+/// event (the verification, its repair): above the server's request
+/// timeout.
+const MOVER_STATEMENT_TIMEOUT: &str = "30min";
 
 /// How far before the copy's start the window of live writes begins (an
 /// event's time is its client's: a write is usually stamped now, give or
@@ -96,6 +112,8 @@ pub struct MigrateJob {
 impl Job for MigrateJob {
     const KIND: &'static str = "isolation.migrate";
     const LEASE: Duration = LEASE;
+    const MAX_ATTEMPTS: i32 = MAX_ATTEMPTS;
+    const BACKOFF: Backoff = BACKOFF;
     type Payload = Migrate;
 
     async fn run(&self, ctx: &Context, payload: Migrate) -> Result<(), JobError> {
@@ -155,11 +173,15 @@ pub struct CleanupJob {
 impl Job for CleanupJob {
     const KIND: &'static str = "isolation.cleanup";
     const LEASE: Duration = LEASE;
+    const MAX_ATTEMPTS: i32 = MAX_ATTEMPTS;
+    const BACKOFF: Backoff = BACKOFF;
     type Payload = Cleanup;
 
     async fn run(&self, ctx: &Context, p: Cleanup) -> Result<(), JobError> {
         let mut deleted = 0;
-        for name in TABLES {
+        // The rollups first: the cross-tenant views no longer show these
+        // rows, but nothing should count them twice for long.
+        for name in ["usage_rollups", "records", "webhook_events", "usage_events"] {
             loop {
                 let tx = ctx.db.begin(Scope::Platform).await.map_err(retry)?;
                 let n = repo::delete_rows(&tx, &p.schema, name, p.tenant_id, self.copy.chunk)
@@ -196,26 +218,39 @@ impl From<DbErr> for Failure {
     fn from(err: DbErr) -> Self {
         if storage::is_connection_error(&err) {
             Self::Unavailable(err.to_string())
-        } else if is_lock_timeout(&err) {
-            // The barrier waited BARRIER_LOCK_TIMEOUT for a writer that
-            // stayed in its transaction: try again later.
-            Self::Unavailable(format!("the barrier waited too long for writers: {err}"))
+        } else if is_passing(&err) {
+            // A lock wait, a deadlock, a serialization failure or a
+            // statement timeout: nothing was committed, try again later.
+            Self::Unavailable(err.to_string())
         } else {
             Self::Failed(err.to_string())
         }
     }
 }
 
-/// SQLSTATE 55P03: `lock_timeout` ran out.
-fn is_lock_timeout(err: &DbErr) -> bool {
+fn sqlstate(err: &DbErr) -> Option<String> {
     match err {
         DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
         | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => e
             .as_database_error()
             .and_then(|db| db.code())
-            .is_some_and(|code| code == "55P03"),
-        _ => false,
+            .map(|code| code.into_owned()),
+        _ => None,
     }
+}
+
+/// SQLSTATE 55P03: `lock_timeout` ran out.
+fn is_lock_timeout(err: &DbErr) -> bool {
+    sqlstate(err).as_deref() == Some("55P03")
+}
+
+/// Errors that say "not now" rather than "never": a lock wait that timed
+/// out, a deadlock, a serialization failure, a statement timeout.
+fn is_passing(err: &DbErr) -> bool {
+    matches!(
+        sqlstate(err).as_deref(),
+        Some("55P03" | "40P01" | "40001" | "57014")
+    )
 }
 
 fn retry(err: DbErr) -> JobError {
@@ -257,12 +292,12 @@ async fn move_to_schema(
         .and_then(|m| m.copy_started_at)
         .ok_or_else(|| Failure::Failed("the migration lost its copy start".into()))?
         - CATCH_UP_MARGIN;
-    let tx = db.begin(Scope::Platform).await?;
+    let tx = mover_tx(db).await?;
     let mut after = repo::last_copied(&tx, &to, tenant, since).await?;
     let mut copied = repo::count_rows(&tx, &to, tenant).await?;
     tx.commit().await?;
     loop {
-        let tx = db.begin(Scope::Platform).await?;
+        let tx = mover_tx(db).await?;
         let (n, last) =
             repo::copy_events_chunk(&tx, from, &to, tenant, after, since, copy.chunk).await?;
         copied += n;
@@ -279,7 +314,7 @@ async fn move_to_schema(
     // 2. Catch up: the events from `since` on, and the small tables; then
     // verify (and if need be repair) the bulk part in one snapshot, and
     // note the hourly counts of that snapshot.
-    let tx = db.begin(Scope::Platform).await?;
+    let tx = mover_tx(db).await?;
     copied += repo::copy_missing_events(&tx, from, &to, tenant, Some(since), None).await? as i64;
     for name in SMALL_TABLES {
         copied += repo::sync_small_table(&tx, name, from, &to, tenant).await? as i64;
@@ -306,6 +341,7 @@ async fn move_to_schema(
             &format!("SET LOCAL lock_timeout = '{BARRIER_LOCK_TIMEOUT}'"),
         )
         .await?;
+        repo::hold_partitions(&tx).await?;
         match repo::lock_placement(&tx, tenant).await {
             Ok(()) => break tx,
             Err(err) if is_lock_timeout(&err) && tries < BARRIER_TRIES => {
@@ -331,7 +367,10 @@ async fn move_to_schema(
             let upper = repo::checksum(&tx, from, "usage_events", tenant, Some(since), Some(end))
                 .await?
                 .0;
-            if upper - past.straddle_upper(start) == added {
+            if past
+                .straddle_upper(start)
+                .is_some_and(|before| upper - before == added)
+            {
                 continue;
             }
             since
@@ -339,9 +378,6 @@ async fn move_to_schema(
         copied += repo::copy_missing_events(&tx, from, &to, tenant, Some(start), Some(until))
             .await? as i64;
         ranges.push((Some(start), Some(until)));
-    }
-    for name in SMALL_TABLES {
-        copied += repo::sync_small_table(&tx, name, from, &to, tenant).await? as i64;
     }
     tracing::debug!(migration = %m.id, hours = ranges.len() - 1,
         "barrier: older hours written to during the move, copied again");
@@ -354,10 +390,21 @@ async fn move_to_schema(
             break;
         }
     }
+    // The small tables: synced, then checked; the retention purges change
+    // them without the placement lock (expired records, old webhook
+    // events), so a difference is synced once more before it counts.
     for name in SMALL_TABLES {
-        if repo::checksum(&tx, from, name, tenant, None, None).await?
-            != repo::checksum(&tx, &to, name, tenant, None, None).await?
-        {
+        let mut same = false;
+        for _ in 0..3 {
+            copied += repo::sync_small_table(&tx, name, from, &to, tenant).await? as i64;
+            if repo::checksum(&tx, from, name, tenant, None, None).await?
+                == repo::checksum(&tx, &to, name, tenant, None, None).await?
+            {
+                same = true;
+                break;
+            }
+        }
+        if !same {
             mismatched.push(name);
         }
     }
@@ -367,6 +414,11 @@ async fn move_to_schema(
             "verification failed: {} differ after the final copy",
             mismatched.join(", ")
         )));
+    }
+    // Still in progress (not ended by another runner meanwhile)?
+    if !repo::lock_running(&tx, m.id).await? {
+        tx.rollback().await?;
+        return Ok(());
     }
     let now = ctx.clock.now();
     repo::flip_to_schema(&tx, tenant, &to, now).await?;
@@ -400,6 +452,12 @@ async fn move_to_schema(
         )?,
     )
     .await?;
+    tx.commit().await?;
+    // The cross-tenant views learn the new place after the flip, outside
+    // the barrier (a rebuild waits for the views' readers); one lost with
+    // a crash here is rebuilt at the next start.
+    let tx = db.begin(Scope::Platform).await?;
+    repo::refresh_views(&tx).await?;
     tx.commit().await?;
     if let Err(err) = db.placements().refresh(db.pool()).await {
         tracing::warn!(error = %err, "reading tenant placements failed");
@@ -438,11 +496,9 @@ impl Past {
     }
 
     /// The events from `since` on in the hour starting at `start`, as
-    /// verified (0 for another hour).
-    fn straddle_upper(&self, start: DateTime<Utc>) -> i64 {
-        self.straddle
-            .filter(|(s, _)| *s == start)
-            .map_or(0, |(_, n)| n)
+    /// verified, if that is the one hour `since` falls in.
+    fn straddle_upper(&self, start: DateTime<Utc>) -> Option<i64> {
+        self.straddle.filter(|(s, _)| *s == start).map(|(_, n)| n)
     }
 }
 
@@ -459,7 +515,13 @@ async fn verified_past(
     tenant: Uuid,
     since: DateTime<Utc>,
 ) -> Result<(Past, u64), Failure> {
-    let tx = db.begin_snapshot(Scope::Platform).await?;
+    let tx = db.begin_platform_snapshot().await?;
+    tx_exec(
+        &tx,
+        &format!("SET LOCAL statement_timeout = '{MOVER_STATEMENT_TIMEOUT}'"),
+    )
+    .await?;
+    repo::hold_partitions(&tx).await?;
     let mut repaired = 0;
     if !past_matches(&tx, from, to, tenant, since).await? {
         repaired = repo::copy_missing_events(&tx, from, to, tenant, None, Some(since)).await?;
@@ -471,12 +533,17 @@ async fn verified_past(
     }
     let marks = repo::hour_marks(&tx, from, tenant).await?;
     let hour = chrono::Duration::hours(1);
-    let straddle = match marks
+    // The hour `since` falls in (only when exactly one does: after a
+    // change of time zone two hours may overlap, and the shortcut this
+    // serves would not be exact).
+    let mut holding: Vec<DateTime<Utc>> = marks
         .iter()
         .map(|(start, _, _)| *start)
-        .find(|start| *start < since && *start + hour > since)
-    {
-        Some(start) => Some((
+        .filter(|start| *start < since && *start + hour > since)
+        .collect();
+    holding.dedup();
+    let straddle = match holding[..] {
+        [start] => Some((
             start,
             repo::checksum(
                 &tx,
@@ -489,7 +556,7 @@ async fn verified_past(
             .await?
             .0,
         )),
-        None => None,
+        _ => None,
     };
     tx.commit().await?;
     let past = Past {
@@ -523,6 +590,22 @@ async fn tx_exec(tx: &sea_orm::DatabaseTransaction, sql: &str) -> Result<(), DbE
     Ok(())
 }
 
+/// A transaction of the mover outside the barrier: platform scope, a
+/// statement timeout for whole-tenant statements, and the partition lock
+/// in shared mode, so partition upkeep (which locks `public` before the
+/// tenant schemas) never interleaves with a copy (which locks the target
+/// before the source).
+async fn mover_tx(db: &Db) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+    let tx = db.begin(Scope::Platform).await?;
+    tx_exec(
+        &tx,
+        &format!("SET LOCAL statement_timeout = '{MOVER_STATEMENT_TIMEOUT}'"),
+    )
+    .await?;
+    repo::hold_partitions(&tx).await?;
+    Ok(tx)
+}
+
 fn new_job<J: Job>(ctx: &Context, payload: &J::Payload) -> Result<NewJob, Failure> {
     Ok(NewJob {
         kind: J::KIND,
@@ -541,6 +624,11 @@ async fn fail(
 ) -> Result<(), JobError> {
     tracing::warn!(tenant = %m.tenant_id, migration = %m.id, error, "isolation move failed");
     let tx = ctx.db.begin(Scope::Platform).await.map_err(retry)?;
+    // Only a migration still in progress fails (another runner may have
+    // ended it).
+    if !repo::lock_running(&tx, m.id).await.map_err(retry)? {
+        return Ok(());
+    }
     repo::finish(
         &tx,
         m.id,
@@ -645,7 +733,7 @@ mod tests {
         // 9h gained 3 over two metrics; 10h did not move; 11h and 12h are
         // new (4 and 1 from nothing).
         assert_eq!(past.moved(&now), vec![(at(9), 3), (at(11), 4), (at(12), 1)]);
-        assert_eq!(past.straddle_upper(at(11)), 3);
-        assert_eq!(past.straddle_upper(at(9)), 0);
+        assert_eq!(past.straddle_upper(at(11)), Some(3));
+        assert_eq!(past.straddle_upper(at(9)), None);
     }
 }
