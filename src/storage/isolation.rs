@@ -372,9 +372,52 @@ pub async fn hour_marks(
     .collect()
 }
 
-/// Makes the tenant's rows of a small table in `to` those of `from`:
-/// rollups by upsert of the rows that differ (most do not, after the
-/// first pass), the others by replacing them; how many rows were written.
+/// A small tenant-data table's key and other columns, for syncing by
+/// difference. A column missing here would not be synced, and the move's
+/// checksum (of whole rows) would refuse the flip.
+fn small_table_columns(name: &str) -> Option<(&'static [&'static str], &'static [&'static str])> {
+    Some(match name {
+        "usage_rollups" => (
+            &["tenant_id", "granularity", "bucket_start", "metric"],
+            &["total", "events"],
+        ),
+        "records" => (
+            &["tenant_id", "key"],
+            &[
+                "state",
+                "lock_token",
+                "fingerprint",
+                "locked_until",
+                "data",
+                "created_at",
+                "updated_at",
+                "expires_at",
+            ],
+        ),
+        "webhook_events" => (
+            &["id"],
+            &[
+                "tenant_id",
+                "provider",
+                "provider_event_id",
+                "raw_type",
+                "type",
+                "status",
+                "attempts",
+                "last_error",
+                "occurred_at",
+                "received_at",
+                "processed_at",
+            ],
+        ),
+        _ => return None,
+    })
+}
+
+/// Makes the tenant's rows of a small table in `to` those of `from`, by
+/// difference: rows gone from the source are deleted, new or changed ones
+/// upserted (after a first pass, most rows are neither, and nothing is
+/// written for them); how many rows were written.
 pub async fn sync_small_table(
     tx: &DatabaseTransaction,
     name: &str,
@@ -382,46 +425,52 @@ pub async fn sync_small_table(
     to: &str,
     tenant: Uuid,
 ) -> Result<u64, DbErr> {
+    let (keys, values) = small_table_columns(name)
+        .ok_or_else(|| DbErr::Custom(format!("{name} is not a small tenant-data table")))?;
     let (src, dst) = (table(from, name), table(to, name));
-    if name == "usage_rollups" {
-        let deleted = tx
-            .execute_raw(statement(
-                format!(
-                    "DELETE FROM {dst} d WHERE d.tenant_id = $1 AND NOT EXISTS ( \
-                         SELECT 1 FROM {src} s WHERE s.tenant_id = $1 \
-                           AND s.granularity = d.granularity AND s.bucket_start = d.bucket_start \
-                           AND s.metric = d.metric)"
-                ),
-                [tenant.into()],
-            ))
-            .await?
-            .rows_affected();
-        let written = tx
-            .execute_raw(statement(
-                format!(
-                    "INSERT INTO {dst} AS d SELECT * FROM {src} WHERE tenant_id = $1 \
-                     ON CONFLICT (tenant_id, granularity, bucket_start, metric) DO UPDATE \
-                     SET total = EXCLUDED.total, events = EXCLUDED.events \
-                     WHERE (d.total, d.events) IS DISTINCT FROM (EXCLUDED.total, EXCLUDED.events)"
-                ),
-                [tenant.into()],
-            ))
-            .await?
-            .rows_affected();
-        return Ok(deleted + written);
-    }
-    tx.execute_raw(statement(
-        format!("DELETE FROM {dst} WHERE tenant_id = $1"),
-        [tenant.into()],
-    ))
-    .await?;
-    Ok(tx
+    let list = |alias: &str, columns: &[&str]| {
+        columns
+            .iter()
+            .map(|c| format!("{alias}.\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let bare = |columns: &[&str]| {
+        columns
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let deleted = tx
         .execute_raw(statement(
-            format!("INSERT INTO {dst} SELECT * FROM {src} WHERE tenant_id = $1"),
+            format!(
+                "DELETE FROM {dst} d WHERE d.tenant_id = $1 AND NOT EXISTS ( \
+                     SELECT 1 FROM {src} s WHERE s.tenant_id = $1 AND ({}) = ({}))",
+                list("s", keys),
+                list("d", keys),
+            ),
             [tenant.into()],
         ))
         .await?
-        .rows_affected())
+        .rows_affected();
+    let written = tx
+        .execute_raw(statement(
+            format!(
+                "INSERT INTO {dst} AS d SELECT * FROM {src} WHERE tenant_id = $1 \
+                 ON CONFLICT ({}) DO UPDATE SET ({}) = ROW({}) \
+                 WHERE ({}) IS DISTINCT FROM ({})",
+                bare(keys),
+                bare(values),
+                list("EXCLUDED", values),
+                list("d", values),
+                list("EXCLUDED", values),
+            ),
+            [tenant.into()],
+        ))
+        .await?
+        .rows_affected();
+    Ok(deleted + written)
 }
 
 /// Row count and checksum (sum of row hashes, order-free) of the

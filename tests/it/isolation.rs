@@ -938,6 +938,7 @@ async fn writes_into_the_past_during_a_move_are_not_lost() {
     // Events stamped anywhere in the last 17 hours (into parts already
     // copied, being copied, and not yet copied), until the move is done.
     let mut written = 0;
+    let mut records = Vec::new();
     let done = loop {
         let events: Vec<Value> = (0..10)
             .map(|i| json!({"metric": "api_call", "value": 1, "timestamp": stamp(300 + ((written + i) * 997) % 60_000)}))
@@ -952,6 +953,28 @@ async fn writes_into_the_past_during_a_move_are_not_lost() {
         .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["accepted"], 10, "{body}");
+        // A record locked and saved: rows of a small table changing
+        // during the move.
+        let record = format!("r{written}");
+        let (status, locked) = call(
+            &app,
+            &key,
+            Method::POST,
+            "/v1/record/lock",
+            Some(json!({"key": record})),
+        )
+        .await;
+        assert_eq!(status, 200, "{locked}");
+        let (status, saved) = call(
+            &app,
+            &key,
+            Method::POST,
+            "/v1/record/save",
+            Some(json!({"key": record, "lockToken": locked["lockToken"], "data": {"n": record}})),
+        )
+        .await;
+        assert_eq!(status, 200, "{saved}");
+        records.push(record);
         written += 10;
         let (_, m) = call(
             &app,
@@ -978,6 +1001,22 @@ async fn writes_into_the_past_during_a_move_are_not_lost() {
         (600 + written).to_string(),
         "{metrics}"
     );
+    assert_eq!(
+        rows_in(&app, &schema_of(&tenant), "records", &tenant).await,
+        records.len() as i64
+    );
+    for record in &records {
+        let (status, got) = call(
+            &app,
+            &key,
+            Method::GET,
+            &format!("/v1/record/{record}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{got}");
+        assert_eq!(got["data"], json!({"n": record}), "{got}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
