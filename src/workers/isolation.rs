@@ -321,6 +321,11 @@ async fn move_to_schema(
     }
     repo::progress(&tx, m.id, Phase::CatchingUp.as_str(), Some(copied), None).await?;
     tx.commit().await?;
+    // The bound moves up to now: the barrier's window is then the last
+    // few minutes, however long the copy (or a resumed move) took. What
+    // lies between the old and the new bound was just copied above, and
+    // the verification covers it.
+    let since = since.max(Utc::now() - CATCH_UP_MARGIN);
     let (past, repaired) = verified_past(db, from, &to, tenant, since).await?;
     copied += repaired as i64;
 
