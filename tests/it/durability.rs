@@ -4,54 +4,27 @@
 
 use std::{
     collections::HashMap,
-    process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use serde_json::{Value, json};
 use sqlx::{Connection, Row};
-use tokio::process::{Child, Command};
 
-use crate::helpers::{PEPPER, TestDb, create_admin_key};
+use crate::helpers::{Process, TestDb, create_admin_key, start_process};
 
-struct Process {
-    child: Child,
-    base: String,
-}
-
+/// The server the durability tests kill: webhooks may reach loopback.
 async fn start(db: &TestDb, data_dir: &std::path::Path) -> Process {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_tenlyr"))
-        .arg("serve")
-        .env("DATABASE_URL", &db.url)
-        .env("TENLYR_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TENLYR_KEY_PEPPER", PEPPER)
-        .env("TENLYR_DATA_DIR", data_dir)
-        .env("TENLYR_LOG", "warn")
-        .env("TENLYR_WEBHOOK_ALLOWED_CIDRS", "127.0.0.0/8")
-        .env("TENLYR_WEBHOOK_TIMEOUT_SECS", "5")
-        .env("TENLYR_WEBHOOK_CONCURRENCY", "16")
-        .env_remove("REDIS_URL")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tenlyr serve starts");
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    for _ in 0..200 {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return Process { child, base };
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("tenlyr serve did not become ready");
+    start_process(
+        db,
+        data_dir,
+        &[
+            ("TENLYR_WEBHOOK_ALLOWED_CIDRS", "127.0.0.0/8"),
+            ("TENLYR_WEBHOOK_TIMEOUT_SECS", "5"),
+            ("TENLYR_WEBHOOK_CONCURRENCY", "16"),
+        ],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -525,3 +525,50 @@ pub async fn provision(
         reply["apiKey"].as_str().unwrap().to_owned(),
     )
 }
+
+/// A real `tenlyr serve` process on a free loopback port (killed when
+/// dropped).
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub base: String,
+}
+
+/// Starts `tenlyr serve` on `db` with `data_dir` and the extra
+/// environment `env`; returns once it is ready.
+pub async fn start_process(
+    db: &TestDb,
+    data_dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Process {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenlyr"));
+    command
+        .arg("serve")
+        .env("DATABASE_URL", &db.url)
+        .env("TENLYR_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TENLYR_KEY_PEPPER", PEPPER)
+        .env("TENLYR_DATA_DIR", data_dir)
+        .env("TENLYR_LOG", "warn")
+        .env_remove("REDIS_URL")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let child = command.spawn().expect("tenlyr serve starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return Process { child, base };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("tenlyr serve did not become ready");
+}

@@ -60,6 +60,39 @@ fn schema_of(tenant: &str) -> String {
     format!("t_{}", tenant.replace('-', ""))
 }
 
+/// Starts a move of the key's own tenant to `dedicated_schema` (REST);
+/// the migration's id.
+async fn start_move(app: &TestApp, key: &str) -> String {
+    let (status, started) = call(
+        app,
+        key,
+        Method::POST,
+        "/api/v1/isolation/migrate",
+        Some(json!({"targetLevel": "dedicated_schema"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{started}");
+    started["id"].as_str().unwrap().to_owned()
+}
+
+/// Tracks a batch over REST; every event must be accepted.
+async fn track_all(app: &TestApp, key: &str, events: Vec<Value>) {
+    let n = events.len();
+    let (status, body) = call(
+        app,
+        key,
+        Method::POST,
+        "/api/v1/usage/track/batch",
+        Some(json!({ "events": events })),
+    )
+    .await;
+    assert_eq!(
+        (status, body["accepted"].clone()),
+        (200, json!(n)),
+        "{body}"
+    );
+}
+
 async fn track(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
     call(app, key, Method::POST, "/api/v1/usage/track", Some(body)).await
 }
@@ -404,15 +437,7 @@ async fn row_security_holds_in_a_tenant_schema() {
     let (tenant, key) = provision(&app, "rls@isolation.test", "growth", "UTC").await;
     let (other, _) = provision(&app, "rls-other@isolation.test", "growth", "UTC").await;
     track(&app, &key, json!({"metric": "api_call", "value": 1})).await;
-    let (_, m) = call(
-        &app,
-        &key,
-        Method::POST,
-        "/api/v1/isolation/migrate",
-        Some(json!({"targetLevel": "dedicated_schema"})),
-    )
-    .await;
-    let done = wait_for(&app, &key, m["id"].as_str().unwrap()).await;
+    let done = wait_for(&app, &key, &start_move(&app, &key).await).await;
     assert_eq!(done["status"], "completed", "{done}");
     let schema = schema_of(&tenant);
 
@@ -650,36 +675,16 @@ async fn start_slow(
     db: &crate::helpers::TestDb,
     data_dir: &std::path::Path,
 ) -> (tokio::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenlyr"))
-        .arg("serve")
-        .env("DATABASE_URL", &db.url)
-        .env("TENLYR_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TENLYR_KEY_PEPPER", crate::helpers::PEPPER)
-        .env("TENLYR_DATA_DIR", data_dir)
-        .env("TENLYR_LOG", "warn")
-        .env("TENLYR_ISOLATION_CHUNK_ROWS", "50")
-        .env("TENLYR_ISOLATION_PAUSE_MS", "100")
-        .env_remove("REDIS_URL")
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tenlyr serve starts");
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    for _ in 0..200 {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return (child, base);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("tenlyr serve did not become ready");
+    let process = crate::helpers::start_process(
+        db,
+        data_dir,
+        &[
+            ("TENLYR_ISOLATION_CHUNK_ROWS", "50"),
+            ("TENLYR_ISOLATION_PAUSE_MS", "100"),
+        ],
+    )
+    .await;
+    (process.child, process.base)
 }
 
 async fn migration(http: &reqwest::Client, base: &str, admin: &str, id: &str) -> Value {
@@ -912,28 +917,8 @@ async fn writes_into_the_past_during_a_move_are_not_lost() {
     let events: Vec<Value> = (0..600)
         .map(|i| json!({"metric": "api_call", "value": 1, "timestamp": stamp(600 + i * 100)}))
         .collect();
-    let (status, body) = call(
-        &app,
-        &key,
-        Method::POST,
-        "/api/v1/usage/track/batch",
-        Some(json!({"events": events})),
-    )
-    .await;
-    assert_eq!(
-        (status, body["accepted"].clone()),
-        (200, json!(600)),
-        "{body}"
-    );
-    let (_, started) = call(
-        &app,
-        &key,
-        Method::POST,
-        "/api/v1/isolation/migrate",
-        Some(json!({"targetLevel": "dedicated_schema"})),
-    )
-    .await;
-    let id = started["id"].as_str().unwrap().to_owned();
+    track_all(&app, &key, events).await;
+    let id = start_move(&app, &key).await;
 
     // Events stamped anywhere in the last 17 hours (into parts already
     // copied, being copied, and not yet copied), until the move is done.
@@ -1028,28 +1013,8 @@ async fn a_moved_tenant_keeps_its_exact_limit_and_keys_over_grpc() {
     let events: Vec<Value> = (0..999)
         .map(|_| json!({"metric": "api_call", "value": 1}))
         .collect();
-    let (status, body) = call(
-        &app,
-        &key,
-        Method::POST,
-        "/api/v1/usage/track/batch",
-        Some(json!({"events": events})),
-    )
-    .await;
-    assert_eq!(
-        (status, body["accepted"].clone()),
-        (200, json!(999)),
-        "{body}"
-    );
-    let (_, started) = call(
-        &app,
-        &key,
-        Method::POST,
-        "/api/v1/isolation/migrate",
-        Some(json!({"targetLevel": "dedicated_schema"})),
-    )
-    .await;
-    let done = wait_for(&app, &key, started["id"].as_str().unwrap()).await;
+    track_all(&app, &key, events).await;
+    let done = wait_for(&app, &key, &start_move(&app, &key).await).await;
     assert_eq!(done["status"], "completed", "{done}");
 
     let mut client = MeteringServiceClient::new(app.channel().await);
