@@ -467,10 +467,14 @@ pub struct Finished {
     pub excerpt: Option<String>,
 }
 
-/// Records attempts whose claim is still current; the ids it recorded.
+/// Records attempts whose claim is still current, and disables the
+/// endpoints among them that answered 410 (`gone`; their pending
+/// deliveries fail), in one transaction: a 410'd delivery is never seen
+/// failed while its endpoint still looks enabled. The ids it recorded.
 pub async fn finish(
     pool: &PgPool,
     done: &[Finished],
+    gone: &[Uuid],
     now: DateTime<Utc>,
 ) -> Result<Vec<i64>, sqlx::Error> {
     let ids: Vec<i64> = done.iter().map(|d| d.id).collect();
@@ -481,33 +485,27 @@ pub async fn finish(
     let latencies: Vec<i32> = done.iter().map(|d| d.latency_ms).collect();
     let errors: Vec<Option<&str>> = done.iter().map(|d| d.error.as_deref()).collect();
     let excerpts: Vec<Option<&str>> = done.iter().map(|d| d.excerpt.as_deref()).collect();
-    sqlx::query_scalar("SELECT tenlyr_finish_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-        .bind(&ids)
-        .bind(&claims)
-        .bind(&oks)
-        .bind(&next)
-        .bind(&statuses)
-        .bind(&latencies)
-        .bind(&errors)
-        .bind(&excerpts)
-        .bind(now)
-        .fetch_all(pool)
-        .await
-}
-
-/// Disables endpoints that answered 410 and fails their pending
-/// deliveries.
-pub async fn disable_gone(
-    pool: &PgPool,
-    endpoints: &[Uuid],
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+    let finish =
+        sqlx::query_scalar("SELECT tenlyr_finish_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+            .bind(&ids)
+            .bind(&claims)
+            .bind(&oks)
+            .bind(&next)
+            .bind(&statuses)
+            .bind(&latencies)
+            .bind(&errors)
+            .bind(&excerpts)
+            .bind(now);
+    if gone.is_empty() {
+        return finish.fetch_all(pool).await;
+    }
     let mut tx = pool.begin().await?;
+    let recorded = finish.fetch_all(&mut *tx).await?;
     sqlx::query(
         "UPDATE webhook_endpoints SET enabled = false, disabled_reason = 'gone', updated_at = $2 \
          WHERE id = ANY($1)",
     )
-    .bind(endpoints)
+    .bind(gone)
     .bind(now)
     .execute(&mut *tx)
     .await?;
@@ -516,11 +514,12 @@ pub async fn disable_gone(
              last_error = 'the endpoint answered 410 Gone and was disabled' \
          WHERE endpoint_id = ANY($1) AND status = 'pending'",
     )
-    .bind(endpoints)
+    .bind(gone)
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(recorded)
 }
 
 /// Attempts and failures of each endpoint in its breaker's window (since

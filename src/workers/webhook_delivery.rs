@@ -189,12 +189,9 @@ impl Dispatcher {
                 }
             })
             .collect();
-        repo::finish(ctx.db.pool(), &rows, now).await?;
-        if !gone.is_empty() {
-            for id in &gone {
-                tracing::warn!(endpoint = %id, "webhook endpoint answered 410 Gone; disabled");
-            }
-            repo::disable_gone(ctx.db.pool(), &gone, now).await?;
+        repo::finish(ctx.db.pool(), &rows, &gone, now).await?;
+        for id in &gone {
+            tracing::warn!(endpoint = %id, "webhook endpoint answered 410 Gone; disabled");
         }
         if !failing.is_empty() {
             let failing: Vec<Uuid> = failing.into_iter().collect();
