@@ -101,10 +101,10 @@ impl AuditLog {
         }
         let (action, action_prefix) = match query.action.as_deref().map(str::trim) {
             None | Some("") => (None, None),
-            Some(a) if a.chars().count() > 100 => {
+            Some(a) if a.chars().count() > 100 || a.chars().any(char::is_control) => {
                 return Err(ApiError::bad_field(
                     "action",
-                    "must be at most 100 characters",
+                    "must be at most 100 characters, without control characters",
                 ));
             }
             Some(a) => match a.strip_suffix('*') {

@@ -743,11 +743,21 @@ impl WebhookEvents {
             ));
         }
         if let Some(c) = cursor
-            && !c.starts_with("evt_")
+            && !(c.starts_with("evt_") && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
         {
             return Err(ApiError::bad_field(
                 "cursor",
                 "is not a cursor this API returned",
+            ));
+        }
+        // Text Postgres can hold (no NUL) and a type could be: a filter
+        // that no event can match is a client mistake, not a 500.
+        if let Some(t) = filter.event_type.as_deref()
+            && (t.len() > 255 || t.chars().any(char::is_control))
+        {
+            return Err(ApiError::bad_field(
+                "type",
+                "must be at most 255 characters, without control characters",
             ));
         }
         let tx = self.db.begin(actor.scope()?).await?;

@@ -886,6 +886,20 @@ async fn the_history_pages_with_its_cursor() {
         json!([{"provider": "generic", "enabled": true, "secret": "generic-secret"}]),
     )
     .await;
+    // Filters no event could match are refused, naming the field (a NUL
+    // byte reached Postgres and came back a 500 before).
+    for (query, field) in [("?type=%00x", "type"), ("?cursor=evt_%00", "cursor")] {
+        let (status, body) = call(
+            &app,
+            &key,
+            Method::GET,
+            &format!("/api/v1/webhooks/events{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.to_string().contains(field), "{body}");
+    }
     let path = format!("/v1/t/{slug}/webhooks/generic");
     for i in 0..7 {
         let body = json!({"id": format!("ev-{i}"), "type": "thing.happened"}).to_string();
