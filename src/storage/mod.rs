@@ -132,15 +132,18 @@ pub(crate) fn statement(
     sea_orm::Statement::from_sql_and_values(sea_orm::DatabaseBackend::Postgres, sql, values)
 }
 
+/// The sqlx error under a SeaORM statement error, if that is what it is.
+pub fn sqlx_error(err: &DbErr) -> Option<&sqlx::Error> {
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => Some(e),
+        _ => None,
+    }
+}
+
 /// Whether an error means "Postgres unreachable" (503) rather than a bug.
 pub fn is_connection_error(err: &DbErr) -> bool {
-    match err {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-            is_sqlx_unavailable(e)
-        }
-        _ => false,
-    }
+    matches!(err, DbErr::ConnectionAcquire(_) | DbErr::Conn(_))
+        || sqlx_error(err).is_some_and(is_sqlx_unavailable)
 }
 
 /// [`is_connection_error`] for statements run on the sqlx pool.

@@ -8,23 +8,27 @@
 //!    to the source meanwhile. A restarted move goes on after the last
 //!    event the target holds. The small tables are copied too.
 //! 2. **catching_up**: events the target lacks among those that occurred
-//!    from an hour before the copy began (where writes during the copy
-//!    land), then the small tables again; the bulk part is verified by
-//!    count and checksum (anything written into the past during the copy
-//!    is found by a full comparison).
+//!    from the copy's bound on (two minutes before it began, where writes
+//!    during the copy land), and the small tables synced by difference;
+//!    the bound then moves up to now, and the events before it are
+//!    verified by count and checksum in one snapshot, repaired in that
+//!    snapshot if something was written into the past, with the source's
+//!    hourly event counts of that snapshot noted.
 //! 3. **barrier**: one transaction holds the tenant's placement lock in
 //!    exclusive mode, so the tenant's writers wait (they are never
-//!    refused); it copies what is still missing, verifies every table by
-//!    row count and checksum, flips the placement, sets the tenant's
-//!    `isolationLevel`, completes the migration with its event and
-//!    enqueues the cleanup. Until that commit the source is authoritative:
+//!    refused); it copies what is still missing (the window after the
+//!    bound, and older hours whose counts moved), verifies them and every
+//!    small table by row count and checksum, flips the placement, sets the
+//!    tenant's `isolationLevel`, completes the migration with its event
+//!    and enqueues the cleanup; the cross-tenant views are rebuilt after. Until that commit the source is authoritative:
 //!    a move killed at any point resumes (the job's lease lapses) and
 //!    either flips whole or not at all.
 //! 4. **cleaning**: the cleanup job deletes the source rows in chunks.
 //!
-//! A move whose verification fails, or that meets an error other than
-//! Postgres being unreachable, ends `failed` with the error, its target
-//! dropped and the tenant where it was. One mover per migration at a time:
+//! Errors that mean "not now" (Postgres unreachable, lock waits,
+//! deadlocks, serialization failures, statement timeouts) retry. A move
+//! whose verification fails, or that meets any other error, ends `failed`
+//! with the error, its target dropped and the tenant where it was. One mover per migration at a time:
 //! a session advisory lock, released if the process dies.
 
 use std::time::Duration;
@@ -36,7 +40,7 @@ use uuid::Uuid;
 
 use super::{
     Context,
-    queue::{Backoff, Job, JobError},
+    queue::{Backoff, Job, JobError, Queue},
 };
 use crate::{
     domain::isolation::{MigrationStatus, Phase},
@@ -44,7 +48,7 @@ use crate::{
     storage::{
         self, Db,
         isolation::{self as repo, MigrationRow, SMALL_TABLES},
-        jobs::{self, NewJob},
+        jobs,
         tenant_data::Scope,
     },
 };
@@ -229,14 +233,10 @@ impl From<DbErr> for Failure {
 }
 
 fn sqlstate(err: &DbErr) -> Option<String> {
-    match err {
-        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
-        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => e
-            .as_database_error()
-            .and_then(|db| db.code())
-            .map(|code| code.into_owned()),
-        _ => None,
-    }
+    storage::sqlx_error(err)?
+        .as_database_error()?
+        .code()
+        .map(|code| code.into_owned())
 }
 
 /// SQLSTATE 55P03: `lock_timeout` ran out.
@@ -388,9 +388,7 @@ async fn move_to_schema(
         "barrier: older hours written to during the move, copied again");
     let mut mismatched = Vec::new();
     for (a, b) in ranges {
-        if repo::checksum(&tx, from, "usage_events", tenant, a, b).await?
-            != repo::checksum(&tx, &to, "usage_events", tenant, a, b).await?
-        {
+        if !same_in_both(&tx, from, &to, "usage_events", tenant, a, b).await? {
             mismatched.push("usage_events");
             break;
         }
@@ -402,9 +400,7 @@ async fn move_to_schema(
         let mut same = false;
         for _ in 0..3 {
             copied += repo::sync_small_table(&tx, name, from, &to, tenant).await? as i64;
-            if repo::checksum(&tx, from, name, tenant, None, None).await?
-                == repo::checksum(&tx, &to, name, tenant, None, None).await?
-            {
+            if same_in_both(&tx, from, &to, name, tenant, None, None).await? {
                 same = true;
                 break;
             }
@@ -445,18 +441,14 @@ async fn move_to_schema(
             event_data(m),
         )
         .await?;
-    jobs::enqueue_in(
-        &tx,
-        &new_job::<CleanupJob>(
-            ctx,
-            &Cleanup {
-                migration_id: m.id,
-                tenant_id: tenant,
-                schema: from.to_owned(),
-            },
-        )?,
-    )
-    .await?;
+    let cleanup = Queue::new(ctx.clone())
+        .job::<CleanupJob>(&Cleanup {
+            migration_id: m.id,
+            tenant_id: tenant,
+            schema: from.to_owned(),
+        })
+        .map_err(|e| Failure::Failed(e.to_string()))?;
+    jobs::enqueue_in(&tx, &cleanup).await?;
     tx.commit().await?;
     // The cross-tenant views learn the new place after the flip, outside
     // the barrier (a rebuild waits for the views' readers); one lost with
@@ -521,16 +513,11 @@ async fn verified_past(
     since: DateTime<Utc>,
 ) -> Result<(Past, u64), Failure> {
     let tx = db.begin_platform_snapshot().await?;
-    tx_exec(
-        &tx,
-        &format!("SET LOCAL statement_timeout = '{MOVER_STATEMENT_TIMEOUT}'"),
-    )
-    .await?;
-    repo::hold_partitions(&tx).await?;
+    mover_settings(&tx).await?;
     let mut repaired = 0;
-    if !past_matches(&tx, from, to, tenant, since).await? {
+    if !same_in_both(&tx, from, to, "usage_events", tenant, None, Some(since)).await? {
         repaired = repo::copy_missing_events(&tx, from, to, tenant, None, Some(since)).await?;
-        if !past_matches(&tx, from, to, tenant, since).await? {
+        if !same_in_both(&tx, from, to, "usage_events", tenant, None, Some(since)).await? {
             return Err(Failure::Failed(
                 "verification failed: the copied events differ from the source".into(),
             ));
@@ -574,18 +561,19 @@ async fn verified_past(
     Ok((past, repaired))
 }
 
-/// Whether the events before `since` have the same count and checksum in
-/// both places (in `tx`'s snapshot).
-async fn past_matches(
+/// Whether the tenant's rows of a table (events: in `[since, until)`)
+/// have the same count and checksum in both places (in `tx`'s snapshot).
+async fn same_in_both(
     tx: &sea_orm::DatabaseTransaction,
     from: &str,
     to: &str,
+    name: &str,
     tenant: Uuid,
-    since: DateTime<Utc>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
 ) -> Result<bool, DbErr> {
-    let source = repo::checksum(tx, from, "usage_events", tenant, None, Some(since)).await?;
-    let target = repo::checksum(tx, to, "usage_events", tenant, None, Some(since)).await?;
-    Ok(source == target)
+    Ok(repo::checksum(tx, from, name, tenant, since, until).await?
+        == repo::checksum(tx, to, name, tenant, since, until).await?)
 }
 
 async fn tx_exec(tx: &sea_orm::DatabaseTransaction, sql: &str) -> Result<(), DbErr> {
@@ -602,22 +590,19 @@ async fn tx_exec(tx: &sea_orm::DatabaseTransaction, sql: &str) -> Result<(), DbE
 /// before the source).
 async fn mover_tx(db: &Db) -> Result<sea_orm::DatabaseTransaction, DbErr> {
     let tx = db.begin(Scope::Platform).await?;
-    tx_exec(
-        &tx,
-        &format!("SET LOCAL statement_timeout = '{MOVER_STATEMENT_TIMEOUT}'"),
-    )
-    .await?;
-    repo::hold_partitions(&tx).await?;
+    mover_settings(&tx).await?;
     Ok(tx)
 }
 
-fn new_job<J: Job>(ctx: &Context, payload: &J::Payload) -> Result<NewJob, Failure> {
-    Ok(NewJob {
-        kind: J::KIND,
-        payload: serde_json::to_value(payload).map_err(|e| Failure::Failed(e.to_string()))?,
-        max_attempts: J::MAX_ATTEMPTS,
-        run_at: ctx.clock.now(),
-    })
+/// [`mover_tx`]'s timeout and partition lock, for a transaction begun
+/// otherwise (the verification's snapshot).
+async fn mover_settings(tx: &sea_orm::DatabaseTransaction) -> Result<(), DbErr> {
+    tx_exec(
+        tx,
+        &format!("SET LOCAL statement_timeout = '{MOVER_STATEMENT_TIMEOUT}'"),
+    )
+    .await?;
+    repo::hold_partitions(tx).await
 }
 
 /// Ends the migration `failed` with its event, and drops the target.
