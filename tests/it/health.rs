@@ -267,6 +267,17 @@ async fn one_health_critical_alert_per_tenant_across_ticks_and_replicas() {
     .await;
     assert_eq!(status, 200, "{mine}");
     assert_eq!(mine["tenantId"], tenant);
+    // A NUL character, valid JSON that PostgreSQL cannot store: a 400.
+    let (status, refused) = call(
+        &a,
+        &key,
+        Method::POST,
+        "/api/v1/alerts",
+        Some(json!({"type": "latency_p99", "severity": "info", "message": "a\u{0}b"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_error_body(&refused, 400, "Bad Request");
     let (status, theirs) = admin_call(
         &a,
         Method::POST,
