@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     config::{ServeConfig, StorageConfig},
+    domain::user::{Lifetimes, LoginLimit},
     domain::{keys::KeyHasher, secrets::SecretBox},
     service::{
         admin_keys::AdminKeys,
@@ -37,6 +38,7 @@ use crate::{
         stripe::Stripe,
         tenants::Tenants,
         throttle::Throttle,
+        users::{UserSettings, Users},
         webhook_endpoints::WebhookEndpoints,
         webhook_settings::WebhookSettings,
     },
@@ -75,6 +77,7 @@ pub struct AppState {
     pub webhook_events: WebhookEvents,
     pub audit: crate::service::audit::AuditLog,
     pub isolation: Isolation,
+    pub users: Users,
     pub health: Health,
     pub alerts: Alerts,
     pub billing: Billing,
@@ -356,6 +359,22 @@ impl Server {
         );
         let audit = crate::service::audit::AuditLog::new(db.clone());
         let isolation = Isolation::new(db.clone(), queue.clone(), clock.clone());
+        let users = Users::new(
+            db.clone(),
+            keys.clone(),
+            clock.clone(),
+            UserSettings {
+                lifetimes: Lifetimes {
+                    idle: chrono::Duration::minutes(i64::from(config.session_idle_minutes)),
+                    absolute: chrono::Duration::hours(i64::from(config.session_max_hours)),
+                    invite: chrono::Duration::hours(i64::from(config.invite_ttl_hours)),
+                    ..Lifetimes::default()
+                },
+                login_limit: LoginLimit::default(),
+                bcrypt_cost: config.bcrypt_cost,
+                public_url: config.public_url.clone(),
+            },
+        )?;
         let state = AppState {
             db,
             keys: keys.clone(),
@@ -369,6 +388,7 @@ impl Server {
             webhook_events,
             audit,
             isolation,
+            users: users.clone(),
             health: health.clone(),
             alerts: alerts.clone(),
             billing: billing.clone(),
@@ -394,8 +414,12 @@ impl Server {
         runtime.spawn(CounterPublisher(counters));
         runtime.spawn(KeyInvalidation(keys.clone()));
         runtime.spawn(
-            Periodic::new(ActivityFlush(keys), activity::EVERY, Election::Replica)
-                .with_final_tick(),
+            Periodic::new(
+                ActivityFlush(keys, users),
+                activity::EVERY,
+                Election::Replica,
+            )
+            .with_final_tick(),
         );
         runtime.spawn(Periodic::new(
             Partitions {
@@ -500,11 +524,16 @@ impl Server {
                 tracing::debug!(error = %err, "setting TCP_NODELAY failed");
             }
         });
-        let serve = axum::serve(listener, transport.router.into_make_service())
-            .with_graceful_shutdown(async move {
-                let mut rx = stop_rx;
-                let _ = rx.wait_for(|stop| *stop).await;
-            });
+        let serve = axum::serve(
+            listener,
+            transport
+                .router
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let mut rx = stop_rx;
+            let _ = rx.wait_for(|stop| *stop).await;
+        });
         let mut serving = tokio::spawn(async move { serve.await });
         let lifecycle = state.lifecycle.clone();
         let trigger = tokio::spawn(async move {

@@ -87,6 +87,27 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u32).range(1..=8760))]
     pub record_retention_hours: u32,
 
+    /// Minutes a Backoffice session lives without a request.
+    #[arg(long, env = "TENLYR_SESSION_IDLE_MINUTES", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=1440))]
+    pub session_idle_minutes: u32,
+
+    /// Hours a Backoffice session lives at most after sign-in.
+    #[arg(long, env = "TENLYR_SESSION_MAX_HOURS", default_value_t = 12,
+          value_parser = clap::value_parser!(u32).range(1..=720))]
+    pub session_max_hours: u32,
+
+    /// Hours an invite link stays valid (reset links: one hour).
+    #[arg(long, env = "TENLYR_INVITE_TTL_HOURS", default_value_t = 72,
+          value_parser = clap::value_parser!(u32).range(1..=720))]
+    pub invite_ttl_hours: u32,
+
+    /// bcrypt's cost factor for Backoffice passwords (each step doubles
+    /// the work; 12 takes ~250 ms on one core).
+    #[arg(long, env = "TENLYR_BCRYPT_COST", default_value_t = 12,
+          value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+
     /// Rows an isolation move copies (and, after the flip, deletes) per
     /// transaction.
     #[arg(long, env = "TENLYR_ISOLATION_CHUNK_ROWS", default_value_t = 20_000,

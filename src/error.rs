@@ -293,6 +293,10 @@ fn static_reason(reason: &str) -> &'static str {
         "TENANT_NOT_ALLOWED",
         "UNKNOWN_PROVIDER",
         "EVENT_PENDING",
+        "LOGIN_LOCKED",
+        "LINK_INVALID",
+        "LINK_EXPIRED",
+        "CSRF_TOKEN_INVALID",
     ];
     KNOWN
         .iter()

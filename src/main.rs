@@ -5,6 +5,8 @@ use clap::{Parser, Subcommand};
 use tenlyr::{
     app::{self, Database},
     config::{LogConfig, ServeConfig, StorageConfig},
+    domain::user::Role,
+    service::users::{self, UserSettings},
     storage::admin_keys,
     telemetry,
 };
@@ -51,6 +53,32 @@ enum AdminCommand {
         #[command(flatten)]
         storage: StorageConfig,
     },
+    /// Add a Backoffice user (the first super admin of a new
+    /// installation). Prints the one-time invite link on stdout, or, with
+    /// `--password-stdin`, sets the password read from stdin and prints
+    /// nothing.
+    CreateUser {
+        #[arg(long)]
+        email: String,
+        /// super_admin, admin, owner, developer or viewer.
+        #[arg(long)]
+        role: String,
+        /// The tenant of a tenant role.
+        #[arg(long)]
+        tenant_id: Option<uuid::Uuid>,
+        /// Read the password from stdin (one line) instead of printing an
+        /// invite link.
+        #[arg(long)]
+        password_stdin: bool,
+        /// The server's public base URL, for the invite link.
+        #[arg(long, env = "TENLYR_PUBLIC_URL")]
+        public_url: Option<String>,
+        #[arg(long, env = "TENLYR_BCRYPT_COST", default_value_t = 12,
+              value_parser = clap::value_parser!(u32).range(4..=31))]
+        bcrypt_cost: u32,
+        #[command(flatten)]
+        storage: StorageConfig,
+    },
 }
 
 #[tokio::main]
@@ -87,6 +115,58 @@ async fn main() -> anyhow::Result<()> {
                     .context("creating the admin key")?;
                 db.close().await;
                 println!("{key}");
+                Ok(())
+            })
+            .await
+        }
+        Command::Admin {
+            command:
+                AdminCommand::CreateUser {
+                    email,
+                    role,
+                    tenant_id,
+                    password_stdin,
+                    public_url,
+                    bcrypt_cost,
+                    storage,
+                },
+        } => {
+            let role = Role::parse(&role).with_context(|| {
+                format!("--role {role:?}: one of super_admin, admin, owner, developer, viewer")
+            })?;
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the password from stdin")?;
+                Some(line.trim_end_matches(['\r', '\n']).to_owned())
+            } else {
+                None
+            };
+            let settings = UserSettings {
+                lifetimes: Default::default(),
+                login_limit: Default::default(),
+                bcrypt_cost,
+                public_url,
+            };
+            with_database(&storage.clone(), |url| async move {
+                let (db, hasher) = app::connect(&storage, &url, 1).await?;
+                let created = users::create_from_cli(
+                    &db,
+                    &hasher,
+                    &settings,
+                    &email,
+                    role,
+                    tenant_id,
+                    password.as_deref(),
+                )
+                .await;
+                db.close().await;
+                let (user, link) = created?;
+                tracing::info!(user = %user.id, role = role.as_str(), "user created");
+                if let Some(link) = link {
+                    println!("{}", link.url);
+                }
                 Ok(())
             })
             .await

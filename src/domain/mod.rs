@@ -9,4 +9,5 @@ pub mod record;
 pub mod secrets;
 pub mod tenant;
 pub mod usage;
+pub mod user;
 pub mod webhook;

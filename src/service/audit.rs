@@ -27,6 +27,7 @@ pub struct AuditQuery {
     pub tenant_id: Option<Uuid>,
     pub actor_kind: Option<String>,
     pub actor_key_id: Option<Uuid>,
+    pub actor_user_id: Option<Uuid>,
     /// Exact, or `family.*`.
     pub action: Option<String>,
     pub from: Option<DateTime<Utc>>,
@@ -128,6 +129,7 @@ impl AuditLog {
             tenant_id: tenant,
             actor_kind: query.actor_kind,
             actor_key_id: query.actor_key_id,
+            actor_user_id: query.actor_user_id,
             action,
             action_prefix,
             from: query.from,

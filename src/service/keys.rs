@@ -19,7 +19,7 @@ use fred::prelude::*;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::Principal;
+use super::{Credential, Principal};
 use crate::{
     domain::{
         keys::{self, KeyHasher, KeyKind},
@@ -259,7 +259,7 @@ impl KeyResolver {
         };
         match (kind, resolved.tenant_id, resolved.tenant) {
             (KeyKind::Admin, _, _) => Ok(Principal::Admin {
-                key_id: resolved.key_id,
+                via: Credential::Key(resolved.key_id),
             }),
             (KeyKind::Tenant, Some(tenant_id), Some(tenant)) => {
                 let status = resolved
@@ -273,7 +273,7 @@ impl KeyResolver {
                 self.record_activity(tenant_id, resolved.key_id);
                 Ok(Principal::Tenant {
                     tenant_id,
-                    key_id: resolved.key_id,
+                    via: Credential::Key(resolved.key_id),
                     tenant,
                 })
             }

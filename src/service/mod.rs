@@ -18,6 +18,7 @@ pub mod records;
 pub mod stripe;
 pub mod tenants;
 pub mod throttle;
+pub mod users;
 pub mod webhook_endpoints;
 pub mod webhook_settings;
 
@@ -34,17 +35,59 @@ use crate::{
 /// Who is calling; the auth layer puts it in the request extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
-    Admin {
-        key_id: Uuid,
-    },
+    /// An admin key, or a platform user's session.
+    Admin { via: Credential },
+    /// A tenant key, or a tenant user's session.
     Tenant {
         tenant_id: Uuid,
-        key_id: Uuid,
+        via: Credential,
         /// Its time zone and limits, as the key lookup read them.
         tenant: Arc<TenantFacts>,
     },
     /// A public method (the request authenticates itself, e.g. by signature).
     Anonymous,
+}
+
+/// What authenticated a principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// An API key (its id).
+    Key(Uuid),
+    /// A Backoffice user's session.
+    Session(SessionUser),
+}
+
+/// The user behind a session, as the auth layer resolved it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionUser {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub role: crate::domain::user::Role,
+}
+
+impl Credential {
+    pub fn key_id(&self) -> Option<Uuid> {
+        match self {
+            Credential::Key(id) => Some(*id),
+            Credential::Session(_) => None,
+        }
+    }
+
+    pub fn session(&self) -> Option<&SessionUser> {
+        match self {
+            Credential::Key(_) => None,
+            Credential::Session(user) => Some(user),
+        }
+    }
+
+    /// Who owns what this credential creates (idempotency keys): the key,
+    /// or the user.
+    pub fn owner_id(&self) -> Uuid {
+        match self {
+            Credential::Key(id) => *id,
+            Credential::Session(user) => user.user_id,
+        }
+    }
 }
 
 /// The principal of a request plus what the audit log records about it.
@@ -96,11 +139,20 @@ impl Actor {
         }
     }
 
-    pub fn key_id(&self) -> Option<Uuid> {
-        match self.principal {
-            Principal::Admin { key_id } | Principal::Tenant { key_id, .. } => Some(key_id),
+    pub fn credential(&self) -> Option<&Credential> {
+        match &self.principal {
+            Principal::Admin { via } | Principal::Tenant { via, .. } => Some(via),
             Principal::Anonymous => None,
         }
+    }
+
+    pub fn key_id(&self) -> Option<Uuid> {
+        self.credential().and_then(Credential::key_id)
+    }
+
+    /// The signed-in user, for a session.
+    pub fn session(&self) -> Option<&SessionUser> {
+        self.credential().and_then(Credential::session)
     }
 
     /// The audit entry for an action this actor took.
@@ -114,6 +166,7 @@ impl Actor {
         Audit {
             actor_kind: self.kind(),
             actor_key_id: self.key_id(),
+            actor_user_id: self.session().map(|s| s.user_id),
             tenant_id,
             action,
             target_id: target,
@@ -174,7 +227,7 @@ mod tests {
         let tenant_id = Uuid::now_v7();
         let tenant = actor(Principal::Tenant {
             tenant_id,
-            key_id: Uuid::now_v7(),
+            via: Credential::Key(Uuid::now_v7()),
             tenant: Arc::new(TenantFacts {
                 time_zone: "UTC".into(),
                 limits: Default::default(),
@@ -188,7 +241,7 @@ mod tests {
         );
         assert_eq!(tenant.tenant().unwrap(), tenant_id);
         let admin = actor(Principal::Admin {
-            key_id: Uuid::now_v7(),
+            via: Credential::Key(Uuid::now_v7()),
         });
         assert_eq!(admin.scope().unwrap(), Scope::Platform);
         assert_eq!(admin.platform().unwrap(), Scope::Platform);

@@ -14,6 +14,7 @@ pub struct AuditFilter {
     pub tenant_id: Option<Uuid>,
     pub actor_kind: Option<String>,
     pub actor_key_id: Option<Uuid>,
+    pub actor_user_id: Option<Uuid>,
     /// Exact action.
     pub action: Option<String>,
     /// Actions starting with this (a `family.*` filter, without the `*`).
@@ -33,13 +34,14 @@ pub async fn page(
     let rows = tx
         .query_all_raw(statement(
             "SELECT id, occurred_at, actor_kind, actor_key_id, tenant_id, action, target_id, \
-                 details, request_id FROM audit_log \
+                 details, request_id, actor_user_id FROM audit_log \
              WHERE ($1::uuid IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR actor_kind = $2) \
                AND ($3::uuid IS NULL OR actor_key_id = $3) AND ($4::text IS NULL OR action = $4) \
                AND ($5::text IS NULL OR starts_with(action, $5)) \
                AND ($6::timestamptz IS NULL OR occurred_at >= $6) \
                AND ($7::timestamptz IS NULL OR occurred_at < $7) \
                AND ($8::timestamptz IS NULL OR (occurred_at, id) < ($8, $9::uuid)) \
+               AND ($11::uuid IS NULL OR actor_user_id = $11) \
              ORDER BY occurred_at DESC, id DESC LIMIT $10",
             [
                 filter.tenant_id.into(),
@@ -52,6 +54,7 @@ pub async fn page(
                 after.map(|(at, _)| at).into(),
                 after.map(|(_, id)| id).into(),
                 (limit as i64).into(),
+                filter.actor_user_id.into(),
             ],
         ))
         .await?;
@@ -67,6 +70,7 @@ pub async fn page(
                 target_id: r.try_get("", "target_id")?,
                 details: r.try_get("", "details")?,
                 request_id: r.try_get("", "request_id")?,
+                actor_user_id: r.try_get("", "actor_user_id")?,
             })
         })
         .collect()

@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-/// Who a key belongs to: the API key, and its tenant (`None`: admin).
+/// Who a key belongs to: the API key (or the Backoffice user of a
+/// session), and its tenant (`None`: platform).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
     pub key_id: Uuid,

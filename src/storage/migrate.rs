@@ -103,6 +103,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "isolation",
         sql: include_str!("../../migrations/0018_isolation.sql"),
     },
+    Migration {
+        version: 19,
+        name: "users",
+        sql: include_str!("../../migrations/0019_users.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

@@ -22,6 +22,7 @@ pub mod redis;
 pub mod tenant_data;
 pub mod tenants;
 pub mod usage;
+pub mod users;
 pub mod webhook_settings;
 pub mod webhooks;
 

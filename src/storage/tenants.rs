@@ -237,6 +237,8 @@ pub async fn touch(
 pub struct Audit {
     pub actor_kind: &'static str,
     pub actor_key_id: Option<Uuid>,
+    /// The Backoffice user behind a session.
+    pub actor_user_id: Option<Uuid>,
     pub tenant_id: Option<Uuid>,
     pub action: &'static str,
     pub target_id: Option<Uuid>,
@@ -255,6 +257,7 @@ pub async fn audit(tx: &DatabaseTransaction, entry: Audit) -> Result<(), DbErr> 
         target_id: Set(entry.target_id),
         details: Set(entry.details),
         request_id: Set(entry.request_id),
+        actor_user_id: Set(entry.actor_user_id),
     }
     .insert(tx)
     .await?;

@@ -163,14 +163,12 @@ pub async fn layer(State(state): State<Idempotency>, request: Request, next: Nex
         return next.run(request).await;
     }
     let owner = match request.extensions().get::<Principal>() {
-        Some(Principal::Admin { key_id }) => Owner {
-            key_id: *key_id,
+        Some(Principal::Admin { via }) => Owner {
+            key_id: via.owner_id(),
             tenant_id: None,
         },
-        Some(Principal::Tenant {
-            key_id, tenant_id, ..
-        }) => Owner {
-            key_id: *key_id,
+        Some(Principal::Tenant { via, tenant_id, .. }) => Owner {
+            key_id: via.owner_id(),
             tenant_id: Some(*tenant_id),
         },
         _ => return next.run(request).await,

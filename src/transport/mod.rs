@@ -10,6 +10,7 @@
 //! trace layer); REST never calls a service implementation directly.
 
 pub mod auth;
+pub mod backoffice;
 pub mod grpc;
 pub mod idempotency;
 pub mod rest;
@@ -118,9 +119,23 @@ pub fn build(state: &AppState) -> anyhow::Result<Transport> {
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    let grpc_path = |r: &rest::routes::Route| {
+        format!(
+            "/{}/{}",
+            r.method.parent_service().full_name(),
+            r.method.name()
+        )
+    };
+    // Reads (REST `GET`) need no CSRF token with a session cookie.
+    let reads = routes
+        .routes()
+        .iter()
+        .filter(|r| r.http_method == http::Method::GET)
+        .map(grpc_path)
+        .collect();
     let auth = AuthState {
         table: access,
-        authenticator: Authenticator::new(state.keys.clone()),
+        authenticator: Authenticator::new(state.keys.clone(), state.users.clone(), reads),
         throttle: state.throttle.clone(),
     };
     // Idempotency-Key: the RPCs bound to REST POST or PATCH.
@@ -128,13 +143,7 @@ pub fn build(state: &AppState) -> anyhow::Result<Transport> {
         .routes()
         .iter()
         .filter(|r| r.http_method == http::Method::POST || r.http_method == http::Method::PATCH)
-        .map(|r| {
-            format!(
-                "/{}/{}",
-                r.method.parent_service().full_name(),
-                r.method.name()
-            )
-        })
+        .map(grpc_path)
         .collect();
     let idempotency = idempotency::Idempotency::new(
         state.db.clone(),
@@ -194,6 +203,7 @@ pub fn build(state: &AppState) -> anyhow::Result<Transport> {
                 }
             }),
         )
+        .merge(backoffice::routes())
         .fallback(dispatch)
         .with_state(protocols)
         .layer(cors())

@@ -41,7 +41,12 @@ fn documented_routes() -> Vec<(Method, String, &'static str, u16)> {
             "tenant",
             403,
         ),
-        (Method::GET, "/api/v1/usage/metrics".into(), "tenant", 403),
+        (
+            Method::GET,
+            format!("/api/v1/usage/metrics?tenantId={ID}"),
+            "either",
+            404,
+        ),
         (Method::GET, "/api/v1/usage/summary".into(), "tenant", 403),
         (
             Method::GET,

@@ -163,6 +163,10 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         overage_prices: Default::default(),
         job_runners: 2,
         record_retention_hours: 24,
+        session_idle_minutes: 30,
+        session_max_hours: 12,
+        invite_ttl_hours: 72,
+        bcrypt_cost: 4,
         isolation_chunk_rows: 20_000,
         isolation_pause_ms: 0,
         storage: StorageConfig {

@@ -25,6 +25,7 @@ mod resilience;
 mod storage;
 mod tenants;
 mod transcoding;
+mod users;
 mod webhook_settings;
 mod webhooks;
 mod workers;

@@ -377,7 +377,7 @@ async fn the_plan_limit_holds_exactly_across_two_replicas() {
     let mut usage = None;
     for _ in 0..20 {
         let read = client
-            .get_metrics(with_key(v1::GetMetricsRequest {}, &key))
+            .get_metrics(with_key(v1::GetMetricsRequest::default(), &key))
             .await
             .unwrap()
             .into_inner();

@@ -125,6 +125,91 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/auth/accept-invite": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** AcceptInvite */
+        post: operations["AcceptInvite"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/login": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Login */
+        post: operations["Login"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/logout": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Logout */
+        post: operations["Logout"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/reset-password": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** ResetPassword */
+        post: operations["ResetPassword"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/session": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** GetSession */
+        get: operations["GetSession"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/billing": {
         parameters: {
             query?: never;
@@ -623,6 +708,60 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/users": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** ListUsers */
+        get: operations["ListUsers"];
+        put?: never;
+        /** CreateUser */
+        post: operations["CreateUser"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** GetUser */
+        get: operations["GetUser"];
+        put?: never;
+        post?: never;
+        /** DeleteUser */
+        delete: operations["DeleteUser"];
+        options?: never;
+        head?: never;
+        /** UpdateUser */
+        patch: operations["UpdateUser"];
+        trace?: never;
+    };
+    "/api/v1/users/{id}/password-reset": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** CreatePasswordReset */
+        post: operations["CreatePasswordReset"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/webhook-endpoints": {
         parameters: {
             query?: never;
@@ -974,6 +1113,7 @@ export interface components {
             targetId: string | null;
             details?: Record<string, never>;
             requestId: string | null;
+            actorUserId: string | null;
         };
         "tenlyr.v1.BillingSummary": {
             /** Format: int64 */
@@ -994,12 +1134,24 @@ export interface components {
             key?: components["schemas"]["tenlyr.v1.ApiKey"];
             apiKey: string;
         };
+        "tenlyr.v1.CreatePasswordResetResponse": {
+            kind: string;
+            url: string;
+            /** Format: date-time */
+            expiresAt?: string;
+        };
         "tenlyr.v1.CreatePortalUrlResponse": {
             url: string;
         };
         "tenlyr.v1.CreateTenantResponse": {
             tenant?: components["schemas"]["tenlyr.v1.Tenant"];
             apiKey: string;
+        };
+        "tenlyr.v1.CreateUserResponse": {
+            user?: components["schemas"]["tenlyr.v1.User"];
+            inviteUrl: string;
+            /** Format: date-time */
+            inviteExpiresAt?: string;
         };
         "tenlyr.v1.CreateWebhookEndpointResponse": {
             endpoint?: components["schemas"]["tenlyr.v1.WebhookEndpoint"];
@@ -1039,6 +1191,7 @@ export interface components {
             createdAt?: string;
         };
         "tenlyr.v1.DeleteTenantResponse": Record<string, never>;
+        "tenlyr.v1.DeleteUserResponse": Record<string, never>;
         "tenlyr.v1.DeleteWebhookEndpointResponse": Record<string, never>;
         "tenlyr.v1.GetWebhookDeliveryResponse": {
             delivery?: components["schemas"]["tenlyr.v1.WebhookDelivery"];
@@ -1095,6 +1248,10 @@ export interface components {
             data: components["schemas"]["tenlyr.v1.Tenant"][];
             nextCursor: string | null;
         };
+        "tenlyr.v1.ListUsersResponse": {
+            data: components["schemas"]["tenlyr.v1.User"][];
+            nextCursor: string | null;
+        };
         "tenlyr.v1.ListWebhookDeliveriesResponse": {
             data: components["schemas"]["tenlyr.v1.WebhookDelivery"][];
             nextCursor: string | null;
@@ -1114,6 +1271,7 @@ export interface components {
             expiresAt: string | null;
             record?: components["schemas"]["tenlyr.v1.Record"];
         };
+        "tenlyr.v1.LogoutResponse": Record<string, never>;
         "tenlyr.v1.ProviderSettings": {
             /** @enum {string} */
             provider: "unspecified" | "stripe" | "generic" | "shopify" | "paypal" | "braintree" | "github";
@@ -1175,6 +1333,23 @@ export interface components {
         };
         "tenlyr.v1.SendTestWebhookEventResponse": {
             eventId: string;
+        };
+        "tenlyr.v1.SessionInfo": {
+            kind: string;
+            user: components["schemas"]["tenlyr.v1.User"] | null;
+            tenant: components["schemas"]["tenlyr.v1.SessionTenant"] | null;
+            csrfToken: string;
+            expiresAt: string | null;
+        };
+        "tenlyr.v1.SessionTenant": {
+            id: string;
+            name: string;
+            slug: string;
+            /** @enum {string} */
+            plan: "unspecified" | "starter" | "growth" | "scale" | "enterprise";
+            /** @enum {string} */
+            status: "unspecified" | "pending" | "active" | "suspended" | "terminated";
+            timeZone: string;
         };
         "tenlyr.v1.Tenant": {
             id: string;
@@ -1302,6 +1477,20 @@ export interface components {
             hourly: components["schemas"]["tenlyr.v1.UsageRollup"][];
             daily: components["schemas"]["tenlyr.v1.UsageRollup"][];
             monthly: components["schemas"]["tenlyr.v1.UsageRollup"][];
+        };
+        "tenlyr.v1.User": {
+            id: string;
+            email: string;
+            /** @enum {string} */
+            role: "unspecified" | "super_admin" | "admin" | "owner" | "developer" | "viewer";
+            tenantId: string | null;
+            /** @enum {string} */
+            status: "unspecified" | "invited" | "active" | "deactivated";
+            /** Format: date-time */
+            createdAt?: string;
+            /** Format: date-time */
+            updatedAt?: string;
+            lastLoginAt: string | null;
         };
         "tenlyr.v1.WebhookAttempt": {
             /** Format: int32 */
@@ -1663,6 +1852,7 @@ export interface operations {
                 to?: string;
                 limit?: number;
                 cursor?: string;
+                actorUserId?: string;
             };
             header?: never;
             path?: never;
@@ -1677,6 +1867,176 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["tenlyr.v1.ListAuditLogsResponse"];
+                };
+            };
+            /** @description The documented error body */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    AcceptInvite: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    token?: string;
+                    password?: string;
+                };
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["tenlyr.v1.SessionInfo"];
+                };
+            };
+            /** @description The documented error body */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    Login: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    email?: string;
+                    password?: string;
+                };
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["tenlyr.v1.SessionInfo"];
+                };
+            };
+            /** @description The documented error body */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    Logout: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": Record<string, never>;
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["tenlyr.v1.LogoutResponse"];
+                };
+            };
+            /** @description The documented error body */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    ResetPassword: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    token?: string;
+                    password?: string;
+                };
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["tenlyr.v1.SessionInfo"];
+                };
+            };
+            /** @description The documented error body */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    GetSession: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["tenlyr.v1.SessionInfo"];
                 };
             };
             /** @description The documented error body */
@@ -2696,7 +3056,9 @@ export interface operations {
     };
     GetMetrics: {
         parameters: {
-            query?: never;
+            query?: {
+                tenantId?: string;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -2820,6 +3182,213 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["tenlyr.v1.TrackBatchResponse"];
+                };
+            };
+            /** @description The documented error body */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    ListUsers: {
+        parameters: {
+            query?: {
+                tenantId?: string;
+                limit?: number;
+                cursor?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["tenlyr.v1.ListUsersResponse"];
+                };
+            };
+            /** @description The documented error body */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    CreateUser: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    email?: string;
+                    /** @enum {string} */
+                    role?: "super_admin" | "admin" | "owner" | "developer" | "viewer";
+                    tenantId?: string;
+                };
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["tenlyr.v1.CreateUserResponse"];
+                };
+            };
+            /** @description The documented error body */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    GetUser: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["tenlyr.v1.User"];
+                };
+            };
+            /** @description The documented error body */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    DeleteUser: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["tenlyr.v1.DeleteUserResponse"];
+                };
+            };
+            /** @description The documented error body */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    UpdateUser: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @enum {string} */
+                    role?: "super_admin" | "admin" | "owner" | "developer" | "viewer";
+                    active?: boolean;
+                };
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["tenlyr.v1.User"];
+                };
+            };
+            /** @description The documented error body */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    CreatePasswordReset: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": Record<string, never>;
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["tenlyr.v1.CreatePasswordResetResponse"];
                 };
             };
             /** @description The documented error body */

@@ -13,6 +13,7 @@ pub struct Model {
     pub target_id: Option<Uuid>,
     pub details: Json,
     pub request_id: Option<String>,
+    pub actor_user_id: Option<Uuid>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

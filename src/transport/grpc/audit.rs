@@ -26,6 +26,7 @@ fn entry_to_proto(e: audit_log::Model) -> v1::AuditLogEntry {
         target_id: e.target_id.map(|id| id.to_string()),
         details,
         request_id: e.request_id,
+        actor_user_id: e.actor_user_id.map(|id| id.to_string()),
     }
 }
 
@@ -43,6 +44,7 @@ impl v1::audit_service_server::AuditService for AuditApi {
             tenant_id: optional_id("tenantId", &r.tenant_id)?,
             actor_kind: Some(r.actor_kind).filter(|k| !k.is_empty()),
             actor_key_id: optional_id("actorKeyId", &r.actor_key_id)?,
+            actor_user_id: optional_id("actorUserId", &r.actor_user_id)?,
             action: Some(r.action).filter(|a| !a.is_empty()),
             from: optional_time("from", r.from)?,
             to: optional_time("to", r.to)?,

@@ -13,6 +13,7 @@ use crate::{
     proto::v1,
     service::{
         Principal,
+        keys::TenantFacts,
         metering::{PeriodUsage, TrackResult},
     },
     storage::usage::{Rollup, StoredEvent},
@@ -212,13 +213,35 @@ impl v1::metering_service_server::MeteringService for MeteringApi {
         &self,
         request: Request<v1::GetMetricsRequest>,
     ) -> ApiResult<v1::TenantUsageMetric> {
-        let Principal::Tenant {
-            tenant_id, tenant, ..
-        } = actor(&request)?.principal
-        else {
-            return Err(ApiError::permission_denied("this method requires a tenant key").into());
+        let actor = actor(&request)?;
+        let named = &request.get_ref().tenant_id;
+        let named = (!named.is_empty())
+            .then(|| super::parse_id("tenantId", named))
+            .transpose()?;
+        let (tenant_id, facts) = match (&actor.principal, named) {
+            (Principal::Tenant { tenant_id, .. }, Some(other)) if other != *tenant_id => {
+                return Err(ApiError::not_found("Tenant not found").into());
+            }
+            (
+                Principal::Tenant {
+                    tenant_id, tenant, ..
+                },
+                _,
+            ) => (*tenant_id, tenant.clone()),
+            (Principal::Admin { .. }, Some(id)) => {
+                let tenant = self.state.tenants.get(&actor, id).await?;
+                (id, std::sync::Arc::new(TenantFacts::of(&tenant)))
+            }
+            (Principal::Admin { .. }, None) => {
+                return Err(
+                    ApiError::bad_field("tenantId", "is required with an admin key").into(),
+                );
+            }
+            (Principal::Anonymous, _) => {
+                return Err(ApiError::unauthenticated("this method needs an API key").into());
+            }
         };
-        let usage = self.state.metering.current(tenant_id, &tenant).await?;
+        let usage = self.state.metering.current(tenant_id, &facts).await?;
         Ok(Response::new(usage_to_proto(tenant_id, &usage)))
     }
 

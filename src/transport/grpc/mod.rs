@@ -10,6 +10,7 @@ pub mod isolation;
 pub mod metering;
 pub mod record;
 pub mod tenant;
+pub mod user;
 pub mod webhook;
 pub mod webhook_endpoint;
 
@@ -152,6 +153,12 @@ pub fn routes(state: &AppState) -> tonic::service::Routes {
         )
         .add_service(
             v1::isolation_service_server::IsolationServiceServer::new(isolation::IsolationApi {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            v1::user_service_server::UserServiceServer::new(user::UserApi {
                 state: state.clone(),
             })
             .max_decoding_message_size(limit),

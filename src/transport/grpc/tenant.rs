@@ -52,7 +52,7 @@ fn plan_from_proto(plan: i32) -> Result<Option<Plan>, ApiError> {
     }
 }
 
-fn status_to_proto(status: &str) -> i32 {
+pub(super) fn status_to_proto(status: &str) -> i32 {
     (match TenantStatus::parse(status) {
         Some(TenantStatus::Pending) => v1::TenantStatus::Pending,
         Some(TenantStatus::Active) => v1::TenantStatus::Active,

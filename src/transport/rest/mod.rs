@@ -42,6 +42,7 @@ const FORWARDED_HEADERS: &[&str] = &[
     "location",
     "cache-control",
     "retry-after",
+    "set-cookie",
     super::idempotency::REPLAYED,
 ];
 

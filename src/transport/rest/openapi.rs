@@ -19,7 +19,11 @@ use super::{
     json::JsonCodec,
     routes::{BodyRule, HTTP_BODY, Route, RouteTable},
 };
-use crate::{proto::v1::Access, transport::auth::AccessTable};
+use crate::{
+    domain::user::SessionRule,
+    proto::v1::Access,
+    transport::auth::{AccessTable, Rule},
+};
 
 /// Which schema variant a message is wanted in.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -238,13 +242,20 @@ fn error_schema() -> Json {
     })
 }
 
-fn security(access: Option<Access>) -> Json {
-    match access {
-        Some(Access::Admin) => json!([{"adminKey": []}]),
-        Some(Access::Tenant) => json!([{"tenantKey": []}]),
-        Some(Access::AdminOrTenant) => json!([{"adminKey": []}, {"tenantKey": []}]),
-        _ => json!([]),
+/// The keys an RPC accepts, and the Backoffice session when its
+/// `(tenlyr.v1.session)` rule admits one (a session's role is checked by
+/// the server; OpenAPI cannot say which roles).
+fn security(rule: Option<Rule>) -> Json {
+    let mut schemes = match rule.map(|r| r.access) {
+        Some(Access::Admin) => vec![json!({"adminKey": []})],
+        Some(Access::Tenant) => vec![json!({"tenantKey": []})],
+        Some(Access::AdminOrTenant) => vec![json!({"adminKey": []}), json!({"tenantKey": []})],
+        _ => return json!([]),
+    };
+    if rule.is_some_and(|r| r.session != SessionRule::None) {
+        schemes.push(json!({"session": []}));
     }
+    Json::Array(schemes)
 }
 
 fn tag(access: Option<Access>) -> &'static str {
@@ -274,11 +285,11 @@ pub fn document(routes: &RouteTable, codec: &JsonCodec, access: &AccessTable) ->
     for route in routes.routes() {
         let (path, mut parameters, bound) = path_and_params(route, &mut builder);
         parameters.extend(query_params(route, &mut builder, &bound));
-        let rule = access.get(&route.grpc_path);
+        let rule = access.rule(&route.grpc_path);
         let mut operation = json!({
             "operationId": route.method.name(),
             "summary": route.method.name(),
-            "tags": [tag(rule)],
+            "tags": [tag(rule.map(|r| r.access))],
             "security": security(rule),
             "parameters": parameters,
         });
@@ -356,7 +367,8 @@ pub fn document(routes: &RouteTable, codec: &JsonCodec, access: &AccessTable) ->
             "schemas": builder.schemas,
             "securitySchemes": {
                 "adminKey": {"type": "http", "scheme": "bearer", "description": "An admin key (`tenlyr_live_tf_…`)."},
-                "tenantKey": {"type": "http", "scheme": "bearer", "description": "A tenant key (`tenlyr_live_…`)."}
+                "tenantKey": {"type": "http", "scheme": "bearer", "description": "A tenant key (`tenlyr_live_…`)."},
+                "session": {"type": "apiKey", "in": "cookie", "name": "tenlyr_session", "description": "A Backoffice session (`POST /api/v1/auth/login`). Requests that are not GET must also send the session's `csrfToken` in `X-CSRF-Token`; each RPC declares the least role it needs."}
             }
         }
     })
