@@ -27,6 +27,7 @@ ensure_deps() {
             curl) command -v curl >/dev/null 2>&1 || packages+=(curl ca-certificates) ;;
             python) python3 -m venv --help >/dev/null 2>&1 || packages+=(python3 python3-venv) ;;
             openssl) command -v openssl >/dev/null 2>&1 || packages+=(openssl) ;;
+            chromium) command -v chromium >/dev/null 2>&1 || packages+=(chromium) ;;
         esac
     done
     [ ${#packages[@]} -eq 0 ] && return 0
@@ -130,7 +131,7 @@ start_api_server() {
     DATABASE_URL="${PRIVATE_PG_URL%/*}/tenlyr_api_tests" TENLYR_LISTEN="127.0.0.1:$port" \
         TENLYR_DATA_DIR="$API_DATA" TENLYR_KEY_PEPPER=api-tests-pepper-0123456789 \
         TENLYR_SECRETS_KEY=api-tests-secrets-key-0123456789abcdef RUST_LOG=warn \
-        TENLYR_WEBHOOK_ALLOWED_CIDRS=127.0.0.0/8 \
+        TENLYR_WEBHOOK_ALLOWED_CIDRS=127.0.0.0/8 TENLYR_BCRYPT_COST=4 \
         "${CARGO_TARGET_DIR:-target}/debug/tenlyr" serve >"$API_DATA/stdout" 2>"$API_DATA/stderr" &
     API_PID=$!
     API_URL="http://127.0.0.1:$port"
@@ -200,6 +201,23 @@ run_sdk_js_tests() {
 run_sdk_python_tests() {
     TENLYR_SDK_TEST_URL="$API_URL" TENLYR_SDK_TEST_ADMIN_KEY="$API_ADMIN_KEY" PYTHONPATH=sdk/python \
         tests/peers/.venv/bin/python -m pytest -q -p no:cacheprovider sdk/python/tests
+}
+
+# The Backoffice in a real browser (tests/browser): Debian's Chromium,
+# driven by playwright-core from tests/peers, walks the onboarding guide
+# against the server of start_api_server, signed in as a super admin made
+# with `tenlyr admin create-user`. Screenshots of every page go to
+# target/test-artifacts/backoffice/.
+run_browser_tests() {
+    local email=backoffice-admin@tenlyr.test password
+    password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+    printf '%s\n' "$password" | DATABASE_URL="${PRIVATE_PG_URL%/*}/tenlyr_api_tests" \
+        TENLYR_KEY_PEPPER=api-tests-pepper-0123456789 TENLYR_BCRYPT_COST=4 RUST_LOG=warn \
+        "${CARGO_TARGET_DIR:-target}/debug/tenlyr" admin create-user --email "$email" \
+        --role super_admin --password-stdin
+    TENLYR_BASE="$API_URL" TENLYR_ADMIN_EMAIL="$email" TENLYR_ADMIN_PASSWORD="$password" \
+        TENLYR_ARTIFACTS="${CARGO_TARGET_DIR:-target}/test-artifacts/backoffice" \
+        node --test tests/browser/
 }
 
 # Runs schemathesis (tests/peers/.venv) against the server of

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-ensure_deps postgres node redis curl python openssl
+ensure_deps postgres node redis curl python openssl chromium
 
 BUF_VERSION=1.75.0
 buf() { npx --yes "@bufbuild/buf@$BUF_VERSION" "$@"; }
@@ -66,5 +66,7 @@ echo "--- JavaScript SDK (sdk/js)" >&2
 run_sdk_js_tests
 echo "--- Python SDK (sdk/python)" >&2
 run_sdk_python_tests
+echo "--- Backoffice in Chromium (tests/browser)" >&2
+run_browser_tests
 echo "--- schemathesis against /openapi.json" >&2
 run_schemathesis
