@@ -3,7 +3,12 @@
 // what a user may see and do is what the API answers (DESIGN.md §13).
 // Plain ES modules, no build step and no dependencies.
 
-const state = { session: null };
+const state = { session: null, cleanup: [] };
+
+// Work a page started (timers) that must stop when the user leaves it.
+function onLeave(stop) {
+  state.cleanup.push(stop);
+}
 
 // ---------------------------------------------------------------- API
 
@@ -231,11 +236,14 @@ const publicRoutes = {
 };
 
 const platformRoutes = [
+  [/^\/dashboard$/, dashboardPage, "Dashboard"],
   [/^\/tenants$/, tenantsPage, "Tenants"],
   [/^\/tenants\/([0-9a-f-]{36})$/, tenantPage],
   [/^\/users$/, platformUsersPage, "Users"],
   [/^\/audit$/, auditPage, "Audit Logs"],
   [/^\/health$/, healthPage, "Health"],
+  [/^\/settings\/webhooks$/, endpointsPage, "Settings → Webhooks"],
+  [/^\/settings\/webhooks\/([0-9a-f-]{36})$/, endpointPage],
 ];
 
 const tenantRoutes = [
@@ -249,6 +257,7 @@ const tenantRoutes = [
 ];
 
 async function render() {
+  for (const stop of state.cleanup.splice(0)) stop();
   const main = document.getElementById("main");
   const { path, query } = parseHash();
   if (publicRoutes[path]) {
@@ -267,7 +276,7 @@ async function render() {
   const routes = isPlatform() ? platformRoutes : tenantRoutes;
   header(routes, path);
   if (path === "/") {
-    go(isPlatform() ? "/tenants" : "/home");
+    go(isPlatform() ? "/dashboard" : "/home");
     return;
   }
   for (const [pattern, page, , needs] of routes) {
@@ -363,6 +372,8 @@ function loginPage(query) {
 
 function passwordPage(query, kind) {
   const title = kind === "accept-invite" ? "Accept your invite" : "Choose a new password";
+  // The token leaves the address bar (and the history) once read.
+  if (query.token) history.replaceState(null, "", `#/${kind}`);
   if (!query.token) {
     return h("div", { class: "login card" }, h("h1", {}, title), errorBox(new Error("This link has no token.")));
   }
@@ -507,7 +518,8 @@ async function tenantPage(_query, id) {
 
 function usersSection(tenantId, tz, roles) {
   const shown = h("div");
-  const load = (cursor) => api("GET", "/api/v1/users", { query: { tenantId, limit: 50, cursor } });
+  const load = (cursor) =>
+    api("GET", "/api/v1/users", { query: { tenantId, platformOnly: tenantId ? undefined : true, limit: 50, cursor } });
   const me = state.session.user && state.session.user.id;
   const act = (label, cls, run) => {
     const b = h("button", { type: "button", class: cls }, label);
@@ -527,9 +539,7 @@ function usersSection(tenantId, tz, roles) {
     pagedList(load, (rows) =>
       table(
         ["Email", "Role", "Status", "Last sign-in", ""],
-        rows
-          .filter((u) => tenantId || !u.tenantId)
-          .map((u) => [
+        rows.map((u) => [
             u.email,
             u.role.replace("_", " "),
             badge(u.status),
@@ -667,11 +677,11 @@ function platformUsersPage() {
 
 function usersList() {
   return pagedList(
-    (cursor) => api("GET", "/api/v1/users", { query: { limit: 50, cursor } }),
+    (cursor) => api("GET", "/api/v1/users", { query: { platformOnly: true, limit: 50, cursor } }),
     (rows) =>
       table(
         ["Email", "Role", "Status"],
-        rows.filter((u) => !u.tenantId).map((u) => [u.email, u.role, badge(u.status)]),
+        rows.map((u) => [u.email, u.role, badge(u.status)]),
         "No platform users.",
       ),
   );
@@ -963,5 +973,386 @@ async function eventPage(_query, id) {
     ),
     h("h2", {}, "Payload"),
     h("pre", {}, JSON.stringify(e.payload, null, 2)),
+  );
+}
+
+// ---------------------------------------------------------------- dashboard
+
+const DASHBOARD_COLUMNS = [
+  ["name", "Tenant", (t) => h("a", { href: `#/tenants/${t.id}` }, t.name)],
+  ["plan", "Plan", (t) => t.plan],
+  ["healthStatus", "Health", (t) => badge(t.healthStatus)],
+  ["apiCalls", "API calls", (t) => usageOf(t.apiCalls, t.apiCallLimit)],
+  ["storageGb", "Storage (GB)", (t) => usageOf(t.storageGb, t.storageGbLimit)],
+  ["seats", "Seats", (t) => usageOf(t.seats, t.seatsLimit)],
+  ["errorRate", "Error rate", (t) => `${t.errorRate.toFixed(2)} %`],
+  ["requestRate", "Requests/min", (t) => t.requestRate.toFixed(1)],
+  ["slaRisk", "SLA risk", (t) => (t.slaRisk ? badge("at_risk") : "no")],
+  ["rateLimit", "Rate limit", (t) => (t.rateLimit ? `${t.rateLimit}/min` : "—")],
+  ["mrrCents", "MRR", (t) => money(t.mrrCents)],
+  ["usageCostCents", "Usage cost", (t) => money(t.usageCostCents)],
+];
+
+function usageOf(value, limit) {
+  return limit ? `${value} / ${limit}` : `${value}`;
+}
+
+function sortValue(row, key) {
+  const v = row[key];
+  if (typeof v === "boolean") return v ? 1 : 0;
+  if (typeof v === "number") return v;
+  if (v !== null && v !== "" && !Number.isNaN(Number(v)) && key !== "name") return Number(v);
+  return String(v ?? "").toLowerCase();
+}
+
+// The tenants table with the documented dashboard fields, refreshed every
+// 30 s (the Quickstart's promise; `?refresh=N` seconds for tests) in place:
+// the same pages are reloaded, the sort and the scroll position stay.
+function dashboardPage(query) {
+  const every = Math.max(1, Number(query.refresh) || 30) * 1000;
+  const view = { pages: 1, sort: "name", desc: false, rows: [], next: null, at: null };
+  const overview = h("div", { class: "grid", "data-testid": "overview" });
+  const body = h("tbody");
+  const head = h("tr");
+  const footer = h("div");
+  const status = h("p", { class: "muted", "data-testid": "refreshed" });
+  const more = h("button", { type: "button", class: "secondary" }, "Load more");
+  const errors = h("div");
+
+  const draw = () => {
+    head.replaceChildren(
+      ...DASHBOARD_COLUMNS.map(([key, label]) => {
+        const arrow = view.sort === key ? (view.desc ? " ▼" : " ▲") : "";
+        const th = h("th", { role: "columnheader", "aria-sort": view.sort === key ? (view.desc ? "descending" : "ascending") : "none" });
+        const b = h("button", { type: "button", class: "link" }, label + arrow);
+        b.addEventListener("click", () => {
+          view.desc = view.sort === key ? !view.desc : false;
+          view.sort = key;
+          draw();
+        });
+        th.append(b);
+        return th;
+      }),
+    );
+    const sorted = [...view.rows].sort((a, b) => {
+      const x = sortValue(a, view.sort);
+      const y = sortValue(b, view.sort);
+      return (x < y ? -1 : x > y ? 1 : 0) * (view.desc ? -1 : 1);
+    });
+    body.replaceChildren(
+      ...(sorted.length
+        ? sorted.map((t) => h("tr", { "data-tenant": t.id }, DASHBOARD_COLUMNS.map(([, , cell]) => h("td", {}, cell(t)))))
+        : [h("tr", {}, h("td", { colspan: DASHBOARD_COLUMNS.length, class: "empty" }, "No tenants yet: create one under Tenants."))]),
+    );
+    footer.replaceChildren(view.next ? more : "");
+    status.textContent = view.at ? `Updated ${time(view.at)} · refreshes every ${every / 1000} s` : "";
+  };
+
+  // Loads the first `pages` pages again (a refresh keeps the user's depth).
+  const load = async () => {
+    try {
+      const [ov, rows] = await Promise.all([
+        api("GET", "/api/v1/health/overview"),
+        (async () => {
+          let cursor;
+          let all = [];
+          let next = null;
+          for (let i = 0; i < view.pages; i++) {
+            const page = await api("GET", "/api/v1/tenants/dashboard", { query: { limit: 50, cursor } });
+            all = all.concat(page.data);
+            next = page.nextCursor;
+            if (!next) break;
+            cursor = next;
+          }
+          return { all, next };
+        })(),
+      ]);
+      overview.replaceChildren(
+        stat("Tenants", ov.total),
+        stat("Healthy", ov.healthy),
+        stat("Warning", ov.warning),
+        stat("Critical", ov.critical),
+        stat("Unknown", ov.unknown),
+        stat("Average error rate", `${ov.avgErrorRate.toFixed(2)} %`),
+      );
+      view.rows = rows.all;
+      view.next = rows.next;
+      view.at = new Date().toISOString();
+      errors.replaceChildren();
+      draw();
+    } catch (err) {
+      errors.replaceChildren(errorBox(err));
+    }
+  };
+  more.addEventListener("click", () => {
+    view.pages += 1;
+    load();
+  });
+  load();
+  const timer = setInterval(load, every);
+  onLeave(() => clearInterval(timer));
+  return h(
+    "div",
+    {},
+    h("h1", {}, "Dashboard"),
+    overview,
+    errors,
+    h("div", { class: "scroll" }, h("table", { "data-testid": "dashboard" }, h("thead", {}, head), body)),
+    footer,
+    status,
+  );
+}
+
+// ---------------------------------------------------------------- platform webhooks
+
+// How to check what Tenlyr sends, in Node (the browser test runs this very
+// text against a real delivery).
+function snippet() {
+  return `// Tenlyr-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>
+import { createHmac, timingSafeEqual } from "node:crypto";
+export function verifyTenlyr(rawBody, header, secret) {
+  const t = header.split(",").find((p) => p.startsWith("t="))?.slice(2);
+  const signatures = header.split(",").filter((p) => p.startsWith("v1=")).map((p) => p.slice(3));
+  if (!t || Math.abs(Date.now() / 1000 - Number(t)) > 300) return false;
+  const expected = createHmac("sha256", secret).update(\`\${t}.\${rawBody}\`).digest();
+  return signatures.some((s) => {
+    const got = Buffer.from(s, "hex");
+    return got.length === expected.length && timingSafeEqual(got, expected);
+  });
+}
+
+// Standard Webhooks (webhook-id, webhook-timestamp, webhook-signature):
+// the official library (npm install standardwebhooks) throws if invalid.
+import { Webhook } from "standardwebhooks";
+export function verifyStandard(rawBody, headers, secret) {
+  return new Webhook(secret).verify(rawBody, headers);
+}`;
+}
+
+async function endpointsPage() {
+  const shown = h("div");
+  const holder = h("div");
+  const list = async () => {
+    const res = await api("GET", "/api/v1/webhook-endpoints");
+    holder.replaceChildren(
+      table(
+        ["URL", "Events", "Status", "Breaker", "Description", ""],
+        res.data.map((e) => [
+          h("a", { href: `#/settings/webhooks/${e.id}` }, e.url),
+          (e.eventTypes.length ? e.eventTypes : ["every event"]).join(", "),
+          e.enabled ? badge("enabled") : h("span", {}, badge("disabled"), e.disabledReason ? h("small", { class: "muted" }, ` ${e.disabledReason}`) : ""),
+          badge(e.breakerState === "closed" ? "closed" : e.breakerState),
+          e.description,
+          h("a", { href: `#/settings/webhooks/${e.id}` }, "Deliveries →"),
+        ]),
+        "No endpoints yet. Add one to receive platform events (tenant.created, health.*, …).",
+      ),
+    );
+  };
+  await list();
+  return h(
+    "div",
+    {},
+    h("h1", {}, "Settings → Webhooks"),
+    h("p", { class: "muted" }, "Platform events go to these endpoints, signed with Tenlyr-Signature and Standard Webhooks headers."),
+    h(
+      "div",
+      { class: "card" },
+      h("h2", {}, "New endpoint"),
+      form(
+        [
+          field("URL", h("input", { name: "url", type: "url", required: true, placeholder: "https://hooks.example.com/tenlyr" })),
+          field("Event types (comma-separated; empty: all)", h("input", { name: "eventTypes", placeholder: "tenant.*, health.status_changed" })),
+          field("Description", h("input", { name: "description" })),
+        ],
+        "Add endpoint",
+        async (data, el) => {
+          const eventTypes = String(data.get("eventTypes") || "")
+            .split(",")
+            .map((t) => t.trim())
+            .filter(Boolean);
+          const res = await api("POST", "/api/v1/webhook-endpoints", {
+            body: { url: data.get("url"), eventTypes, description: data.get("description") || "" },
+          });
+          el.reset();
+          shown.replaceChildren(
+            shownOnce(`Signing secret of ${res.endpoint.url}`, res.secret, "endpoint-secret"),
+            h("a", { href: `#/settings/webhooks/${res.endpoint.id}` }, "Open it →"),
+          );
+          await list();
+        },
+        { inline: true, testid: "create-endpoint" },
+      ),
+      shown,
+    ),
+    holder,
+    h("h2", {}, "Verifying what Tenlyr sends"),
+    h("pre", {}, snippet()),
+  );
+}
+
+async function endpointPage(query, id) {
+  let endpoint = await api("GET", `/api/v1/webhook-endpoints/${id}`);
+  const shown = h("div");
+  const act = (label, cls, run, testid) => {
+    const b = h("button", { type: "button", class: cls, "data-testid": testid }, label);
+    b.addEventListener("click", async () => {
+      b.disabled = true;
+      try {
+        await run();
+      } catch (err) {
+        shown.replaceChildren(errorBox(err));
+      } finally {
+        b.disabled = false;
+      }
+    });
+    return b;
+  };
+  const deliveries = h("div");
+  const loadDeliveries = () =>
+    deliveries.replaceChildren(
+      pagedList(
+        (cursor) => api("GET", `/api/v1/webhook-endpoints/${id}/deliveries`, { query: { limit: 50, cursor, status: query.status } }),
+        (rows) =>
+          table(
+            ["Created", "Event", "Status", "Attempts", "Last response", "Next attempt", ""],
+            rows.map((d) => [
+              time(d.createdAt),
+              h("span", {}, d.eventType, h("br"), h("small", { class: "muted" }, d.eventId)),
+              badge(d.status),
+              d.attempts,
+              d.responseStatus ?? (d.lastError || "—"),
+              time(d.nextAttemptAt),
+              act("Attempts", "secondary", async () => {
+                const full = await api("GET", `/api/v1/webhook-endpoints/${id}/deliveries/${d.id}`);
+                shown.replaceChildren(
+                  h(
+                    "div",
+                    { class: "card", "data-testid": "attempts" },
+                    h("h2", {}, `Attempts of ${d.eventType}`),
+                    table(
+                      ["#", "When", "Result", "HTTP status", "Latency", "Error or response"],
+                      full.attempts.map((a) => [
+                        a.attempt,
+                        time(a.attemptedAt),
+                        a.ok ? badge("ok") : badge("bad"),
+                        a.responseStatus ?? "no response",
+                        `${a.latencyMs} ms`,
+                        a.error || a.responseExcerpt || "",
+                      ]),
+                      "No attempt yet.",
+                    ),
+                  ),
+                );
+              }),
+            ]),
+            "No deliveries yet: send a test event.",
+          ),
+      ),
+    );
+  const header = () =>
+    h(
+      "div",
+      { class: "grid" },
+      stat("Status", endpoint.enabled ? "enabled" : "disabled", endpoint.disabledReason || ""),
+      stat("Breaker", endpoint.breakerState.replace("_", " ")),
+      stat("Events", (endpoint.eventTypes.length ? endpoint.eventTypes : ["every event"]).join(", ")),
+      stat(
+        "Previous secret",
+        endpoint.previousSecretExpiresAt ? "still signing" : "none",
+        endpoint.previousSecretExpiresAt ? `until ${time(endpoint.previousSecretExpiresAt)}` : "",
+      ),
+    );
+  const top = h("div", {}, header());
+  const refresh = async () => {
+    endpoint = await api("GET", `/api/v1/webhook-endpoints/${id}`);
+    top.replaceChildren(header());
+    loadDeliveries();
+  };
+  loadDeliveries();
+  const since = new Date(Date.now() - 24 * 3600 * 1000).toISOString().slice(0, 16);
+  return h(
+    "div",
+    {},
+    h("h1", {}, endpoint.url),
+    top,
+    h(
+      "p",
+      {},
+      act("Send test event", "", async () => {
+        const res = await api("POST", `/api/v1/webhook-endpoints/${id}/test`, { body: {} });
+        shown.replaceChildren(h("div", { class: "notice", role: "status", "data-testid": "test-sent" }, `Test event ${res.eventId} queued.`));
+        await refresh();
+      }, "send-test"),
+      " ",
+      act(endpoint.enabled ? "Disable" : "Enable", "secondary", async () => {
+        await api("PATCH", `/api/v1/webhook-endpoints/${id}`, { body: { enabled: !endpoint.enabled } });
+        go(`/settings/webhooks/${id}`, { at: Date.now() });
+      }),
+      " ",
+      act("Rotate secret", "secondary", async () => {
+        const res = await api("POST", `/api/v1/webhook-endpoints/${id}/rotate-secret`, { body: {} });
+        endpoint = res.endpoint;
+        top.replaceChildren(header());
+        shown.replaceChildren(
+          shownOnce(
+            `New signing secret (the previous one keeps signing until ${time(res.endpoint.previousSecretExpiresAt)})`,
+            res.secret,
+            "rotated-secret",
+          ),
+        );
+      }),
+      " ",
+      act("Refresh", "secondary", refresh, "refresh"),
+      " ",
+      act("Delete", "danger", async () => {
+        if (!confirm(`Delete ${endpoint.url}? Its pending deliveries are dropped.`)) return;
+        await api("DELETE", `/api/v1/webhook-endpoints/${id}`);
+        go("/settings/webhooks");
+      }),
+    ),
+    h(
+      "div",
+      { class: "card" },
+      h("h2", {}, "Edit"),
+      form(
+        [
+          field("URL", h("input", { name: "url", type: "url", value: endpoint.url, required: true })),
+          field("Event types", h("input", { name: "eventTypes", value: endpoint.eventTypes.join(", ") })),
+          field("Description", h("input", { name: "description", value: endpoint.description })),
+        ],
+        "Save",
+        async (data) => {
+          endpoint = await api("PATCH", `/api/v1/webhook-endpoints/${id}`, {
+            body: {
+              url: data.get("url"),
+              eventTypes: String(data.get("eventTypes") || "").split(",").map((t) => t.trim()).filter(Boolean),
+              description: data.get("description") || "",
+            },
+          });
+          top.replaceChildren(header());
+          shown.replaceChildren(h("div", { class: "notice", role: "status" }, "Saved."));
+        },
+        { inline: true, testid: "edit-endpoint" },
+      ),
+      h("h2", {}, "Recover failed deliveries"),
+      form(
+        [field("Since", h("input", { name: "since", type: "datetime-local", value: since, required: true }))],
+        "Recover",
+        async (data) => {
+          const res = await api("POST", `/api/v1/webhook-endpoints/${id}/recover`, {
+            body: { since: new Date(data.get("since")).toISOString() },
+          });
+          shown.replaceChildren(h("div", { class: "notice", role: "status", "data-testid": "recovered" }, `${res.recovered} deliveries queued again.`));
+          await refresh();
+        },
+        { inline: true, testid: "recover" },
+      ),
+    ),
+    shown,
+    h("h2", {}, "Deliveries"),
+    deliveries,
+    h("h2", {}, "Verifying the signatures"),
+    h("pre", { "data-testid": "snippet" }, snippet()),
   );
 }

@@ -217,7 +217,7 @@ run_browser_tests() {
         --role super_admin --password-stdin
     TENLYR_BASE="$API_URL" TENLYR_ADMIN_EMAIL="$email" TENLYR_ADMIN_PASSWORD="$password" \
         TENLYR_ARTIFACTS="${CARGO_TARGET_DIR:-target}/test-artifacts/backoffice" \
-        node --test tests/browser/
+        node --test --test-concurrency=1 tests/browser/
 }
 
 # Runs schemathesis (tests/peers/.venv) against the server of

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::tenant::violation;
+use super::{keys::KeyHasher, tenant::violation};
 use crate::error::FieldViolation;
 
 /// A user's role. Platform roles have no tenant; tenant roles have one
@@ -109,7 +109,7 @@ pub const MIN_PASSWORD: usize = 12;
 pub const MAX_PASSWORD: usize = 200;
 
 /// A new password: 12 to 200 characters (NIST SP 800-63B: length, no
-/// composition rules). bcrypt reads at most 72 bytes, so longer ones are
+/// composition rules). bcrypt reads at most 72 bytes, so every password is
 /// pre-hashed by [`bcrypt_input`].
 pub fn password(raw: &str) -> Result<&str, FieldViolation> {
     let n = raw.chars().count();
@@ -122,16 +122,13 @@ pub fn password(raw: &str) -> Result<&str, FieldViolation> {
     Ok(raw)
 }
 
-/// What bcrypt hashes: the password itself when it fits bcrypt's 72
-/// bytes, else its SHA-256 in hex (so every character counts and no input
-/// is silently cut).
-pub fn bcrypt_input(password: &str) -> String {
-    if password.len() <= 72 {
-        password.to_owned()
-    } else {
-        let digest = ring::digest::digest(&ring::digest::SHA256, password.as_bytes());
-        digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-    }
+/// What bcrypt hashes: the password's HMAC under the server pepper, in
+/// base64 (44 bytes), so every character of a long password counts, no
+/// input is cut at bcrypt's 72 bytes, no string but the password itself
+/// verifies, and a stolen table of hashes is useless without the pepper.
+pub fn bcrypt_input(hasher: &KeyHasher, password: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(hasher.digest(&format!("password:{password}")))
 }
 
 /// A random one-time token (session, invite, reset): 32 bytes, URL-safe
@@ -235,13 +232,33 @@ pub const LOGIN_WINDOW: Duration = Duration::minutes(15);
 pub const LOGIN_LOCKOUT: Duration = Duration::minutes(15);
 
 /// The counter subject of an account (whether or not it exists, so a
-/// lockout says nothing about existence) and of a client address.
+/// lockout says nothing about existence): a digest of the email as typed
+/// (trimmed, lowercase), so any input has a short key.
 pub fn account_subject(email: &str) -> String {
-    format!("email:{}", email.trim().to_lowercase())
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        email.trim().to_lowercase().as_bytes(),
+    );
+    let hex: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("email:{hex}")
 }
 
-pub fn address_subject(address: &str) -> String {
-    format!("ip:{address}")
+/// The counter subject of a client address: IPv4 addresses one by one,
+/// IPv6 by /64 (one host usually holds a whole /64).
+pub fn address_subject(address: std::net::IpAddr) -> String {
+    match address {
+        std::net::IpAddr::V4(v4) => format!("ip:{v4}"),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("ip:{v4}"),
+            None => {
+                let s = v6.segments();
+                format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
 }
 
 #[cfg(test)]
@@ -276,9 +293,15 @@ mod tests {
         assert!(password("twelve chars").is_ok());
         assert!(password("twelve\0chars").is_err());
         assert!(password(&"x".repeat(201)).is_err());
+        let hasher = KeyHasher::new(b"a test pepper of some length");
         let long = "é".repeat(100);
-        assert_eq!(bcrypt_input(&long).len(), 64);
-        assert_eq!(bcrypt_input("twelve chars"), "twelve chars");
+        assert_eq!(bcrypt_input(&hasher, &long).len(), 44);
+        assert_ne!(
+            bcrypt_input(&hasher, &long),
+            bcrypt_input(&hasher, &"é".repeat(99)),
+            "every character counts"
+        );
+        assert_ne!(bcrypt_input(&hasher, "twelve chars"), "twelve chars");
     }
 
     #[test]
@@ -306,6 +329,20 @@ mod tests {
         let busy = t0 + Duration::hours(12) - Duration::minutes(1);
         assert!(life.alive(busy, expires, busy + Duration::seconds(30)));
         assert!(!life.alive(busy, expires, expires));
+    }
+
+    #[test]
+    fn counter_subjects() {
+        assert_eq!(
+            account_subject(" Ops@Example.com"),
+            account_subject("ops@example.com")
+        );
+        assert_eq!(account_subject(&"x".repeat(100_000)).len(), 38);
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(address_subject(a), address_subject(b));
+        let v4: std::net::IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(address_subject(v4), "ip:10.0.0.1");
     }
 
     #[test]

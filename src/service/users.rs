@@ -5,8 +5,9 @@
 //! tenant-scoped roles. Every change and every sign-in is audited.
 //!
 //! Tokens (session, invite, reset) exist in plaintext only in the response
-//! that hands them out; the database keeps their HMAC digests under the
-//! server pepper, like API keys.
+//! that hands them out (and, sealed, in the stored reply an
+//! `Idempotency-Key` replays to the same caller); the database keeps their
+//! HMAC digests under the server pepper, like API keys.
 
 use std::{
     collections::HashMap,
@@ -54,7 +55,8 @@ pub struct UserSettings {
 }
 
 impl UserSettings {
-    /// Cookies are `Secure` when the server is reached over https.
+    /// Cookies are `Secure` when `TENLYR_PUBLIC_URL` is https (the server
+    /// cannot see TLS that a proxy in front of it terminates).
     fn secure_cookie(&self) -> bool {
         self.public_url
             .as_deref()
@@ -72,7 +74,7 @@ impl UserSettings {
 }
 
 /// A signed-in caller as the Backoffice sees it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionView {
     pub user: Option<UserRow>,
     pub tenant: Option<tenant::Model>,
@@ -81,18 +83,46 @@ pub struct SessionView {
 }
 
 /// A new session: what to show and the cookie to set.
-#[derive(Debug)]
 pub struct SignedIn {
     pub view: SessionView,
     pub set_cookie: String,
 }
 
 /// A one-time link handed to an admin.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Link {
     pub kind: &'static str,
     pub url: String,
     pub expires_at: DateTime<Utc>,
+}
+
+// Hand-written `Debug` for what carries a token, so no `?value` in a log
+// line can print one.
+impl std::fmt::Debug for SessionView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionView")
+            .field("user", &self.user)
+            .field("tenant", &self.tenant.as_ref().map(|t| t.id))
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for SignedIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedIn")
+            .field("view", &self.view)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("kind", &self.kind)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -177,7 +207,7 @@ impl Users {
     }
 
     async fn hash_password(&self, password: &str) -> Result<String, ApiError> {
-        let input = rules::bcrypt_input(password);
+        let input = rules::bcrypt_input(self.0.keys.hasher(), password);
         let cost = self.0.settings.bcrypt_cost;
         tokio::task::spawn_blocking(move || bcrypt::hash(input, cost))
             .await
@@ -186,7 +216,7 @@ impl Users {
     }
 
     async fn password_matches(&self, password: &str, hash: Option<&str>) -> bool {
-        let input = rules::bcrypt_input(password);
+        let input = rules::bcrypt_input(self.0.keys.hasher(), password);
         let (hash, real) = match hash {
             Some(h) => (h.to_owned(), true),
             None => (self.0.decoy_hash.clone(), false),
@@ -206,7 +236,7 @@ impl Users {
         &self,
         email: &str,
         password: &str,
-        address: Option<&str>,
+        address: Option<std::net::IpAddr>,
     ) -> Result<SignedIn, ApiError> {
         let now = self.0.clock.now();
         let limit = self.0.settings.login_limit;
@@ -215,7 +245,12 @@ impl Users {
         let subjects: Vec<String> = std::iter::once(account.clone())
             .chain(address.clone())
             .collect();
+        // One transaction per attempt, serialised per account by an
+        // advisory lock held across the password check: concurrent guesses
+        // at one account see each other's failures, so a burst gets no more
+        // tries than the limit.
         let tx = self.0.db.begin(Scope::Platform).await?;
+        repo::lock_subject(&tx, &account).await?;
         if let Some(until) = repo::locked_until(&tx, &subjects, now).await? {
             tx.commit().await?;
             let mut err = ApiError::new(
@@ -230,10 +265,8 @@ impl Users {
             Ok(email) => repo::find_by_email(&tx, &email).await?,
             Err(_) => None,
         };
-        tx.commit().await?;
         let hash = user.as_ref().and_then(|u| u.password_hash.as_deref());
         if !self.password_matches(password, hash).await {
-            let tx = self.0.db.begin(Scope::Platform).await?;
             let (window, lockout) = (rules::LOGIN_WINDOW, rules::LOGIN_LOCKOUT);
             repo::record_failure(&tx, &account, limit.per_account, now, window, lockout).await?;
             if let Some(address) = &address {
@@ -246,7 +279,6 @@ impl Users {
             return Err(ApiError::unauthenticated("wrong email or password"));
         }
         let user = user.expect("a matching password has a user");
-        let tx = self.0.db.begin(Scope::Platform).await?;
         let tenant = self.usable(&tx, &user).await?;
         repo::clear_failures(&tx, &account).await?;
         repo::record_login(&tx, user.id, now).await?;
@@ -371,17 +403,22 @@ impl Users {
     }
 
     /// Writes the recorded last-seen times (the activity worker, every 2 s
-    /// and at shutdown) and forgets sessions that ended a day ago.
+    /// and at shutdown), forgets sessions that ended (either way) a day ago
+    /// and failed-login counters whose window and lockout are over.
     pub async fn flush_seen(&self) -> Result<(), DbErr> {
         let batch: Vec<_> = std::mem::take(&mut *self.0.seen.lock().expect("seen lock"))
             .into_iter()
             .collect();
         repo::touch_sessions(self.0.db.app(), &batch).await?;
+        let now = self.0.clock.now();
+        let day = chrono::Duration::days(1);
         repo::purge_sessions(
             self.0.db.app(),
-            self.0.clock.now() - chrono::Duration::days(1),
+            now - day,
+            now - day - self.0.settings.lifetimes.idle,
         )
         .await?;
+        repo::purge_failures(self.0.db.app(), now - rules::LOGIN_WINDOW, now).await?;
         Ok(())
     }
 
@@ -476,9 +513,9 @@ impl Users {
         if !rules::token_shape(token) {
             return Err(invalid());
         }
-        let hash = self.hash_password(password).await?;
         let now = self.0.clock.now();
         let tx = self.0.db.begin(Scope::Platform).await?;
+        // The token first: only a live link costs a bcrypt hash.
         let Some((user_id, expires_at)) =
             repo::take_token(&tx, self.digest(purpose, token), purpose).await?
         else {
@@ -493,6 +530,7 @@ impl Users {
             )
             .with_reason("LINK_EXPIRED"));
         }
+        let hash = self.hash_password(password).await?;
         let user = repo::set_password(&tx, user_id, &hash, now)
             .await?
             .ok_or_else(invalid)?;
@@ -530,6 +568,7 @@ impl Users {
         role: Option<Role>,
         tenant_id: Option<Uuid>,
     ) -> Result<(UserRow, Link), ApiError> {
+        ensure_user_manager(actor)?;
         let mut violations = Vec::new();
         let email = rules::email(email).map_err(|v| violations.push(v)).ok();
         let role = role.or_else(|| {
@@ -640,9 +679,11 @@ impl Users {
         &self,
         actor: &Actor,
         tenant_id: Option<Uuid>,
+        platform_only: bool,
         limit: Option<u64>,
         cursor: Option<&str>,
     ) -> Result<UserPage, ApiError> {
+        ensure_user_manager(actor)?;
         let limit = limit.unwrap_or(DEFAULT_PAGE);
         if !(1..=MAX_PAGE).contains(&limit) {
             return Err(ApiError::bad_field("limit", "must be 1 to 200"));
@@ -658,7 +699,7 @@ impl Users {
             .map(|c| decode_cursor::<Uuid>("users", c))
             .transpose()?;
         let tx = self.0.db.begin(actor.scope()?).await?;
-        let mut data = repo::page(&tx, tenant_id, after, limit + 1).await?;
+        let mut data = repo::page(&tx, tenant_id, platform_only, after, limit + 1).await?;
         tx.commit().await?;
         let next_cursor = (data.len() as u64 > limit).then(|| {
             data.truncate(limit as usize);
@@ -668,6 +709,7 @@ impl Users {
     }
 
     pub async fn get(&self, actor: &Actor, id: Uuid) -> Result<UserRow, ApiError> {
+        ensure_user_manager(actor)?;
         let tx = self.0.db.begin(actor.scope()?).await?;
         let user = repo::get(&tx, id).await?;
         tx.commit().await?;
@@ -683,6 +725,7 @@ impl Users {
         actor: &Actor,
         id: Uuid,
     ) -> Result<UserRow, ApiError> {
+        ensure_user_manager(actor)?;
         let user = repo::get(tx, id)
             .await?
             .ok_or_else(|| ApiError::not_found("User not found"))?;
@@ -728,6 +771,7 @@ impl Users {
         let mut ended = 0;
         if status == Some(UserStatus::Deactivated) {
             ended = repo::end_sessions(&tx, id, None).await?.len();
+            repo::drop_tokens(&tx, id).await?;
         }
         tenant_repo::audit(
             &tx,
@@ -825,7 +869,7 @@ pub async fn create_from_cli(
         Some(p) => {
             let p = rules::password(p)
                 .map_err(|v| anyhow::anyhow!("the password {}", v.description))?;
-            let (input, cost) = (rules::bcrypt_input(p), settings.bcrypt_cost);
+            let (input, cost) = (rules::bcrypt_input(hasher, p), settings.bcrypt_cost);
             Some(tokio::task::spawn_blocking(move || bcrypt::hash(input, cost)).await??)
         }
         None => None,
@@ -876,6 +920,25 @@ pub async fn create_from_cli(
     tenant_repo::audit(&tx, entry).await?;
     tx.commit().await?;
     Ok((user, link))
+}
+
+/// Who may manage users: platform callers, and a tenant's owners signed in
+/// to the Backoffice. A tenant key has no role — any developer can create
+/// one — so it manages no users (else a developer's key could make its
+/// holder an owner).
+fn ensure_user_manager(actor: &Actor) -> Result<(), ApiError> {
+    match (&actor.principal, actor.session()) {
+        (Principal::Admin { .. }, _) => Ok(()),
+        (Principal::Tenant { .. }, Some(s)) if s.role == Role::Owner => Ok(()),
+        (Principal::Tenant { .. }, Some(_)) => Err(ApiError::permission_denied(
+            "only the tenant's owners manage its users",
+        )),
+        (Principal::Tenant { .. }, None) => Err(ApiError::permission_denied(
+            "users are managed by the tenant's owners in the Backoffice, or with an admin key; \
+             a tenant API key cannot",
+        )),
+        (Principal::Anonymous, _) => Err(ApiError::unauthenticated("sign in first")),
+    }
 }
 
 /// Platform users are managed with an admin key or by a super admin.

@@ -1,8 +1,11 @@
 //! Backoffice users, their one-time links, sessions and failed-login
 //! counters (`migrations/0019_users.sql`). Users are read and changed in
 //! the caller's scoped transaction (RLS: a tenant scope sees its own
-//! tenant's users); sign-in, links and sessions run in platform scope
-//! because the tenant is not known until the user is found.
+//! tenant's users); sign-in and redeeming a link run in platform scope
+//! because the tenant is not known until the user is found. `sessions`,
+//! `user_tokens` and `login_failures` have no RLS: they are written only
+//! for a user the same transaction has read through `users` (or, at
+//! sign-in, found by its email).
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, QueryResult, SqlErr};
@@ -11,7 +14,7 @@ use uuid::Uuid;
 use super::statement;
 use crate::domain::user::{Role, UserStatus};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct UserRow {
     pub id: Uuid,
     pub email: String,
@@ -22,6 +25,17 @@ pub struct UserRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_login_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for UserRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRow")
+            .field("id", &self.id)
+            .field("role", &self.role)
+            .field("tenant_id", &self.tenant_id)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
 }
 
 const USER_COLUMNS: &str = "u.id, u.email, u.role, u.tenant_id, u.status, u.password_hash, \
@@ -109,10 +123,11 @@ pub async fn find_by_email(
 }
 
 /// Up to `limit` users in id (creation) order after `after`: one
-/// tenant's, or all the scope sees.
+/// tenant's, only platform users, or all the scope sees.
 pub async fn page(
     tx: &DatabaseTransaction,
     tenant_id: Option<Uuid>,
+    platform_only: bool,
     after: Option<Uuid>,
     limit: u64,
 ) -> Result<Vec<UserRow>, DbErr> {
@@ -121,9 +136,15 @@ pub async fn page(
             format!(
                 "SELECT {USER_COLUMNS} FROM users u \
                  WHERE ($1::uuid IS NULL OR u.tenant_id = $1) AND ($2::uuid IS NULL OR u.id > $2) \
+                   AND (NOT $4 OR u.tenant_id IS NULL) \
                  ORDER BY u.id LIMIT $3"
             ),
-            [tenant_id.into(), after.into(), (limit as i64).into()],
+            [
+                tenant_id.into(),
+                after.into(),
+                (limit as i64).into(),
+                platform_only.into(),
+            ],
         ))
         .await?;
     rows.iter().map(user).collect()
@@ -344,18 +365,57 @@ pub async fn touch_sessions(
     Ok(())
 }
 
-/// Forgets sessions that ended before `before`; how many.
+/// Forgets sessions that expired before `expired_before` or were last
+/// seen before `seen_before`; how many.
 pub async fn purge_sessions(
     db: &impl ConnectionTrait,
-    before: DateTime<Utc>,
+    expired_before: DateTime<Utc>,
+    seen_before: DateTime<Utc>,
 ) -> Result<u64, DbErr> {
     let done = db
         .execute_raw(statement(
-            "DELETE FROM sessions WHERE expires_at < $1",
-            [before.into()],
+            "DELETE FROM sessions WHERE expires_at < $1 OR last_seen_at < $2",
+            [expired_before.into(), seen_before.into()],
         ))
         .await?;
     Ok(done.rows_affected())
+}
+
+/// Forgets failed-login counters whose window started before
+/// `window_before` and that are not locked at `now`.
+pub async fn purge_failures(
+    db: &impl ConnectionTrait,
+    window_before: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<u64, DbErr> {
+    let done = db
+        .execute_raw(statement(
+            "DELETE FROM login_failures WHERE window_started_at < $1 \
+               AND (locked_until IS NULL OR locked_until < $2)",
+            [window_before.into(), now.into()],
+        ))
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Serialises sign-in attempts at one subject until the transaction ends.
+pub async fn lock_subject(tx: &DatabaseTransaction, subject: &str) -> Result<(), DbErr> {
+    tx.execute_raw(statement(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 7411))",
+        [subject.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Forgets a user's outstanding invite and reset links.
+pub async fn drop_tokens(tx: &DatabaseTransaction, user_id: Uuid) -> Result<(), DbErr> {
+    tx.execute_raw(statement(
+        "DELETE FROM user_tokens WHERE user_id = $1",
+        [user_id.into()],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// The latest time any of `subjects` is locked until, if one is locked at

@@ -92,6 +92,8 @@ test("the onboarding guide, admin and tenant user, in Chromium", { timeout: 180_
     await admin.getByRole("button", { name: "Sign in" }).click();
 
     // 1. Create the tenant: name, slug, plan, business time zone.
+    await admin.getByRole("heading", { name: "Dashboard" }).waitFor();
+    await admin.getByRole("link", { name: "Tenants", exact: true }).click();
     await admin.getByRole("heading", { name: "Tenants" }).waitFor();
     const create = admin.getByTestId("create-tenant");
     await create.getByLabel("Name").fill(`Acme ${run}`);
@@ -222,6 +224,19 @@ test("the onboarding guide, admin and tenant user, in Chromium", { timeout: 180_
     assert.equal(hook.received.length, 1);
     assert.equal(hook.received[0].body.provider, "generic");
     assert.equal(hook.received[0].body.payload.id, `evt_${run}`);
+
+    // The REST request shows too: the key it used has a last-use time now
+    // (written within 2 s).
+    let used = false;
+    for (let i = 0; i < 20 && !used; i++) {
+      await user.goto(`${BASE}/backoffice/#/keys?at=${i}`);
+      const row = user.getByRole("row").filter({ hasText: "integration-test" });
+      await row.waitFor();
+      used = !(await row.getByRole("cell").nth(3).textContent()).includes("—");
+      if (!used) await new Promise((r) => setTimeout(r, 500));
+    }
+    assert.ok(used, "the integration key's last use is shown");
+    await screenshot(user, "api-keys-after-traffic");
 
     // Usage counters moved after the traffic.
     await user.goto(`${BASE}/backoffice/#/home`);

@@ -341,6 +341,30 @@ async fn an_admin_onboards_a_tenant_user_who_sees_only_its_tenant() {
         keys_before + 1,
         "only the real request made a key"
     );
+    // A tenant key has no role: it manages no users (a developer's key
+    // cannot make its holder an owner).
+    let made = created["apiKey"].as_str().unwrap();
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/api/v1/users".to_owned(),
+            Some(json!({"email": "x@acme.test", "role": "owner"})),
+        ),
+        (Method::GET, "/api/v1/users".to_owned(), None),
+        (
+            Method::POST,
+            format!("/api/v1/users/{owner_id}/password-reset"),
+            Some(json!({})),
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/users/{owner_id}"),
+            Some(json!({"active": false})),
+        ),
+    ] {
+        let (status, body) = call(&app, made, method.clone(), &path, body).await;
+        assert_eq!(status, 403, "{method} {path}: {body}");
+    }
 
     // Webhook settings are the tenant user's to set.
     let (status, settings, _) = owner
@@ -463,6 +487,41 @@ async fn wrong_passwords_lock_the_account_but_not_its_neighbours() {
     // Another account from the same address still signs in.
     let (status, _, _) = Browser::login(&app, "bystander@lock.test", PASSWORD).await;
     assert_eq!(status, 200);
+    // Parallel guesses at one account get no more tries than the limit.
+    cli_user(&app, "burst@lock.test", "admin", Some(PASSWORD)).await;
+    let guesses = (0..12).map(|i| {
+        let app = &app;
+        async move {
+            Browser::login(app, "burst@lock.test", &format!("guess number {i}"))
+                .await
+                .0
+        }
+    });
+    let statuses = futures_util::future::join_all(guesses).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| matches!(s, 401 | 429)),
+        "{statuses:?}"
+    );
+    // Junk of any length is a plain 401, never a 500.
+    let (status, body, _) = Browser::login(&app, &"x".repeat(20_000), PASSWORD).await;
+    assert_eq!(status, 401, "{body}");
+    // Another site's form cannot sign a victim in to the attacker's account.
+    let response = app
+        .http
+        .post(app.url("/api/v1/auth/login"))
+        .header("sec-fetch-site", "cross-site")
+        .json(&json!({"email": "bystander@lock.test", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert!(response.headers().get("set-cookie").is_none());
+
     // After the lockout the right password works again.
     clock.advance(chrono::Duration::minutes(16));
     let (status, body, _) = Browser::login(&app, "victim@lock.test", PASSWORD).await;
@@ -474,7 +533,8 @@ async fn wrong_passwords_lock_the_account_but_not_its_neighbours() {
         None,
     )
     .await;
-    assert_eq!(log["data"].as_array().unwrap().len(), 5, "{log}");
+    // Five for each existing account; the unknown email and the junk none.
+    assert_eq!(log["data"].as_array().unwrap().len(), 10, "{log}");
     assert!(!log.to_string().contains("not the password"));
 }
 
@@ -740,6 +800,18 @@ async fn deactivation_ends_sessions_and_only_super_admins_manage_platform_users(
         )
         .await;
     assert_eq!(status, 422, "{body}");
+    let (status, platform, _) = root
+        .call(&app, Method::GET, "/api/v1/users?platformOnly=true", None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        platform["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["tenantId"].is_null()),
+        "{platform}"
+    );
     let (status, page, _) = root
         .call(&app, Method::GET, "/api/v1/users?limit=1", None)
         .await;

@@ -105,6 +105,23 @@ fn signed_in(signed: SignedIn) -> Result<Response<v1::SessionInfo>, Status> {
     with_cookie(session_to_proto(&signed.view), &signed.set_cookie)
 }
 
+/// Signing in (and redeeming a link) only from a page of this origin or
+/// from a non-browser client: a browser's `Sec-Fetch-Site` other than
+/// `same-origin` or `none` means another site made the request (a form
+/// that would sign the victim in to the attacker's account).
+fn same_origin_only<T>(request: &Request<T>) -> Result<(), ApiError> {
+    match request
+        .metadata()
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+    {
+        None | Some("same-origin" | "none") => Ok(()),
+        Some(_) => Err(ApiError::permission_denied(
+            "sign in from the Backoffice's own pages: cross-site requests are refused",
+        )),
+    }
+}
+
 fn optional_id(field: &str, raw: &str) -> Result<Option<uuid::Uuid>, ApiError> {
     (!raw.is_empty()).then(|| parse_id(field, raw)).transpose()
 }
@@ -115,15 +132,16 @@ impl v1::user_service_server::UserService for UserApi {
         &self,
         request: Request<v1::LoginRequest>,
     ) -> Result<Response<v1::SessionInfo>, Status> {
+        same_origin_only(&request)?;
         let address = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
+            .map(|c| c.0.ip());
         let r = request.into_inner();
         signed_in(
             self.state
                 .users
-                .login(&r.email, &r.password, address.as_deref())
+                .login(&r.email, &r.password, address)
                 .await?,
         )
     }
@@ -151,6 +169,7 @@ impl v1::user_service_server::UserService for UserApi {
         &self,
         request: Request<v1::AcceptInviteRequest>,
     ) -> Result<Response<v1::SessionInfo>, Status> {
+        same_origin_only(&request)?;
         let r = request.into_inner();
         signed_in(
             self.state
@@ -164,6 +183,7 @@ impl v1::user_service_server::UserService for UserApi {
         &self,
         request: Request<v1::ResetPasswordRequest>,
     ) -> Result<Response<v1::SessionInfo>, Status> {
+        same_origin_only(&request)?;
         let r = request.into_inner();
         signed_in(
             self.state
@@ -208,6 +228,7 @@ impl v1::user_service_server::UserService for UserApi {
             .list(
                 &actor,
                 optional_id("tenantId", &r.tenant_id)?,
+                r.platform_only,
                 (r.limit != 0).then_some(r.limit.max(0) as u64),
                 Some(r.cursor.as_str()),
             )
