@@ -3201,6 +3201,7 @@ export interface operations {
                 tenantId?: string;
                 limit?: number;
                 cursor?: string;
+                platformOnly?: boolean;
             };
             header?: never;
             path?: never;
