@@ -235,4 +235,19 @@ pub struct LogConfig {
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "TENLYR_LOG", default_value = "info", global = true)]
     pub log: String,
+
+    /// OpenTelemetry collector for trace export over OTLP/HTTP (protobuf),
+    /// e.g. `http://127.0.0.1:4318`; spans go to `<endpoint>/v1/traces`.
+    /// Unset: no export. The SDK's `OTEL_BSP_*` variables tune batching.
+    #[arg(long, env = "TENLYR_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+
+    /// `service.name` of the exported traces.
+    #[arg(
+        long,
+        env = "TENLYR_OTLP_SERVICE_NAME",
+        default_value = "tenlyr",
+        global = true
+    )]
+    pub otlp_service_name: String,
 }

@@ -84,8 +84,14 @@ enum AdminCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(&cli.log)?;
-    match cli.command {
+    let telemetry = telemetry::init(&cli.log)?;
+    let result = run(cli.command).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(config) => app::serve(*config).await,
         Command::Openapi => {
             let doc = tenlyr::transport::openapi_document()?;

@@ -131,6 +131,11 @@ pub fn bcrypt_input(hasher: &KeyHasher, password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(hasher.digest(&format!("password:{password}")))
 }
 
+/// The cost a bcrypt hash (`$2b$12$…`) was made with.
+pub fn bcrypt_cost(hash: &str) -> Option<u32> {
+    hash.split('$').nth(2)?.parse().ok()
+}
+
 /// A random one-time token (session, invite, reset): 32 bytes, URL-safe
 /// base64 without padding (43 characters).
 pub fn new_token() -> String {
@@ -302,6 +307,8 @@ mod tests {
             "every character counts"
         );
         assert_ne!(bcrypt_input(&hasher, "twelve chars"), "twelve chars");
+        assert_eq!(bcrypt_cost("$2b$12$abcdefghijklmnopqrstuv"), Some(12));
+        assert_eq!(bcrypt_cost("junk"), None);
     }
 
     #[test]

@@ -278,8 +278,16 @@ impl Users {
             tx.commit().await?;
             return Err(ApiError::unauthenticated("wrong email or password"));
         }
+        let stored_cost = hash.and_then(rules::bcrypt_cost);
         let user = user.expect("a matching password has a user");
         let tenant = self.usable(&tx, &user).await?;
+        // A hash made at another cost is redone at today's, so raising
+        // TENLYR_BCRYPT_COST reaches every account at its next sign-in (and
+        // no account signs in measurably faster than the decoy).
+        if stored_cost != Some(self.0.settings.bcrypt_cost) {
+            let rehashed = self.hash_password(password).await?;
+            repo::set_password(&tx, user.id, &rehashed, now).await?;
+        }
         repo::clear_failures(&tx, &account).await?;
         repo::record_login(&tx, user.id, now).await?;
         tenant_repo::audit(&tx, user_audit(&user, "user.login", json!({}))).await?;

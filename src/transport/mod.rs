@@ -502,6 +502,8 @@ fn make_span(request: &Request<Body>) -> Span {
         .unwrap_or("");
     tracing::info_span!(
         "request",
+        otel.name = %format_args!("{} {}", request.method(), request.uri().path()),
+        otel.kind = "server",
         method = %request.method(),
         path = request.uri().path(),
         protocol = ?protocol(request),

@@ -207,3 +207,79 @@ async fn metrics_parse_and_move_with_traffic() {
         ) >= 1.0
     );
 }
+
+/// With `TENLYR_OTLP_ENDPOINT` set, request spans reach an OTLP/HTTP
+/// collector (decoded by the OpenTelemetry project's own protobuf
+/// definitions), each with the request id as an attribute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_are_exported_over_otlp_with_the_request_id() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/.venv/bin/python");
+    assert!(
+        std::path::Path::new(python).exists(),
+        "run scripts/test.sh once (it installs tests/peers/requirements.txt into tests/peers/.venv)"
+    );
+    let mut collector = tokio::process::Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/otlp_collector.py"
+        ))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(collector.stdout.take().unwrap()).lines();
+    let port = lines.next_line().await.unwrap().unwrap();
+    let port = port.strip_prefix("PORT ").expect("the collector's port");
+
+    let db = TestDb::migrated().await;
+    let data = std::env::temp_dir().join(format!("tenlyr-otlp-{}", uuid::Uuid::new_v4()));
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let server = start_process(
+        &db,
+        &data,
+        &[
+            ("TENLYR_OTLP_ENDPOINT", endpoint.as_str()),
+            ("TENLYR_OTLP_SERVICE_NAME", "tenlyr-under-test"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let response = http
+        .get(format!("{}/api/v1/tenants", server.base))
+        .header("x-request-id", "trace-me-0042")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    let span = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the collector runs");
+            let span: Value = serde_json::from_str(&line).unwrap();
+            if span["attributes"]["request_id"] == "trace-me-0042" {
+                return span;
+            }
+        }
+    })
+    .await
+    .expect("the request's span reached the collector");
+    assert_eq!(span["name"], "GET /api/v1/tenants");
+    assert_eq!(span["kind"], 2, "SPAN_KIND_SERVER");
+    assert_eq!(span["service"], "tenlyr-under-test");
+    assert_eq!(span["attributes"]["path"], "/api/v1/tenants");
+    // (recorded after the span opened, the bridge writes it as text)
+    assert_eq!(
+        span["attributes"]["status"].to_string().trim_matches('"'),
+        "401"
+    );
+    assert_eq!(span["traceId"].as_str().unwrap().len(), 32);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data);
+}
