@@ -218,6 +218,11 @@ run_browser_tests() {
     TENLYR_BASE="$API_URL" TENLYR_ADMIN_EMAIL="$email" TENLYR_ADMIN_PASSWORD="$password" \
         TENLYR_ARTIFACTS="${CARGO_TARGET_DIR:-target}/test-artifacts/backoffice" \
         node --test --test-concurrency=1 tests/browser/
+    # Passwords appear in no log line.
+    if grep -qF "$password" "$API_DATA/stderr"; then
+        echo "the admin's password was logged" >&2
+        return 1
+    fi
 }
 
 # Runs schemathesis (tests/peers/.venv) against the server of

@@ -352,7 +352,7 @@ impl Server {
             outbox.clone(),
             clock.clone(),
         );
-        let records = Records::new(
+        let (records, record_commits) = Records::new(
             db.clone(),
             clock.clone(),
             chrono::Duration::hours(i64::from(config.record_retention_hours)),
@@ -405,6 +405,7 @@ impl Server {
             .with_context(|| format!("binding TENLYR_LISTEN={}", config.listen))?;
 
         runtime.spawn(ingest);
+        runtime.spawn(record_commits);
         runtime.spawn(inbound_log);
         runtime.spawn(Periodic::new(
             SpoolDrain(spool),

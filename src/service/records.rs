@@ -3,15 +3,24 @@
 //! `Retry-After`) or the saved result, which it returns instead of doing
 //! the work again.
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::{
     domain::record::{self as rules, Record, RecordError, State},
     error::{ApiError, ErrorCode, FieldViolation},
-    storage::{Db, records as repo},
-    workers::SharedClock,
+    storage::{
+        Db, is_sqlx_unavailable,
+        records::{self as repo, Write},
+    },
+    workers::{SharedClock, record_commit::RecordCommitWorker},
 };
+
+/// Writes one commit takes at most.
+pub const MAX_COMMIT: usize = 512;
+/// Writes that may wait for the committer before callers wait to enqueue.
+const QUEUE: usize = 4096;
 
 /// What a lock call comes to.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,10 +34,115 @@ pub enum LockOutcome {
 
 #[derive(Clone, Debug)]
 pub struct Records {
+    /// To the committer: every call goes through it.
+    writes: mpsc::Sender<Submission>,
+}
+
+/// What a caller asks of the committer; times are taken at commit.
+#[derive(Debug)]
+pub(crate) enum WriteRequest {
+    Lock {
+        tenant: Uuid,
+        key: String,
+        fingerprint: Option<String>,
+        lease: Duration,
+    },
+    Save {
+        tenant: Uuid,
+        key: String,
+        token: Uuid,
+        data: serde_json::Value,
+    },
+    Get {
+        tenant: Uuid,
+        key: String,
+    },
+}
+
+/// The record after a write, whether the write took effect, and the time
+/// it was judged at.
+type Written = (Option<(bool, Record)>, DateTime<Utc>);
+
+#[derive(Debug)]
+pub(crate) struct Submission {
+    request: WriteRequest,
+    reply: oneshot::Sender<Result<Written, ApiError>>,
+}
+
+/// Runs the writes that queued while its previous commit ran as one batch
+/// (`storage::records::write_batch`): one round trip and one WAL flush for
+/// many locks and saves, each answered after the commit.
+#[derive(Clone, Debug)]
+pub struct Committer {
     db: Db,
     clock: SharedClock,
     /// How long a saved record is kept.
     retention: Duration,
+}
+
+impl Committer {
+    pub(crate) async fn commit(&self, group: Vec<Submission>) {
+        let now = self.clock.now();
+        let writes: Vec<Write> = group
+            .iter()
+            .map(|s| match &s.request {
+                WriteRequest::Lock {
+                    tenant,
+                    key,
+                    fingerprint,
+                    lease,
+                } => Write::Lock {
+                    tenant: *tenant,
+                    key: key.clone(),
+                    token: Uuid::new_v4(),
+                    fingerprint: fingerprint.clone(),
+                    lease_until: now + *lease,
+                    forget_at: now + *lease + self.retention,
+                },
+                WriteRequest::Save {
+                    tenant,
+                    key,
+                    token,
+                    data,
+                } => Write::Save {
+                    tenant: *tenant,
+                    key: key.clone(),
+                    token: *token,
+                    data: data.clone(),
+                    forget_at: now + self.retention,
+                },
+                WriteRequest::Get { tenant, key } => Write::Get {
+                    tenant: *tenant,
+                    key: key.clone(),
+                },
+            })
+            .collect();
+        match repo::write_batch(&self.db, &writes, now).await {
+            Ok(results) => {
+                for (s, result) in group.into_iter().zip(results) {
+                    let _ = s.reply.send(Ok((result, now)));
+                }
+            }
+            // One write the database refuses must not fail its neighbours:
+            // each is tried alone.
+            Err(err) if group.len() > 1 && !is_sqlx_unavailable(&err) => {
+                tracing::warn!(error = %err, writes = group.len(), "a record batch failed; writing one by one");
+                for (s, write) in group.into_iter().zip(writes) {
+                    let result = repo::write_batch(&self.db, std::slice::from_ref(&write), now)
+                        .await
+                        .map(|mut r| (r.pop().flatten(), now))
+                        .map_err(ApiError::from);
+                    let _ = s.reply.send(result);
+                }
+            }
+            Err(err) => {
+                let err = ApiError::from(err);
+                for s in group {
+                    let _ = s.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
 }
 
 impl From<RecordError> for ApiError {
@@ -66,12 +180,26 @@ fn invalid(violations: Vec<FieldViolation>) -> ApiError {
 }
 
 impl Records {
-    pub fn new(db: Db, clock: SharedClock, retention: Duration) -> Self {
-        Self {
+    /// The service and the worker that commits its writes.
+    pub fn new(db: Db, clock: SharedClock, retention: Duration) -> (Self, RecordCommitWorker) {
+        let (writes, rx) = mpsc::channel(QUEUE);
+        let committer = Committer {
             db,
             clock,
             retention,
-        }
+        };
+        (Self { writes }, RecordCommitWorker { rx, committer })
+    }
+
+    async fn write(&self, request: WriteRequest) -> Result<Written, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(Submission { request, reply })
+            .await
+            .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+        answer
+            .await
+            .map_err(|_| ApiError::unavailable("the server is shutting down"))?
     }
 
     /// Takes the lock on `key`, or returns the saved record.
@@ -96,19 +224,14 @@ impl Records {
         // A record that vanished between the two statements of the call
         // (expired and purged) is simply locked again.
         for _ in 0..2 {
-            let now = self.clock.now();
-            let lease_until = now + lease;
-            let found = repo::lock(
-                self.db.pool(),
-                tenant,
-                key,
-                Uuid::new_v4(),
-                fingerprint,
-                now,
-                lease_until,
-                lease_until + self.retention,
-            )
-            .await?;
+            let (found, now) = self
+                .write(WriteRequest::Lock {
+                    tenant,
+                    key: key.to_owned(),
+                    fingerprint: fingerprint.map(str::to_owned),
+                    lease,
+                })
+                .await?;
             let Some((took, record)) = found else {
                 continue;
             };
@@ -152,28 +275,28 @@ impl Records {
             )
             .with_violation("data", format!("is {size} bytes of JSON")));
         }
-        let now = self.clock.now();
-        let (saved_now, record) = repo::save(
-            self.db.pool(),
-            tenant,
-            key,
-            token,
-            &data,
-            now,
-            now + self.retention,
-        )
-        .await?
-        .ok_or(RecordError::NotFound)?;
+        let (found, _) = self
+            .write(WriteRequest::Save {
+                tenant,
+                key: key.to_owned(),
+                token,
+                data,
+            })
+            .await?;
+        let (saved_now, record) = found.ok_or(RecordError::NotFound)?;
         rules::refuse_save(&record, saved_now)?;
         Ok(record)
     }
 
     pub async fn get(&self, tenant: Uuid, key: &str) -> Result<Record, ApiError> {
         let key = rules::key(key).map_err(|v| invalid(vec![v]))?;
-        let record = repo::get(self.db.pool(), tenant, key)
-            .await?
-            .ok_or(RecordError::NotFound)?;
-        Ok(record)
+        let (found, _) = self
+            .write(WriteRequest::Get {
+                tenant,
+                key: key.to_owned(),
+            })
+            .await?;
+        Ok(found.ok_or(RecordError::NotFound)?.1)
     }
 }
 

@@ -108,6 +108,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "users",
         sql: include_str!("../../migrations/0019_users.sql"),
     },
+    Migration {
+        version: 20,
+        name: "record_batches",
+        sql: include_str!("../../migrations/0020_record_batches.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

@@ -1,12 +1,14 @@
-//! Idempotent records (`migrations/0011_records.sql`). Each call is one
-//! SQL function that sets the tenant's scope for its own transaction, so
-//! a lock, save or get is one round trip; row-level security applies as
-//! for every tenant table.
+//! Idempotent records (`migrations/0011_records.sql`, `0020_record_batches.sql`).
+//! Locks, saves and gets go in batches (`write_batch`: one call of
+//! `tenlyr_record_batch` per place the batch's tenants live in, in arrival
+//! order, one transaction). Row-level security applies as for
+//! every tenant table.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row, postgres::PgRow};
 use uuid::Uuid;
 
+use super::{Db, tenant_data};
 use crate::domain::record::{Record, State};
 
 fn record(key: &str, row: &PgRow) -> Result<Record, sqlx::Error> {
@@ -25,63 +27,166 @@ fn record(key: &str, row: &PgRow) -> Result<Record, sqlx::Error> {
     })
 }
 
-/// Locks `key` with `token` until `lease_until` unless it is held, saved
-/// or was locked with another fingerprint: the record as it is now and
-/// whether this call took the lock (`None`: it vanished meanwhile).
-#[allow(clippy::too_many_arguments)]
-pub async fn lock(
-    pool: &PgPool,
-    tenant: Uuid,
-    key: &str,
-    token: Uuid,
-    fingerprint: Option<&str>,
-    now: DateTime<Utc>,
-    lease_until: DateTime<Utc>,
-    forget_at: DateTime<Utc>,
-) -> Result<Option<(bool, Record)>, sqlx::Error> {
-    let row = sqlx::query("SELECT * FROM tenlyr_record_lock($1, $2, $3, $4, $5, $6, $7)")
-        .bind(tenant)
-        .bind(key)
-        .bind(token)
-        .bind(fingerprint)
-        .bind(now)
-        .bind(lease_until)
-        .bind(forget_at)
-        .fetch_optional(pool)
-        .await?;
-    row.map(|row| Ok((row.try_get("took")?, record(key, &row)?)))
-        .transpose()
+/// One write of a batch (`tenlyr_record_batch`).
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Lock `key` with `token` until `lease_until`.
+    Lock {
+        tenant: Uuid,
+        key: String,
+        token: Uuid,
+        fingerprint: Option<String>,
+        lease_until: DateTime<Utc>,
+        forget_at: DateTime<Utc>,
+    },
+    /// Save `data` under `token`.
+    Save {
+        tenant: Uuid,
+        key: String,
+        token: Uuid,
+        data: serde_json::Value,
+        forget_at: DateTime<Utc>,
+    },
+    /// Read the record (rides along with the writes: one statement for
+    /// all).
+    Get { tenant: Uuid, key: String },
 }
 
-/// Saves `data` under `token` if it is the current, unexpired one: the
-/// record as it is now and whether the save holds (`None`: no record).
-pub async fn save(
-    pool: &PgPool,
-    tenant: Uuid,
-    key: &str,
-    token: Uuid,
-    data: &serde_json::Value,
-    now: DateTime<Utc>,
-    forget_at: DateTime<Utc>,
-) -> Result<Option<(bool, Record)>, sqlx::Error> {
-    let row = sqlx::query("SELECT * FROM tenlyr_record_save($1, $2, $3, $4, $5, $6)")
-        .bind(tenant)
-        .bind(key)
-        .bind(token)
-        .bind(data)
-        .bind(now)
-        .bind(forget_at)
-        .fetch_optional(pool)
-        .await?;
-    row.map(|row| Ok((row.try_get("saved_now")?, record(key, &row)?)))
-        .transpose()
+impl Write {
+    pub fn tenant(&self) -> Uuid {
+        match self {
+            Write::Lock { tenant, .. } | Write::Save { tenant, .. } | Write::Get { tenant, .. } => {
+                *tenant
+            }
+        }
+    }
+
+    fn key(&self) -> &str {
+        match self {
+            Write::Lock { key, .. } | Write::Save { key, .. } | Write::Get { key, .. } => key,
+        }
+    }
 }
 
-pub async fn get(pool: &PgPool, tenant: Uuid, key: &str) -> Result<Option<Record>, sqlx::Error> {
-    let row = sqlx::query("SELECT * FROM tenlyr_record_get($1, $2)")
-        .bind(tenant)
-        .bind(key)
-        .fetch_optional(pool)
+/// Runs `writes` at `now`, in order, in one transaction per place their
+/// tenants live in: for each, whether it took effect (the lock was taken,
+/// the save holds) and the record as it is after it (`None`: no record).
+pub async fn write_batch(
+    db: &Db,
+    writes: &[Write],
+    now: DateTime<Utc>,
+) -> Result<Vec<Option<(bool, Record)>>, sqlx::Error> {
+    let mut results = vec![None; writes.len()];
+    let mut work = db
+        .placements()
+        .partition((0..writes.len()).collect(), |i| writes[*i].tenant());
+    let mut refreshes = 0;
+    while let Some(part) = work.pop() {
+        match write_in_place(db.pool(), writes, &part, now).await {
+            Ok(done) => {
+                for (i, outcome) in done {
+                    results[i] = Some(outcome);
+                }
+            }
+            Err(err) if tenant_data::is_misrouted(&err) && refreshes < 3 => {
+                refreshes += 1;
+                db.placements().refresh(db.pool()).await?;
+                work.extend(db.placements().partition(part, |i| writes[*i].tenant()));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(results)
+}
+
+async fn write_in_place(
+    pool: &PgPool,
+    writes: &[Write],
+    part: &[usize],
+    now: DateTime<Utc>,
+) -> Result<Vec<(usize, (bool, Record))>, sqlx::Error> {
+    let n = part.len();
+    let (mut kinds, mut tenants, mut keys, mut tokens) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut prints, mut payloads, mut leases, mut forgets) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for &i in part {
+        match &writes[i] {
+            Write::Lock {
+                tenant,
+                key,
+                token,
+                fingerprint,
+                lease_until,
+                forget_at,
+            } => {
+                kinds.push("lock");
+                tenants.push(*tenant);
+                keys.push(key.as_str());
+                tokens.push(*token);
+                prints.push(fingerprint.as_deref());
+                payloads.push(None::<&serde_json::Value>);
+                leases.push(Some(*lease_until));
+                forgets.push(*forget_at);
+            }
+            Write::Save {
+                tenant,
+                key,
+                token,
+                data,
+                forget_at,
+            } => {
+                kinds.push("save");
+                tenants.push(*tenant);
+                keys.push(key.as_str());
+                tokens.push(*token);
+                prints.push(None);
+                payloads.push(Some(data));
+                leases.push(None);
+                forgets.push(*forget_at);
+            }
+            Write::Get { tenant, key } => {
+                kinds.push("get");
+                tenants.push(*tenant);
+                keys.push(key.as_str());
+                tokens.push(Uuid::nil());
+                prints.push(None);
+                payloads.push(None);
+                leases.push(None);
+                forgets.push(DateTime::<Utc>::UNIX_EPOCH);
+            }
+        }
+    }
+    let rows = sqlx::query("SELECT * FROM tenlyr_record_batch($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+        .bind(&kinds)
+        .bind(&tenants)
+        .bind(&keys)
+        .bind(&tokens)
+        .bind(&prints)
+        .bind(&payloads)
+        .bind(now)
+        .bind(&leases)
+        .bind(&forgets)
+        .fetch_all(pool)
         .await?;
-    row.map(|row| record(key, &row)).transpose()
+    rows.iter()
+        .map(|row| {
+            let ord: i32 = row.try_get("ord")?;
+            let i = usize::try_from(ord - 1)
+                .ok()
+                .and_then(|o| part.get(o).copied())
+                .ok_or_else(|| {
+                    sqlx::Error::Decode(format!("batch row {ord} out of range").into())
+                })?;
+            Ok((i, (row.try_get("hit")?, record(writes[i].key(), row)?)))
+        })
+        .collect()
 }

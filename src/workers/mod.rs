@@ -30,6 +30,7 @@ pub mod key_invalidation;
 pub mod partitions;
 pub mod periodic;
 pub mod queue;
+pub mod record_commit;
 pub mod record_expiry;
 pub mod tenant_purge;
 pub mod webhook_delivery;

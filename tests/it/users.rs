@@ -675,6 +675,30 @@ async fn invite_and_reset_links_expire_are_single_use_and_resets_end_sessions() 
     assert_eq!(status, 401);
     let (status, _, _) = Browser::login(&app, "late@links.test", "a brand new passphrase").await;
     assert_eq!(status, 200);
+
+    // A reset link lives an hour.
+    let (status, _, mut admin) = Browser::login(&app, "root@links.test", PASSWORD).await;
+    assert_eq!(status, 200);
+    let (status, link, _) = admin
+        .call(
+            &app,
+            Method::POST,
+            &format!("/api/v1/users/{user}/password-reset"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    clock.advance(chrono::Duration::minutes(61));
+    let (status, body, _) = Browser::default()
+        .call(
+            &app,
+            Method::POST,
+            "/api/v1/auth/reset-password",
+            Some(json!({"token": token_of(link["url"].as_str().unwrap()), "password": "yet another passphrase"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["reason"], "LINK_EXPIRED", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -767,6 +791,13 @@ async fn deactivation_ends_sessions_and_only_super_admins_manage_platform_users(
     let (status, me, _) = Browser::login(&app, "dev@manage.test", PASSWORD).await;
     assert_eq!(status, 200);
     assert_eq!(me["user"]["role"], "owner");
+    let (status, got, _) = root
+        .call(&app, Method::GET, &format!("/api/v1/users/{dev_id}"), None)
+        .await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["email"], "dev@manage.test");
+    assert_eq!(got["status"], "active");
+    assert!(got["lastLoginAt"].is_string(), "{got}");
 
     // Deleting; a duplicate email; listing with the cursor.
     let (status, _, _) = root
