@@ -6,7 +6,8 @@
 -- later operation on the same key sees the earlier one (two lockers of one
 -- key in a batch: the first takes it, the second is refused). The batch's
 -- tenants live in one place (tenlyr_enter_tenants routes it; TL001
--- otherwise, and the caller regroups).
+-- otherwise, and the caller regroups). The caller sorts a batch by tenant
+-- and key (stable), so concurrent batches lock rows in one order.
 
 CREATE FUNCTION tenlyr_record_batch(kinds text[], tenants uuid[], record_keys text[],
                                     tokens uuid[], prints text[], payloads jsonb[],
@@ -22,6 +23,11 @@ DECLARE
 BEGIN
     PERFORM tenlyr_enter_tenants(tenants);
     FOR i IN 1 .. coalesce(cardinality(kinds), 0) LOOP
+        -- Each operation under its own tenant's scope (enter_tenants left
+        -- the platform's), so row-level security still backs the
+        -- predicates below.
+        PERFORM set_config('app.tenant_id', tenants[i]::text, true),
+                set_config('app.scope', '', true);
         IF kinds[i] = 'lock' THEN
             RETURN QUERY
                 INSERT INTO records AS r (tenant_id, key, state, lock_token, fingerprint,

@@ -330,13 +330,13 @@ impl From<sea_orm::DbErr> for ApiError {
             tracing::warn!(error = %err, "database unavailable");
             return Self::unavailable("database unavailable");
         }
-        // SQLSTATE 22021: text PostgreSQL cannot store, i.e. a NUL
-        // character (valid in JSON and protobuf strings). The client's
-        // input, whichever field carried it: a 400, not a 500.
+        // SQLSTATE 22021 (text) and 22P05 (jsonb): what PostgreSQL cannot
+        // store, i.e. a NUL character (valid in JSON and protobuf strings).
+        // The client's input, whichever field carried it: a 400, not a 500.
         if crate::storage::sqlx_error(&err)
             .and_then(|e| e.as_database_error())
             .and_then(|db| db.code())
-            .is_some_and(|code| code == "22021")
+            .is_some_and(|code| code == "22021" || code == "22P05")
         {
             return Self::new(
                 ErrorCode::BadRequest,

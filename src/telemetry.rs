@@ -88,13 +88,16 @@ fn tracer_provider(endpoint: &str, service: &str) -> anyhow::Result<SdkTracerPro
     );
     let url = format!("{}/v1/traces", base.as_str().trim_end_matches('/'));
     let exporter = OtlpHttp {
+        // Under the SDK's 5 s shutdown wait, so the last flush can finish.
         client: reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_secs(4))
             .build()?,
         url,
         runtime: tokio::runtime::Handle::try_current()
             .map_err(|_| anyhow::anyhow!("trace export needs the Tokio runtime"))?,
         resource: ResourceAttributesWithSchema::default(),
+        last_warned: std::sync::atomic::AtomicI64::new(i64::MIN),
     };
     Ok(SdkTracerProvider::builder()
         .with_resource(
@@ -115,6 +118,8 @@ struct OtlpHttp {
     /// runs on the server's runtime.
     runtime: tokio::runtime::Handle,
     resource: ResourceAttributesWithSchema,
+    /// When a failed export was last logged (unix seconds): once a minute.
+    last_warned: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for OtlpHttp {
@@ -138,13 +143,28 @@ impl SpanExporter for OtlpHttp {
             .runtime
             .spawn(async move { request.send().await?.error_for_status() })
             .await;
-        match sent {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => Err(OTelSdkError::InternalFailure(format!(
-                "OTLP export failed: {err}"
-            ))),
-            Err(err) => Err(OTelSdkError::InternalFailure(err.to_string())),
+        let failure = match sent {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(err)) => format!("OTLP export failed: {err}"),
+            Err(err) => err.to_string(),
+        };
+        // The SDK drops the batch; say so, at most once a minute.
+        let now = chrono::Utc::now().timestamp();
+        let last = self.last_warned.load(std::sync::atomic::Ordering::Relaxed);
+        if now - last >= 60
+            && self
+                .last_warned
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::warn!(url = %self.url, error = %failure, "trace export failed; spans dropped");
         }
+        Err(OTelSdkError::InternalFailure(failure))
     }
 
     fn set_resource(&mut self, resource: &Resource) {

@@ -11,8 +11,8 @@ use crate::{
     domain::record::{self as rules, Record, RecordError, State},
     error::{ApiError, ErrorCode, FieldViolation},
     storage::{
-        Db, is_sqlx_unavailable,
-        records::{self as repo, Write},
+        Db,
+        records::{self as repo, Outcome, Write},
     },
     workers::{SharedClock, record_commit::RecordCommitWorker},
 };
@@ -81,66 +81,69 @@ pub struct Committer {
 }
 
 impl Committer {
+    /// The storage write for `request`, with times taken at `now`.
+    fn write(&self, request: &WriteRequest, now: DateTime<Utc>) -> Write {
+        match request {
+            WriteRequest::Lock {
+                tenant,
+                key,
+                fingerprint,
+                lease,
+            } => Write::Lock {
+                tenant: *tenant,
+                key: key.clone(),
+                token: Uuid::new_v4(),
+                fingerprint: fingerprint.clone(),
+                lease_until: now + *lease,
+                forget_at: now + *lease + self.retention,
+            },
+            WriteRequest::Save {
+                tenant,
+                key,
+                token,
+                data,
+            } => Write::Save {
+                tenant: *tenant,
+                key: key.clone(),
+                token: *token,
+                data: data.clone(),
+                forget_at: now + self.retention,
+            },
+            WriteRequest::Get { tenant, key } => Write::Get {
+                tenant: *tenant,
+                key: key.clone(),
+            },
+        }
+    }
+
     pub(crate) async fn commit(&self, group: Vec<Submission>) {
         let now = self.clock.now();
-        let writes: Vec<Write> = group
-            .iter()
-            .map(|s| match &s.request {
-                WriteRequest::Lock {
-                    tenant,
-                    key,
-                    fingerprint,
-                    lease,
-                } => Write::Lock {
-                    tenant: *tenant,
-                    key: key.clone(),
-                    token: Uuid::new_v4(),
-                    fingerprint: fingerprint.clone(),
-                    lease_until: now + *lease,
-                    forget_at: now + *lease + self.retention,
-                },
-                WriteRequest::Save {
-                    tenant,
-                    key,
-                    token,
-                    data,
-                } => Write::Save {
-                    tenant: *tenant,
-                    key: key.clone(),
-                    token: *token,
-                    data: data.clone(),
-                    forget_at: now + self.retention,
-                },
-                WriteRequest::Get { tenant, key } => Write::Get {
-                    tenant: *tenant,
-                    key: key.clone(),
-                },
-            })
-            .collect();
-        match repo::write_batch(&self.db, &writes, now).await {
-            Ok(results) => {
-                for (s, result) in group.into_iter().zip(results) {
-                    let _ = s.reply.send(Ok((result, now)));
+        let writes: Vec<Write> = group.iter().map(|s| self.write(&s.request, now)).collect();
+        let (outcomes, error) = repo::write_batch(&self.db, &writes, now).await;
+        let error = error.map(ApiError::from);
+        let alone = group.len() == 1;
+        for (s, outcome) in group.into_iter().zip(outcomes) {
+            let reply = match outcome {
+                Outcome::Done(found) => Ok((found, now)),
+                // Refused with its neighbours and rolled back: one bad
+                // write must not fail the others, so each is tried alone,
+                // at a fresh time.
+                Outcome::Refused if !alone => {
+                    let now = self.clock.now();
+                    let write = self.write(&s.request, now);
+                    let (mut done, err) =
+                        repo::write_batch(&self.db, std::slice::from_ref(&write), now).await;
+                    match (done.pop(), err) {
+                        (Some(Outcome::Done(found)), _) => Ok((found, now)),
+                        (_, Some(err)) => Err(ApiError::from(err)),
+                        (_, None) => Err(ApiError::internal("a record write failed")),
+                    }
                 }
-            }
-            // One write the database refuses must not fail its neighbours:
-            // each is tried alone.
-            Err(err) if group.len() > 1 && !is_sqlx_unavailable(&err) => {
-                tracing::warn!(error = %err, writes = group.len(), "a record batch failed; writing one by one");
-                for (s, write) in group.into_iter().zip(writes) {
-                    let result = repo::write_batch(&self.db, std::slice::from_ref(&write), now)
-                        .await
-                        .map(|mut r| (r.pop().flatten(), now))
-                        .map_err(ApiError::from);
-                    let _ = s.reply.send(result);
-                }
-            }
-            Err(err) => {
-                let err = ApiError::from(err);
-                for s in group {
-                    let _ = s.reply.send(Err(err.clone()));
-                }
-            }
+                Outcome::Refused | Outcome::Failed => Err(error
+                    .clone()
+                    .unwrap_or_else(|| ApiError::internal("a record write failed"))),
+            };
+            let _ = s.reply.send(reply);
         }
     }
 }
@@ -264,7 +267,20 @@ impl Records {
             (Ok(key), Ok(token)) => (key, token),
             (k, t) => return Err(invalid([k.err(), t.err()].into_iter().flatten().collect())),
         };
-        let size = serde_json::to_vec(&data).map_or(usize::MAX, |v| v.len());
+        let text = serde_json::to_vec(&data).unwrap_or_default();
+        // PostgreSQL's jsonb cannot hold a NUL; refused here, it cannot
+        // fail the batch this save would join.
+        if holds_nul(&data) {
+            return Err(ApiError::bad_field(
+                "data",
+                "must not contain NUL characters (\\u0000)",
+            ));
+        }
+        let size = if text.is_empty() {
+            usize::MAX
+        } else {
+            text.len()
+        };
         if size > rules::MAX_DATA_BYTES {
             return Err(ApiError::new(
                 ErrorCode::PayloadTooLarge,
@@ -297,6 +313,16 @@ impl Records {
             })
             .await?;
         Ok(found.ok_or(RecordError::NotFound)?.1)
+    }
+}
+
+/// Whether any string (or object key) in `value` holds a NUL character.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 

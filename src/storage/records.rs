@@ -1,8 +1,8 @@
 //! Idempotent records (`migrations/0011_records.sql`, `0020_record_batches.sql`).
 //! Locks, saves and gets go in batches (`write_batch`: one call of
-//! `tenlyr_record_batch` per place the batch's tenants live in, in arrival
-//! order, one transaction). Row-level security applies as for
-//! every tenant table.
+//! `tenlyr_record_batch` per place the batch's tenants live in, one
+//! transaction each). The batch function enters each operation's tenant
+//! scope, so row-level security applies as for every tenant table.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row, postgres::PgRow};
@@ -68,15 +68,32 @@ impl Write {
     }
 }
 
-/// Runs `writes` at `now`, in order, in one transaction per place their
-/// tenants live in: for each, whether it took effect (the lock was taken,
-/// the save holds) and the record as it is after it (`None`: no record).
+/// What became of one write of a batch.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Committed: whether it took effect (the lock was taken, the save
+    /// holds; a get always) and the record after it (`None`: no record).
+    Done(Option<(bool, Record)>),
+    /// Its place's statement was refused by the database and rolled back:
+    /// nothing of it happened, it may be tried again.
+    Refused,
+    /// Its place's statement failed in a way that may have committed (the
+    /// connection broke, the reply was unreadable) or never ran: not to be
+    /// repeated blindly.
+    Failed,
+}
+
+/// Runs `writes` at `now`, in one transaction per place their tenants live
+/// in (each place's writes in arrival order), and says what became of each;
+/// with the first error met, if any. One place failing does not undo or
+/// hide another place's committed writes.
 pub async fn write_batch(
     db: &Db,
     writes: &[Write],
     now: DateTime<Utc>,
-) -> Result<Vec<Option<(bool, Record)>>, sqlx::Error> {
-    let mut results = vec![None; writes.len()];
+) -> (Vec<Outcome>, Option<sqlx::Error>) {
+    let mut outcomes: Vec<Outcome> = (0..writes.len()).map(|_| Outcome::Failed).collect();
+    let mut first_error = None;
     let mut work = db
         .placements()
         .partition((0..writes.len()).collect(), |i| writes[*i].tenant());
@@ -85,18 +102,35 @@ pub async fn write_batch(
         match write_in_place(db.pool(), writes, &part, now).await {
             Ok(done) => {
                 for (i, outcome) in done {
-                    results[i] = Some(outcome);
+                    outcomes[i] = Outcome::Done(Some(outcome));
+                }
+                // A write without a row back found no record.
+                for &i in &part {
+                    if matches!(outcomes[i], Outcome::Failed) {
+                        outcomes[i] = Outcome::Done(None);
+                    }
                 }
             }
             Err(err) if tenant_data::is_misrouted(&err) && refreshes < 3 => {
                 refreshes += 1;
-                db.placements().refresh(db.pool()).await?;
-                work.extend(db.placements().partition(part, |i| writes[*i].tenant()));
+                match db.placements().refresh(db.pool()).await {
+                    Ok(()) => work.extend(db.placements().partition(part, |i| writes[*i].tenant())),
+                    Err(err) => {
+                        first_error.get_or_insert(err);
+                    }
+                }
             }
-            Err(err) => return Err(err),
+            Err(err) => {
+                if err.as_database_error().is_some() {
+                    for &i in &part {
+                        outcomes[i] = Outcome::Refused;
+                    }
+                }
+                first_error.get_or_insert(err);
+            }
         }
     }
-    Ok(results)
+    (outcomes, first_error)
 }
 
 async fn write_in_place(
@@ -105,6 +139,14 @@ async fn write_in_place(
     part: &[usize],
     now: DateTime<Utc>,
 ) -> Result<Vec<(usize, (bool, Record))>, sqlx::Error> {
+    // Rows are locked in (tenant, key) order, so two batches (two replicas)
+    // cannot deadlock on each other; the sort is stable, so writes to one
+    // key keep their arrival order.
+    let mut part = part.to_vec();
+    part.sort_by(|&a, &b| {
+        (writes[a].tenant(), writes[a].key()).cmp(&(writes[b].tenant(), writes[b].key()))
+    });
+    let part = part.as_slice();
     let n = part.len();
     let (mut kinds, mut tenants, mut keys, mut tokens) = (
         Vec::with_capacity(n),

@@ -500,9 +500,15 @@ fn make_span(request: &Request<Body>) -> Span {
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // The trace's span name stays low-cardinality: a gRPC path names the
+    // RPC; a REST path may hold ids, so it is only an attribute.
+    let name = match protocol(request) {
+        Protocol::Grpc | Protocol::GrpcWeb => request.uri().path().to_owned(),
+        Protocol::Rest => request.method().to_string(),
+    };
     tracing::info_span!(
         "request",
-        otel.name = %format_args!("{} {}", request.method(), request.uri().path()),
+        otel.name = %name,
         otel.kind = "server",
         method = %request.method(),
         path = request.uri().path(),

@@ -270,7 +270,7 @@ async fn traces_are_exported_over_otlp_with_the_request_id() {
     })
     .await
     .expect("the request's span reached the collector");
-    assert_eq!(span["name"], "GET /api/v1/tenants");
+    assert_eq!(span["name"], "GET", "REST spans are named by method only");
     assert_eq!(span["kind"], 2, "SPAN_KIND_SERVER");
     assert_eq!(span["service"], "tenlyr-under-test");
     assert_eq!(span["attributes"]["path"], "/api/v1/tenants");

@@ -393,6 +393,26 @@ async fn bad_input_names_the_field() {
     .await;
     assert_eq!(status, 413, "{reply}");
     assert_error_body(&reply, 413, "Payload Too Large");
+    // A NUL in the data (jsonb cannot hold one) is the caller's mistake,
+    // refused before it could fail the batch it would have joined.
+    let (status, reply) = save(
+        &app,
+        &key,
+        json!({"key": "k", "lockToken": token, "data": {"note": "a\u{0}b"}}),
+    )
+    .await;
+    assert_eq!(
+        (status, reply["details"][0]["field"].as_str()),
+        (400, Some("data")),
+        "{reply}"
+    );
+    let (status, reply) = save(
+        &app,
+        &key,
+        json!({"key": "k", "lockToken": token, "data": {"note": "fine"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "the lock is intact: {reply}");
     let (status, _) = save(
         &app,
         &key,
