@@ -109,6 +109,35 @@ fn tracer_provider(endpoint: &str, service: &str) -> anyhow::Result<SdkTracerPro
         .build())
 }
 
+/// Makes `span` a child of the caller's trace when it sent W3C Trace Context
+/// (`traceparent`, and `tracestate`), so a client's trace continues through
+/// the server. Without trace export this does nothing.
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
+    use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    struct Carrier<'a>(Option<&'a str>, Option<&'a str>);
+    impl Extractor for Carrier<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            match key {
+                "traceparent" => self.0,
+                "tracestate" => self.1,
+                _ => None,
+            }
+        }
+        fn keys(&self) -> Vec<&str> {
+            vec!["traceparent", "tracestate"]
+        }
+    }
+    if traceparent.is_none() {
+        return;
+    }
+    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .extract(&Carrier(traceparent, tracestate));
+    // Fails only when no trace layer is installed: nothing to continue.
+    let _ = span.set_parent(parent);
+}
+
 /// OTLP/HTTP with protobuf bodies (`POST <endpoint>/v1/traces`), the
 /// transport every collector accepts.
 struct OtlpHttp {

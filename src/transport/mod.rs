@@ -506,7 +506,7 @@ fn make_span(request: &Request<Body>) -> Span {
         Protocol::Grpc | Protocol::GrpcWeb => request.uri().path().to_owned(),
         Protocol::Rest => request.method().to_string(),
     };
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         otel.name = %name,
         otel.kind = "server",
@@ -516,7 +516,10 @@ fn make_span(request: &Request<Body>) -> Span {
         request_id,
         status = tracing::field::Empty,
         grpc_status = tracing::field::Empty,
-    )
+    );
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+    crate::telemetry::continue_trace(&span, header("traceparent"), header("tracestate"));
+    span
 }
 
 fn on_response(response: &Response, latency: Duration, span: &Span) {

@@ -280,6 +280,36 @@ async fn traces_are_exported_over_otlp_with_the_request_id() {
         "401"
     );
     assert_eq!(span["traceId"].as_str().unwrap().len(), 32);
+
+    // A caller's W3C trace context is continued.
+    let response = http
+        .get(format!("{}/healthz", server.base))
+        .header("x-request-id", "trace-me-0043")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let child = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the collector runs");
+            let span: Value = serde_json::from_str(&line).unwrap();
+            if span["attributes"]["request_id"] == "trace-me-0043" {
+                return span;
+            }
+        }
+    })
+    .await
+    .expect("the continued span reached the collector");
+    assert_eq!(child["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(child["parentSpanId"], "00f067aa0ba902b7");
     drop(server);
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -37,6 +37,7 @@ class Handler(BaseHTTPRequestHandler):
                         "name": span.name,
                         "kind": span.kind,
                         "traceId": span.trace_id.hex(),
+                        "parentSpanId": span.parent_span_id.hex(),
                         "service": resource.get("service.name"),
                         "attributes": {a.key: value(a.value) for a in span.attributes},
                     }
