@@ -149,6 +149,22 @@ function absolute(url) {
   return new URL(url, location.origin).href;
 }
 
+// A button that runs `run` once at a time and shows its error in `errors`.
+function actionButton(label, cls, run, errors, testid) {
+  const b = h("button", { type: "button", class: cls, "data-testid": testid }, label);
+  b.addEventListener("click", async () => {
+    b.disabled = true;
+    try {
+      await run();
+    } catch (err) {
+      errors.replaceChildren(errorBox(err));
+    } finally {
+      b.disabled = false;
+    }
+  });
+  return b;
+}
+
 function badge(text) {
   return h("span", { class: `badge ${text}` }, String(text).replaceAll("_", " "));
 }
@@ -521,20 +537,7 @@ function usersSection(tenantId, tz, roles) {
   const load = (cursor) =>
     api("GET", "/api/v1/users", { query: { tenantId, platformOnly: tenantId ? undefined : true, limit: 50, cursor } });
   const me = state.session.user && state.session.user.id;
-  const act = (label, cls, run) => {
-    const b = h("button", { type: "button", class: cls }, label);
-    b.addEventListener("click", async () => {
-      b.disabled = true;
-      try {
-        await run();
-      } catch (err) {
-        shown.replaceChildren(errorBox(err));
-      } finally {
-        b.disabled = false;
-      }
-    });
-    return b;
-  };
+  const act = (label, cls, run) => actionButton(label, cls, run, shown);
   const list = () =>
     pagedList(load, (rows) =>
       table(
@@ -1194,20 +1197,7 @@ async function endpointsPage() {
 async function endpointPage(query, id) {
   let endpoint = await api("GET", `/api/v1/webhook-endpoints/${id}`);
   const shown = h("div");
-  const act = (label, cls, run, testid) => {
-    const b = h("button", { type: "button", class: cls, "data-testid": testid }, label);
-    b.addEventListener("click", async () => {
-      b.disabled = true;
-      try {
-        await run();
-      } catch (err) {
-        shown.replaceChildren(errorBox(err));
-      } finally {
-        b.disabled = false;
-      }
-    });
-    return b;
-  };
+  const act = (label, cls, run, testid) => actionButton(label, cls, run, shown, testid);
   const deliveries = h("div");
   const loadDeliveries = () =>
     deliveries.replaceChildren(

@@ -100,6 +100,11 @@ fn checksum(random: &str) -> String {
     String::from_utf8(out.to_vec()).expect("base62 is ASCII")
 }
 
+/// Bytes as lowercase hex (digests in logs, caches and derived tokens).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// HMAC-SHA256 of keys under the server pepper.
 pub struct KeyHasher {
     key: hmac::Key,

@@ -244,11 +244,7 @@ pub fn account_subject(email: &str) -> String {
         &ring::digest::SHA256,
         email.trim().to_lowercase().as_bytes(),
     );
-    let hex: String = digest.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("email:{hex}")
+    format!("email:{}", super::keys::hex(&digest.as_ref()[..16]))
 }
 
 /// The counter subject of a client address: IPv4 addresses one by one,

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::{Credential, Principal};
 use crate::{
     domain::{
-        keys::{self, KeyHasher, KeyKind},
+        keys::{self, KeyHasher, KeyKind, hex},
         tenant::{PlanLimits, TenantStatus},
     },
     error::ApiError,
@@ -192,10 +192,6 @@ impl std::fmt::Debug for KeyResolver {
             .field("redis", &self.redis.is_some())
             .finish_non_exhaustive()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {

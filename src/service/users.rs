@@ -188,22 +188,17 @@ impl Users {
     /// The CSRF token of a session: derived from its token under the
     /// pepper, so it needs no storage and dies with the session.
     pub fn csrf_token(&self, session_token: &str) -> String {
-        self.digest("csrf", session_token)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::domain::keys::hex(&self.digest("csrf", session_token))
     }
 
     /// Whether `presented` is the CSRF token of `session_token` (constant
     /// time).
     pub fn csrf_matches(&self, session_token: &str, presented: &str) -> bool {
         let expected = self.csrf_token(session_token);
-        expected.len() == presented.len()
-            && expected
-                .bytes()
-                .zip(presented.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        self.0
+            .keys
+            .hasher()
+            .verify_digest(expected.as_bytes(), presented.as_bytes())
     }
 
     async fn hash_password(&self, password: &str) -> Result<String, ApiError> {

@@ -208,6 +208,29 @@ async fn metrics_parse_and_move_with_traffic() {
     );
 }
 
+/// The first span the collector prints for the request with `request_id`
+/// (20 s at most).
+async fn span_of(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    request_id: &str,
+) -> Value {
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the collector runs");
+            let span: Value = serde_json::from_str(&line).unwrap();
+            if span["attributes"]["request_id"] == request_id {
+                return span;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the span of request {request_id} reached the collector"))
+}
+
 /// With `TENLYR_OTLP_ENDPOINT` set, request spans reach an OTLP/HTTP
 /// collector (decoded by the OpenTelemetry project's own protobuf
 /// definitions), each with the request id as an attribute.
@@ -255,21 +278,7 @@ async fn traces_are_exported_over_otlp_with_the_request_id() {
         .unwrap();
     assert_eq!(response.status(), 401);
 
-    let span = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("the collector runs");
-            let span: Value = serde_json::from_str(&line).unwrap();
-            if span["attributes"]["request_id"] == "trace-me-0042" {
-                return span;
-            }
-        }
-    })
-    .await
-    .expect("the request's span reached the collector");
+    let span = span_of(&mut lines, "trace-me-0042").await;
     assert_eq!(span["name"], "GET", "REST spans are named by method only");
     assert_eq!(span["kind"], 2, "SPAN_KIND_SERVER");
     assert_eq!(span["service"], "tenlyr-under-test");
@@ -293,21 +302,7 @@ async fn traces_are_exported_over_otlp_with_the_request_id() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let child = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("the collector runs");
-            let span: Value = serde_json::from_str(&line).unwrap();
-            if span["attributes"]["request_id"] == "trace-me-0043" {
-                return span;
-            }
-        }
-    })
-    .await
-    .expect("the continued span reached the collector");
+    let child = span_of(&mut lines, "trace-me-0043").await;
     assert_eq!(child["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(child["parentSpanId"], "00f067aa0ba902b7");
     drop(server);
