@@ -108,6 +108,7 @@ async fn scan(bench: &Bench, n: usize) -> anyhow::Result<()> {
             secrets_key: None,
             db_pool_size: 1,
             app_database_url: None,
+            dedicated_database_urls: Vec::new(),
             statement_timeout_ms: 30_000,
         })?),
         None,

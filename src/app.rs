@@ -42,7 +42,10 @@ use crate::{
         webhook_endpoints::WebhookEndpoints,
         webhook_settings::WebhookSettings,
     },
-    storage::{Db, admin_keys, embedded::EmbeddedPostgres, login::AppLogin, migrate, redis::Redis},
+    storage::{
+        Db, admin_keys, dedicated::Dedicated, embedded::EmbeddedPostgres, login::AppLogin, migrate,
+        redis::Redis,
+    },
     transport,
     workers::{
         self, Runtime, SharedClock, SystemClock,
@@ -57,6 +60,7 @@ use crate::{
         periodic::{Election, Periodic},
         queue::{Listener, Queue, Registry, Runner, Wakeups},
         record_expiry::{self, RecordExpiry},
+        tenant_data::{self as tenant_data_workers, EventStatusJob, MirrorJob, PlacementRefresh},
         tenant_purge::TenantPurge,
         webhook_delivery::{self, Dispatcher, EventRetention},
     },
@@ -218,11 +222,15 @@ pub async fn connect(
     let hasher = Arc::new(key_hasher(storage)?);
     let login = AppLogin::new(owner_url, storage.app_database_url.as_deref(), &hasher)?;
     login.grant(owner_url).await?;
-    let db = Db::connect(
-        &login,
+    let timeout = Duration::from_millis(storage.statement_timeout_ms);
+    let dedicated = Dedicated::new(
+        &storage.dedicated_database_urls,
+        owner_url,
+        hasher.clone(),
         pool_size,
-        Duration::from_millis(storage.statement_timeout_ms),
+        timeout,
     )?;
+    let db = Db::connect(&login, pool_size, timeout)?.with_dedicated(dedicated);
     // Only groups ingest batches; a failure here is retried on demand.
     if let Err(err) = db.placements().refresh(db.pool()).await {
         tracing::warn!(error = %err, "reading tenant placements failed");
@@ -430,6 +438,11 @@ impl Server {
             Election::Cluster,
         ));
         runtime.spawn(Periodic::new(
+            PlacementRefresh,
+            tenant_data_workers::REFRESH_EVERY,
+            Election::Replica,
+        ));
+        runtime.spawn(Periodic::new(
             RecordExpiry,
             record_expiry::EVERY,
             Election::Cluster,
@@ -587,6 +600,8 @@ pub fn jobs_registry(config: &ServeConfig) -> Registry {
         .with(TenantPurge)
         .with(MigrateJob { copy })
         .with(CleanupJob { copy })
+        .with(MirrorJob)
+        .with(EventStatusJob)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -49,6 +49,18 @@ pub struct StorageConfig {
     #[arg(long, env = "TENLYR_APP_DATABASE_URL", hide_env_values = true)]
     pub app_database_url: Option<String>,
 
+    /// Servers for tenants in the `dedicated_database` tier, each tenant's
+    /// data in its own database there: owner URLs (a user that may create
+    /// databases), comma-separated; a new tenant database goes to the one
+    /// holding the fewest. Unset: the main server.
+    #[arg(
+        long,
+        env = "TENLYR_DEDICATED_DATABASE_URLS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub dedicated_database_urls: Vec<String>,
+
     /// Longest a single SQL statement of a request or worker may run, in
     /// milliseconds.
     #[arg(long, env = "TENLYR_STATEMENT_TIMEOUT_MS", default_value_t = 30_000,

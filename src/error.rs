@@ -330,6 +330,13 @@ impl From<sea_orm::DbErr> for ApiError {
             tracing::warn!(error = %err, "database unavailable");
             return Self::unavailable("database unavailable");
         }
+        // SQLSTATE TL001: the tenant's data moved to its own database
+        // between this process's last look at the placements and this
+        // transaction (storage::tenant_data). Nothing was done; the
+        // placements are read again, and the next try goes there.
+        if crate::storage::sqlx_error(&err).is_some_and(crate::storage::tenant_data::is_misrouted) {
+            return Self::unavailable("the tenant's data just moved; try again");
+        }
         // SQLSTATE 22021 (text) and 22P05 (jsonb): what PostgreSQL cannot
         // store, i.e. a NUL character (valid in JSON and protobuf strings).
         // The client's input, whichever field carried it: a 400, not a 500.

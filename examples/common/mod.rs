@@ -167,6 +167,7 @@ impl Bench {
                 secrets_key: Some(format!("{PEPPER}-secrets-key-for-benchmarks")),
                 db_pool_size: 16,
                 app_database_url: None,
+                dedicated_database_urls: Vec::new(),
                 statement_timeout_ms: 30_000,
             },
         };

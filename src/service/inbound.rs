@@ -42,7 +42,7 @@ use crate::{
         Db,
         inbound::{self as repo, EventFilter, EventRow, InboundRow, Retried},
         is_connection_error, is_sqlx_unavailable,
-        tenant_data::Scope,
+        tenant_data::{Place, Scope},
         tenants as tenant_repo,
         webhooks::AttemptRow,
     },
@@ -760,7 +760,8 @@ impl WebhookEvents {
                 "must be at most 255 characters, without control characters",
             ));
         }
-        let tx = self.db.begin(actor.scope()?).await?;
+        let data = self.db.for_tenant(tenant).await?;
+        let tx = data.begin(actor.scope()?).await?;
         let mut rows = repo::events_page(&tx, tenant, &filter, cursor, limit + 1).await?;
         tx.commit().await?;
         let next_cursor = (rows.len() as u64 > limit).then(|| {
@@ -783,10 +784,14 @@ impl WebhookEvents {
 
     pub async fn get(&self, actor: &Actor, id: &str) -> Result<EventView, ApiError> {
         let tenant = actor.tenant()?;
+        let (event, body) = self.find(actor, tenant, id).await?;
+        // The payload and the attempts are the delivery engine's, in the
+        // main database wherever the event is.
         let tx = self.db.begin(actor.scope()?).await?;
-        let (event, body) = repo::find_event(&tx, tenant, id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("Webhook event not found"))?;
+        let body = match body {
+            Some(body) => Some(body),
+            None => repo::event_body(&tx, id).await?,
+        };
         let attempts = repo::event_attempts(&tx, id).await?;
         tx.commit().await?;
         let mut body: Option<Map<String, Json>> = body.and_then(|b| serde_json::from_str(&b).ok());
@@ -802,10 +807,10 @@ impl WebhookEvents {
     pub async fn retry(&self, actor: &Actor, id: &str) -> Result<EventView, ApiError> {
         let tenant = actor.tenant()?;
         let now = self.clock.now();
+        let place = self.db.placements().place_of(tenant);
+        let elsewhere = matches!(place, Some(Place::Database(_)));
+        let (event, _) = self.find(actor, tenant, id).await?;
         let tx = self.db.begin(actor.scope()?).await?;
-        let (event, _) = repo::find_event(&tx, tenant, id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("Webhook event not found"))?;
         let endpoint = repo::callback_endpoint(&tx, tenant)
             .await?
             .filter(|e| e.enabled)
@@ -824,6 +829,9 @@ impl WebhookEvents {
             )
             .with_reason("EVENT_PENDING"));
         }
+        if !elsewhere {
+            repo::mark_received(&tx, id).await?;
+        }
         tenant_repo::audit(
             &tx,
             actor.audit(
@@ -835,6 +843,39 @@ impl WebhookEvents {
         )
         .await?;
         tx.commit().await?;
+        if elsewhere {
+            // In the tenant's own database, after the forward is queued
+            // (the delivery's trigger also copies its status there).
+            let tx = self
+                .db
+                .at(place.as_ref())
+                .await?
+                .begin(actor.scope()?)
+                .await?;
+            repo::mark_received(&tx, id).await?;
+            tx.commit().await?;
+        }
         self.get(actor, id).await
+    }
+
+    /// The event `id` of `tenant`, where its data lives, with its payload
+    /// if that place also holds the delivery engine's tables.
+    async fn find(
+        &self,
+        actor: &Actor,
+        tenant: Uuid,
+        id: &str,
+    ) -> Result<(EventRow, Option<String>), ApiError> {
+        let tx = self
+            .db
+            .for_tenant(tenant)
+            .await?
+            .begin(actor.scope()?)
+            .await?;
+        let found = repo::find_event(&tx, tenant, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("Webhook event not found"))?;
+        tx.commit().await?;
+        Ok(found)
     }
 }

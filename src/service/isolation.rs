@@ -84,13 +84,6 @@ impl Isolation {
                 ));
             }
         };
-        if target == Some(IsolationLevel::DedicatedDatabase) {
-            return Err(ApiError::new(
-                ErrorCode::Unimplemented,
-                "dedicated_database isolation is not available on this server yet; \
-                 dedicated_schema is",
-            ));
-        }
         let now = self.clock.now();
         let tx = self.db.begin(Scope::Platform).await?;
         let tenant = tenant_repo::find_for_update(&tx, tenant_id)

@@ -28,7 +28,7 @@ use crate::{
     storage::{
         Db,
         entities::tenant,
-        tenant_data,
+        tenant_data::{self, Place},
         usage::{self as repo, Outcome, Pending, Retry, StoredEvent},
     },
 };
@@ -139,9 +139,19 @@ pub(crate) async fn commit_group(
     let tenant_of = |s: &Submission| s.events.first().map_or(Uuid::nil(), |p| p.tenant_id);
     let mut work = db.placements().partition(group, tenant_of);
     let mut refreshes = 0;
-    while let Some(part) = work.pop() {
+    while let Some((place, part)) = work.pop() {
         let last_try = refreshes >= MAX_REGROUPS;
-        let Some(misrouted) = commit_place(db, counters, known, part, last_try).await else {
+        let here = match db.at(place.as_ref()).await {
+            Ok(here) => here,
+            Err(err) => {
+                let err = ApiError::from(tenant_data::unreachable(err));
+                for submission in part {
+                    let _ = submission.reply.send(Err(err.clone()));
+                }
+                continue;
+            }
+        };
+        let Some(misrouted) = commit_place(&here, counters, known, part, last_try).await else {
             continue;
         };
         // A tenant moved since this process last looked: look again and
@@ -400,7 +410,8 @@ impl Metering {
         let totals = match self.counters.get(tenant_id, period.0).await {
             Some(live) => live,
             None => {
-                let stored = repo::month_totals(self.db.pool(), tenant_id, period.0).await?;
+                let db = self.db.for_tenant(tenant_id).await?;
+                let stored = repo::month_totals(db.pool(), tenant_id, period.0).await?;
                 self.counters.rebuild(tenant_id, period.0, &stored).await;
                 stored
             }
@@ -427,7 +438,27 @@ impl Metering {
             .zip(&periods)
             .map(|(t, p)| (t.id, p.0))
             .collect();
-        let totals = repo::month_totals_many(self.db.pool(), &keys).await?;
+        // One read per database: the main one (every tenant there, whatever
+        // its schema, through the cross-tenant view) and each tenant
+        // database holding some of them.
+        type Periods = Vec<(Uuid, DateTime<Utc>)>;
+        let mut by_db: Vec<(Option<Place>, Periods)> = Vec::new();
+        for key in keys {
+            let place = self
+                .db
+                .placements()
+                .place_of(key.0)
+                .filter(|p| matches!(p, Place::Database(_)));
+            match by_db.iter_mut().find(|(p, _)| *p == place) {
+                Some((_, keys)) => keys.push(key),
+                None => by_db.push((place, vec![key])),
+            }
+        }
+        let mut totals = std::collections::HashMap::new();
+        for (place, keys) in by_db {
+            let db = self.db.at(place.as_ref()).await?;
+            totals.extend(repo::month_totals_many(db.pool(), &keys).await?);
+        }
         Ok(tenants
             .iter()
             .zip(periods)
@@ -466,7 +497,8 @@ impl Metering {
             }
         }
         let from = |default: chrono::Duration| start.unwrap_or(end - default);
-        let pool = self.db.pool();
+        let db = self.db.for_tenant(tenant_id).await?;
+        let pool = db.pool();
         Ok(Summary {
             hourly: repo::rollups(
                 pool,
@@ -517,7 +549,8 @@ impl Metering {
         } else {
             Some(decode_cursor(cursor)?)
         };
-        let mut page = repo::events_page(self.db.pool(), tenant_id, after, limit + 1).await?;
+        let db = self.db.for_tenant(tenant_id).await?;
+        let mut page = repo::events_page(db.pool(), tenant_id, after, limit + 1).await?;
         let next = if page.len() as i64 > limit {
             page.truncate(limit as usize);
             page.last().map(|e| encode_cursor(e.occurred_at, e.id))
@@ -562,7 +595,21 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
 /// Partition upkeep (`workers::partitions` runs it hourly; the server runs
 /// it once before it serves): day partitions from the late window to a
 /// week ahead exist, those older than `retention_days` are dropped.
-pub async fn maintain(db: &Db, retention_days: u32) -> Result<(), sqlx::Error> {
+pub async fn maintain(main: &Db, retention_days: u32) -> Result<(), sqlx::Error> {
+    maintain_one(main, retention_days).await?;
+    // Each tenant database too; one that is down waits for the next tick
+    // (and its tenant's writes fail meanwhile anyway).
+    let dbs = main.data_dbs().await.map_err(tenant_data::unreachable)?;
+    for db in dbs.iter().skip(1) {
+        if let Err(err) = maintain_one(db, retention_days).await {
+            tracing::warn!(error = %err, "partition upkeep of a tenant database failed");
+        }
+    }
+    Ok(())
+}
+
+/// [`maintain`] in one database (the main one, or a tenant's).
+pub async fn maintain_one(db: &Db, retention_days: u32) -> Result<(), sqlx::Error> {
     let today = Utc::now().date_naive();
     let first = today - chrono::Duration::days(2);
     repo::ensure_partitions(db.pool(), first, today + chrono::Duration::days(7)).await?;

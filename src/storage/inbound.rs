@@ -13,7 +13,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
-    Db, statement, tenant_data,
+    Db, statement,
+    tenant_data::{self, Place},
     webhook_settings::{self, ProviderRow},
 };
 
@@ -44,8 +45,15 @@ pub async fn log(db: &Db, rows: &[InboundRow]) -> Result<Vec<String>, sqlx::Erro
         .partition(rows.iter().collect(), |r| r.tenant_id);
     let mut refreshes = 0;
     let mut logged = Vec::new();
-    while let Some(part) = work.pop() {
-        match log_in_place(db.pool(), &part).await {
+    while let Some((place, part)) = work.pop() {
+        let result = match &place {
+            Some(Place::Database(_)) => match db.at(place.as_ref()).await {
+                Ok(here) => log_in_database(db.pool(), here.pool(), &part).await,
+                Err(err) => Err(tenant_data::unreachable(err)),
+            },
+            _ => log_in_place(db.pool(), &part).await,
+        };
+        match result {
             Ok(ids) => logged.extend(ids),
             Err(err) if tenant_data::is_misrouted(&err) && refreshes < 3 => {
                 refreshes += 1;
@@ -56,6 +64,89 @@ pub async fn log(db: &Db, rows: &[InboundRow]) -> Result<Vec<String>, sqlx::Erro
         }
     }
     Ok(logged)
+}
+
+/// The log of rows whose tenants live in one tenant database: the events
+/// there (deduplicated), then their forwards here (`main`), in two
+/// transactions (migration 0021). A crash between the two leaves an event
+/// logged and not forwarded, still `received`: its provider, which got no
+/// answer, sends it again, and that copy — a duplicate — forwards it under
+/// the first copy's id (the forward is idempotent).
+async fn log_in_database(
+    main: &PgPool,
+    tenant_db: &PgPool,
+    rows: &[&InboundRow],
+) -> Result<Vec<String>, sqlx::Error> {
+    let tenants: Vec<Uuid> = rows.iter().map(|r| r.tenant_id).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let providers: Vec<&str> = rows.iter().map(|r| r.provider.as_str()).collect();
+    let event_ids: Vec<&str> = rows.iter().map(|r| r.provider_event_id.as_str()).collect();
+    let raw_types: Vec<&str> = rows.iter().map(|r| r.raw_type.as_str()).collect();
+    let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
+    let occurred: Vec<DateTime<Utc>> = rows.iter().map(|r| r.occurred_at).collect();
+    let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.received_at).collect();
+    let logged: Vec<(i32, String, bool, bool)> = sqlx::query_as(
+        "SELECT ord, logged_id, is_new, waiting \
+         FROM tenlyr_log_inbound_events($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .bind(&providers)
+    .bind(&event_ids)
+    .bind(&raw_types)
+    .bind(&types)
+    .bind(&occurred)
+    .bind(&received)
+    .fetch_all(tenant_db)
+    .await?;
+    let mut new = Vec::new();
+    let (mut f_tenants, mut f_ids, mut f_types, mut f_received, mut f_bodies) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (ord, logged_id, is_new, waiting) in logged {
+        let Some(row) = usize::try_from(ord - 1).ok().and_then(|i| rows.get(i)) else {
+            continue;
+        };
+        if is_new {
+            new.push(logged_id.clone());
+        }
+        if !waiting {
+            continue;
+        }
+        let body = if logged_id == row.id {
+            row.body.clone()
+        } else {
+            // A copy finishing an earlier copy's forward: the payload
+            // carries the logged event's id.
+            with_id(&row.body, &logged_id)
+        };
+        f_tenants.push(row.tenant_id);
+        f_ids.push(logged_id);
+        f_types.push(row.event_type.as_str());
+        f_received.push(row.received_at);
+        f_bodies.push(body);
+    }
+    if !f_ids.is_empty() {
+        sqlx::query("SELECT tenlyr_forward_inbound($1, $2, $3, $4, $5)")
+            .bind(&f_tenants)
+            .bind(&f_ids)
+            .bind(&f_types)
+            .bind(&f_received)
+            .bind(&f_bodies)
+            .execute(main)
+            .await?;
+    }
+    Ok(new)
+}
+
+/// A forwarded payload with its `id` replaced.
+fn with_id(body: &str, id: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(mut value) => {
+            value["id"] = serde_json::Value::from(id);
+            value.to_string()
+        }
+        Err(_) => body.to_owned(),
+    }
 }
 
 async fn log_in_place(pool: &PgPool, rows: &[&InboundRow]) -> Result<Vec<String>, sqlx::Error> {
@@ -369,14 +460,32 @@ pub async fn retry(
             .await?;
         }
     }
+    tx.execute_raw(statement("SELECT pg_notify('tenlyr_webhooks', '')", []))
+        .await?;
+    Ok(Retried::Queued)
+}
+
+/// An event queued for its forward again: `received` (in the place its
+/// tenant's data lives; [`retry`] queues the forward in the main database).
+pub async fn mark_received(tx: &DatabaseTransaction, event_id: &str) -> Result<(), DbErr> {
     tx.execute_raw(statement(
         "UPDATE webhook_events SET status = 'received', processed_at = NULL WHERE id = $1",
         [event_id.to_owned().into()],
     ))
     .await?;
-    tx.execute_raw(statement("SELECT pg_notify('tenlyr_webhooks', '')", []))
-        .await?;
-    Ok(Retried::Queued)
+    Ok(())
+}
+
+/// The normalized payload an event is forwarded as (in the main database,
+/// whichever place holds the event).
+pub async fn event_body(tx: &DatabaseTransaction, id: &str) -> Result<Option<String>, DbErr> {
+    tx.query_one_raw(statement(
+        "SELECT body FROM platform_events WHERE id = $1",
+        [id.to_owned().into()],
+    ))
+    .await?
+    .map(|row| row.try_get("", "body"))
+    .transpose()
 }
 
 /// Deletes up to `chunk` events received before `before` (their dedup keys

@@ -599,3 +599,352 @@ pub async fn delete_rows(
         .await?
         .rows_affected())
 }
+
+// ------------------------------------------------ moves to a database
+
+// A move to the tenant's own database reads the source in one
+// transaction of the main database and writes the target in one of the
+// tenant database: rows travel as JSON (`to_jsonb` there,
+// `jsonb_populate_recordset` here), and the two places are compared by
+// the same row checksums ([`checksum`]), computed in each. Both
+// transactions of a move run with `TimeZone` UTC (see
+// [`set_move_session`]) so a row's text, which the checksums hash, is the
+// same in both databases.
+
+/// The settings both sides of a cross-database move run with.
+pub async fn set_move_session(tx: &DatabaseTransaction) -> Result<(), DbErr> {
+    tx.execute_raw(statement("SET LOCAL TimeZone = 'UTC'", []))
+        .await?;
+    Ok(())
+}
+
+/// The server (by key) a move to the dedicated_database tier fills: the
+/// one it chose at its first run, or `pick` now.
+pub async fn target_server(
+    tx: &DatabaseTransaction,
+    id: Uuid,
+    pick: &str,
+) -> Result<String, DbErr> {
+    let r = tx
+        .query_one_raw(statement(
+            "UPDATE isolation_migrations SET target_server = coalesce(target_server, $2) \
+             WHERE id = $1 RETURNING target_server",
+            [id.into(), pick.into()],
+        ))
+        .await?
+        .ok_or(DbErr::RecordNotFound("migration".into()))?;
+    r.try_get("", "target_server")
+}
+
+/// How many tenants live on each server (by key), to pick the emptiest.
+pub async fn databases_per_server(tx: &DatabaseTransaction) -> Result<Vec<(String, i64)>, DbErr> {
+    tx.query_all_raw(statement(
+        "SELECT database_server AS s, count(*) AS n FROM tenant_placements \
+         WHERE level = 'dedicated_database' GROUP BY 1",
+        [],
+    ))
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("", "s")?, r.try_get("", "n")?)))
+    .collect()
+}
+
+/// The first day of the tenant's events in `schema` (the tenant database's
+/// partitions must reach back to it).
+pub async fn first_event_day(
+    tx: &DatabaseTransaction,
+    schema: &str,
+    tenant: Uuid,
+) -> Result<Option<chrono::NaiveDate>, DbErr> {
+    let r = tx
+        .query_one_raw(statement(
+            format!(
+                "SELECT (min(occurred_at) AT TIME ZONE 'UTC')::date AS d FROM {} \
+                 WHERE tenant_id = $1",
+                table(schema, "usage_events")
+            ),
+            [tenant.into()],
+        ))
+        .await?;
+    Ok(r.map(|r| r.try_get::<Option<chrono::NaiveDate>>("", "d"))
+        .transpose()?
+        .flatten())
+}
+
+/// Day partitions from `first` to `last` (in a tenant database).
+pub async fn ensure_partitions(
+    tx: &DatabaseTransaction,
+    first: chrono::NaiveDate,
+    last: chrono::NaiveDate,
+) -> Result<(), DbErr> {
+    tx.execute_raw(statement(
+        "SELECT tenlyr_ensure_usage_partitions($1, $2)",
+        [first.into(), last.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Inserts rows (a JSON array of whole rows of `name`) into the tenant
+/// database's table; how many.
+pub async fn insert_rows(
+    tx: &DatabaseTransaction,
+    name: &str,
+    rows: serde_json::Value,
+) -> Result<u64, DbErr> {
+    Ok(tx
+        .execute_raw(statement(
+            format!(
+                "INSERT INTO {t} SELECT * FROM jsonb_populate_recordset(NULL::{t}, $1)",
+                t = table("public", name)
+            ),
+            [rows.into()],
+        ))
+        .await?
+        .rows_affected())
+}
+
+/// The next `chunk` events after `after` (in `(occurred_at, id)` order)
+/// that occurred before `before`, in `from`: as a JSON array, with how many
+/// and the last one.
+pub async fn read_events_chunk(
+    tx: &DatabaseTransaction,
+    from: &str,
+    tenant: Uuid,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    before: DateTime<Utc>,
+    chunk: i64,
+) -> Result<(serde_json::Value, i64, Option<(DateTime<Utc>, Uuid)>), DbErr> {
+    let (at, id) = after.unzip();
+    let r = tx
+        .query_one_raw(statement(
+            format!(
+                "WITH c AS ( \
+                     SELECT * FROM {src} WHERE tenant_id = $1 \
+                       AND ($2::timestamptz IS NULL OR (occurred_at, id) > ($2, $3)) \
+                       AND occurred_at < $5 \
+                     ORDER BY occurred_at, id LIMIT $4) \
+                 SELECT coalesce(jsonb_agg(c), '[]') AS rows, count(*) AS n, \
+                        (SELECT occurred_at FROM c ORDER BY occurred_at DESC, id DESC LIMIT 1) AS at, \
+                        (SELECT id FROM c ORDER BY occurred_at DESC, id DESC LIMIT 1) AS id \
+                 FROM c",
+                src = table(from, "usage_events"),
+            ),
+            [
+                tenant.into(),
+                at.into(),
+                id.into(),
+                chunk.into(),
+                before.into(),
+            ],
+        ))
+        .await?
+        .ok_or(DbErr::RecordNotFound("chunk".into()))?;
+    let last = match (
+        r.try_get::<Option<DateTime<Utc>>>("", "at")?,
+        r.try_get::<Option<Uuid>>("", "id")?,
+    ) {
+        (Some(at), Some(id)) => Some((at, id)),
+        _ => None,
+    };
+    Ok((r.try_get("", "rows")?, r.try_get("", "n")?, last))
+}
+
+/// The ids of the tenant's events in `schema` that occurred in
+/// `[since, until)` (either end open with `None`).
+async fn event_ids(
+    tx: &DatabaseTransaction,
+    schema: &str,
+    tenant: Uuid,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> Result<Vec<Uuid>, DbErr> {
+    let r = tx
+        .query_one_raw(statement(
+            format!(
+                "SELECT coalesce(array_agg(id), '{{}}') AS ids FROM {} WHERE tenant_id = $1 \
+                   AND ($2::timestamptz IS NULL OR occurred_at >= $2) \
+                   AND ($3::timestamptz IS NULL OR occurred_at < $3)",
+                table(schema, "usage_events")
+            ),
+            [tenant.into(), since.into(), until.into()],
+        ))
+        .await?
+        .ok_or(DbErr::RecordNotFound("ids".into()))?;
+    r.try_get("", "ids")
+}
+
+/// Copies the events of `from` (in `src`) that the tenant database (`dst`)
+/// lacks, among those that occurred in `[since, until)`; how many.
+pub async fn copy_missing_events_across(
+    src: &DatabaseTransaction,
+    dst: &DatabaseTransaction,
+    from: &str,
+    tenant: Uuid,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> Result<u64, DbErr> {
+    let have: std::collections::HashSet<Uuid> = event_ids(dst, "public", tenant, since, until)
+        .await?
+        .into_iter()
+        .collect();
+    let missing: Vec<Uuid> = event_ids(src, from, tenant, since, until)
+        .await?
+        .into_iter()
+        .filter(|id| !have.contains(id))
+        .collect();
+    if missing.is_empty() {
+        return Ok(0);
+    }
+    let r = src
+        .query_one_raw(statement(
+            format!(
+                "SELECT coalesce(jsonb_agg(x), '[]') AS rows FROM {} x WHERE x.tenant_id = $1 \
+                   AND ($2::timestamptz IS NULL OR x.occurred_at >= $2) \
+                   AND ($3::timestamptz IS NULL OR x.occurred_at < $3) AND x.id = ANY($4)",
+                table(from, "usage_events")
+            ),
+            [tenant.into(), since.into(), until.into(), missing.into()],
+        ))
+        .await?
+        .ok_or(DbErr::RecordNotFound("rows".into()))?;
+    insert_rows(dst, "usage_events", r.try_get("", "rows")?).await
+}
+
+/// The row hashes of the tenant's rows of a table in `schema`.
+async fn row_hashes(
+    tx: &DatabaseTransaction,
+    schema: &str,
+    name: &str,
+    tenant: Uuid,
+) -> Result<Vec<i64>, DbErr> {
+    let r = tx
+        .query_one_raw(statement(
+            format!(
+                "SELECT coalesce(array_agg(hashtextextended(x::text, 0)), '{{}}') AS h \
+                 FROM {} x WHERE x.tenant_id = $1",
+                table(schema, name)
+            ),
+            [tenant.into()],
+        ))
+        .await?
+        .ok_or(DbErr::RecordNotFound("hashes".into()))?;
+    r.try_get("", "h")
+}
+
+/// Makes the tenant's rows of a small table in the tenant database those
+/// of `from`, by difference of whole rows: rows there that the source
+/// lacks (gone, or changed since) are deleted, rows of the source it lacks
+/// are inserted; how many rows were written.
+pub async fn sync_small_table_across(
+    src: &DatabaseTransaction,
+    dst: &DatabaseTransaction,
+    name: &str,
+    from: &str,
+    tenant: Uuid,
+) -> Result<u64, DbErr> {
+    let source: std::collections::HashSet<i64> = row_hashes(src, from, name, tenant)
+        .await?
+        .into_iter()
+        .collect();
+    let target: std::collections::HashSet<i64> = row_hashes(dst, "public", name, tenant)
+        .await?
+        .into_iter()
+        .collect();
+    let stale: Vec<i64> = target.difference(&source).copied().collect();
+    let fresh: Vec<i64> = source.difference(&target).copied().collect();
+    let mut written = 0;
+    if !stale.is_empty() {
+        written += dst
+            .execute_raw(statement(
+                format!(
+                    "DELETE FROM {} x WHERE x.tenant_id = $1 \
+                     AND hashtextextended(x::text, 0) = ANY($2)",
+                    table("public", name)
+                ),
+                [tenant.into(), stale.into()],
+            ))
+            .await?
+            .rows_affected();
+    }
+    if !fresh.is_empty() {
+        let r = src
+            .query_one_raw(statement(
+                format!(
+                    "SELECT coalesce(jsonb_agg(x), '[]') AS rows FROM {} x \
+                     WHERE x.tenant_id = $1 AND hashtextextended(x::text, 0) = ANY($2)",
+                    table(from, name)
+                ),
+                [tenant.into(), fresh.into()],
+            ))
+            .await?
+            .ok_or(DbErr::RecordNotFound("rows".into()))?;
+        written += insert_rows(dst, name, r.try_get("", "rows")?).await?;
+    }
+    Ok(written)
+}
+
+/// Flips the tenant to its own database: placement (epoch bumped), the
+/// tenant's `isolation_level`.
+pub async fn flip_to_database(
+    tx: &DatabaseTransaction,
+    tenant: Uuid,
+    server: &str,
+    database: &str,
+    at: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    tx.execute_raw(statement(
+        "INSERT INTO tenant_placements (tenant_id, level, schema_name, database_server, \
+             database_name, epoch, placed_at) \
+         VALUES ($1, 'dedicated_database', 'public', $2, $3, 1, $4) \
+         ON CONFLICT (tenant_id) DO UPDATE SET level = EXCLUDED.level, \
+             schema_name = EXCLUDED.schema_name, database_server = EXCLUDED.database_server, \
+             database_name = EXCLUDED.database_name, epoch = tenant_placements.epoch + 1, \
+             placed_at = EXCLUDED.placed_at",
+        [tenant.into(), server.into(), database.into(), at.into()],
+    ))
+    .await?;
+    tx.execute_raw(statement(
+        "UPDATE tenants SET isolation_level = 'dedicated_database', updated_at = $2 WHERE id = $1",
+        [tenant.into(), at.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Drops the schema a tenant left for its own database (after its rows
+/// were deleted; the cross-tenant views are rebuilt first).
+pub async fn drop_left_schema(tx: &DatabaseTransaction, tenant: Uuid) -> Result<(), DbErr> {
+    tx.execute_raw(statement(
+        "SELECT tenlyr_drop_left_schema($1)",
+        [tenant.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// The tenant row (JSON), locked against other changes until `tx` ends
+/// (readers that only need its key, like ingestion, still pass).
+pub async fn lock_tenant_row(
+    tx: &DatabaseTransaction,
+    tenant: Uuid,
+) -> Result<serde_json::Value, DbErr> {
+    let r = tx
+        .query_one_raw(statement(
+            "SELECT to_jsonb(t) AS row FROM tenants t WHERE t.id = $1 FOR NO KEY UPDATE",
+            [tenant.into()],
+        ))
+        .await?
+        .ok_or(DbErr::RecordNotFound("tenant".into()))?;
+    r.try_get("", "row")
+}
+
+/// Writes a tenant row into a tenant database, in `tx` there.
+pub async fn mirror_tenant_in(
+    tx: &DatabaseTransaction,
+    row: serde_json::Value,
+) -> Result<(), DbErr> {
+    tx.execute_raw(statement("SELECT tenlyr_mirror_tenant($1)", [row.into()]))
+        .await?;
+    Ok(())
+}

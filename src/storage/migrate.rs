@@ -113,6 +113,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "record_batches",
         sql: include_str!("../../migrations/0020_record_batches.sql"),
     },
+    Migration {
+        version: 21,
+        name: "dedicated_databases",
+        sql: include_str!("../../migrations/0021_dedicated_databases.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

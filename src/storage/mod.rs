@@ -8,6 +8,7 @@
 pub mod admin_keys;
 pub mod audit;
 pub mod billing;
+pub mod dedicated;
 pub mod embedded;
 pub mod entities;
 pub mod health;
@@ -40,6 +41,8 @@ pub const APP_ROLE: &str = "tenlyr_app";
 pub struct Db {
     app: DatabaseConnection,
     placements: std::sync::Arc<tenant_data::Placements>,
+    /// The tenant databases (`None` in a tenant database's own `Db`).
+    dedicated: Option<std::sync::Arc<dedicated::Dedicated>>,
 }
 
 impl Db {
@@ -72,7 +75,63 @@ impl Db {
         Ok(Self {
             app: SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
             placements: Default::default(),
+            dedicated: None,
         })
+    }
+
+    /// This main database, with the registry of tenant databases.
+    pub fn with_dedicated(mut self, dedicated: dedicated::Dedicated) -> Self {
+        self.dedicated = Some(std::sync::Arc::new(dedicated));
+        self
+    }
+
+    /// The registry of tenant databases.
+    pub fn dedicated(&self) -> Option<&dedicated::Dedicated> {
+        self.dedicated.as_deref()
+    }
+
+    /// The database that holds the data of a tenant in `place` (this one
+    /// unless it is a tenant database).
+    pub async fn at(&self, place: Option<&tenant_data::Place>) -> Result<Db, DbErr> {
+        match (place, &self.dedicated) {
+            (Some(tenant_data::Place::Database(place)), Some(dedicated)) => dedicated
+                .db(place)
+                .await
+                .map_err(|err| DbErr::Custom(format!("{err:#}"))),
+            (Some(tenant_data::Place::Database(place)), None) => Err(DbErr::Custom(format!(
+                "no tenant database registry to reach {}",
+                place.name
+            ))),
+            _ => Ok(self.clone()),
+        }
+    }
+
+    /// The database that holds `tenant`'s data, as this process last read
+    /// the placements (a stale read reaches the main database, which
+    /// refuses tenant-data work there with [`tenant_data::is_misrouted`]).
+    pub async fn for_tenant(&self, tenant: uuid::Uuid) -> Result<Db, DbErr> {
+        self.at(self.placements.place_of(tenant).as_ref()).await
+    }
+
+    /// This database and every tenant database that can be reached
+    /// (platform-wide purges and reads; one that cannot is logged and left
+    /// for the next run), after reading the placements again.
+    pub async fn data_dbs(&self) -> Result<Vec<Db>, DbErr> {
+        let mut all = vec![self.clone()];
+        if self.dedicated.is_none() {
+            return Ok(all);
+        }
+        self.placements
+            .refresh(self.pool())
+            .await
+            .map_err(|err| DbErr::Custom(err.to_string()))?;
+        for place in self.placements.databases() {
+            match self.at(Some(&tenant_data::Place::Database(place))).await {
+                Ok(db) => all.push(db),
+                Err(err) => tracing::warn!(error = %err, "a tenant database is unreachable"),
+            }
+        }
+        Ok(all)
     }
 
     /// Where tenants' data lives, as this process last read it.
@@ -95,6 +154,9 @@ impl Db {
     }
 
     pub async fn close(&self) {
+        if let Some(dedicated) = &self.dedicated {
+            Box::pin(dedicated.close()).await;
+        }
         if let Err(err) = self.app.close_by_ref().await {
             tracing::warn!(error = %err, "closing the database pool failed");
         }

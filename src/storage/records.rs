@@ -98,8 +98,12 @@ pub async fn write_batch(
         .placements()
         .partition((0..writes.len()).collect(), |i| writes[*i].tenant());
     let mut refreshes = 0;
-    while let Some(part) = work.pop() {
-        match write_in_place(db.pool(), writes, &part, now).await {
+    while let Some((place, part)) = work.pop() {
+        let result = match db.at(place.as_ref()).await {
+            Ok(here) => write_in_place(here.pool(), writes, &part, now).await,
+            Err(err) => Err(tenant_data::unreachable(err)),
+        };
+        match result {
             Ok(done) => {
                 for (i, outcome) in done {
                     outcomes[i] = Outcome::Done(Some(outcome));

@@ -43,13 +43,16 @@ use super::{
     queue::{Backoff, Job, JobError, Queue},
 };
 use crate::{
-    domain::isolation::{MigrationStatus, Phase},
+    domain::{
+        isolation::{MigrationStatus, Phase},
+        tenant::IsolationLevel,
+    },
     service::{events::Outbox, isolation::event_data},
     storage::{
-        self, Db,
+        self, Db, dedicated,
         isolation::{self as repo, MigrationRow, SMALL_TABLES},
         jobs,
-        tenant_data::Scope,
+        tenant_data::{self, DatabasePlace, Place, Scope},
     },
 };
 
@@ -152,7 +155,7 @@ impl Job for MigrateJob {
             }
             tx.commit().await.map_err(retry)?;
         }
-        match move_to_schema(ctx, &m, &outbox, self.copy).await {
+        match move_tenant(ctx, &m, &outbox, self.copy).await {
             Ok(()) => Ok(()),
             Err(Failure::Unavailable(err)) => Err(JobError::Retry(err)),
             Err(Failure::Failed(error)) => fail(ctx, &m, &outbox, &error).await,
@@ -200,6 +203,12 @@ impl Job for CleanupJob {
             }
         }
         let tx = ctx.db.begin(Scope::Platform).await.map_err(retry)?;
+        // A schema left for the tenant's own database goes too.
+        if p.schema != "public" {
+            repo::drop_left_schema(&tx, p.tenant_id)
+                .await
+                .map_err(retry)?;
+        }
         repo::set_phase(&tx, p.migration_id, Phase::Done.as_str())
             .await
             .map_err(retry)?;
@@ -264,21 +273,187 @@ async fn load(ctx: &Context, id: Uuid) -> Result<Option<MigrationRow>, JobError>
     Ok(m)
 }
 
-/// shared_schema → dedicated_schema.
-async fn move_to_schema(
+/// Where a move writes.
+enum Target {
+    /// The tenant's schema in the main database: written in the same
+    /// transactions that read the source.
+    Schema(String),
+    /// The tenant's own database: written in transactions of its own,
+    /// each committed before the source's (so a crash leaves the target
+    /// ahead, never behind, and the source authoritative until the flip).
+    Database { place: DatabasePlace, db: Db },
+}
+
+type Tx = sea_orm::DatabaseTransaction;
+
+impl Target {
+    /// A transaction of the target's own, if it has its own database.
+    async fn begin(&self) -> Result<Option<Tx>, DbErr> {
+        match self {
+            Self::Schema(_) => Ok(None),
+            Self::Database { db, .. } => {
+                let tx = db.begin(Scope::Platform).await?;
+                mover_settings(&tx, false).await?;
+                Ok(Some(tx))
+            }
+        }
+    }
+
+    /// The schema of the target in the transaction that writes it.
+    fn schema(&self) -> &str {
+        match self {
+            Self::Schema(s) => s,
+            Self::Database { .. } => "public",
+        }
+    }
+
+    /// The events of `from` the target lacks, among those that occurred in
+    /// `[since, until)`, copied; how many.
+    async fn copy_missing(
+        &self,
+        src: &Tx,
+        dst: Option<&Tx>,
+        from: &str,
+        tenant: Uuid,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<i64, DbErr> {
+        let n = match dst {
+            Some(dst) => {
+                repo::copy_missing_events_across(src, dst, from, tenant, since, until).await?
+            }
+            None => {
+                repo::copy_missing_events(src, from, self.schema(), tenant, since, until).await?
+            }
+        };
+        Ok(n as i64)
+    }
+
+    /// A small table synced by difference; rows written.
+    async fn sync(
+        &self,
+        src: &Tx,
+        dst: Option<&Tx>,
+        name: &str,
+        from: &str,
+        tenant: Uuid,
+    ) -> Result<i64, DbErr> {
+        let n = match dst {
+            Some(dst) => repo::sync_small_table_across(src, dst, name, from, tenant).await?,
+            None => repo::sync_small_table(src, name, from, self.schema(), tenant).await?,
+        };
+        Ok(n as i64)
+    }
+
+    /// Whether the tenant's rows of a table (events: in `[since, until)`)
+    /// have the same count and checksum in the source and the target.
+    #[allow(clippy::too_many_arguments)]
+    async fn same(
+        &self,
+        src: &Tx,
+        dst: Option<&Tx>,
+        from: &str,
+        name: &str,
+        tenant: Uuid,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<bool, DbErr> {
+        Ok(repo::checksum(src, from, name, tenant, since, until).await?
+            == repo::checksum(
+                dst.unwrap_or(src),
+                self.schema(),
+                name,
+                tenant,
+                since,
+                until,
+            )
+            .await?)
+    }
+}
+
+/// Commits the target's transaction (if it has one), then the source's.
+async fn commit_both(src: Tx, dst: Option<Tx>) -> Result<(), DbErr> {
+    if let Some(dst) = dst {
+        dst.commit().await?;
+    }
+    src.commit().await
+}
+
+/// Prepares the target: the tenant's schema, or its database (on the
+/// server chosen at the move's first run; created, migrated, the tenant
+/// row mirrored, day partitions back to the tenant's first event).
+async fn prepare(ctx: &Context, m: &MigrationRow, from: &str) -> Result<Target, Failure> {
+    let (db, tenant) = (&ctx.db, m.tenant_id);
+    if m.to_level != IsolationLevel::DedicatedDatabase.as_str() {
+        let tx = db.begin(Scope::Platform).await?;
+        let schema = repo::create_schema(&tx, tenant).await?;
+        tx.commit().await?;
+        return Ok(Target::Schema(schema));
+    }
+    let dedicated = db
+        .dedicated()
+        .ok_or_else(|| Failure::Failed("this server has no tenant database servers".into()))?;
+    let tx = db.begin(Scope::Platform).await?;
+    let counts = repo::databases_per_server(&tx).await?;
+    let pick = dedicated
+        .server_keys()
+        .min_by_key(|k| counts.iter().find(|(s, _)| s == k).map_or(0, |(_, n)| *n))
+        .ok_or_else(|| Failure::Failed("no tenant database server is configured".into()))?
+        .to_owned();
+    let server = repo::target_server(&tx, m.id, &pick).await?;
+    let first_day = repo::first_event_day(&tx, from, tenant).await?;
+    tx.commit().await?;
+    let place = DatabasePlace {
+        server: server.into(),
+        name: dedicated::database_of(tenant).into(),
+    };
+    // A server missing from the configuration, or down: not now.
+    dedicated
+        .create(&place)
+        .await
+        .map_err(|e| Failure::Unavailable(format!("{e:#}")))?;
+    let target = db
+        .at(Some(&Place::Database(place.clone())))
+        .await
+        .map_err(|e| Failure::Unavailable(e.to_string()))?;
+    let row = tenant_data::tenant_row(db, tenant)
+        .await?
+        .ok_or_else(|| Failure::Failed("the tenant was deleted".into()))?;
+    tenant_data::mirror_tenant(&target, &row).await?;
+    let today = Utc::now().date_naive();
+    let tx = target.begin(Scope::Platform).await?;
+    repo::ensure_partitions(
+        &tx,
+        first_day.unwrap_or(today).min(today) - chrono::Days::new(2),
+        today + chrono::Days::new(7),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Target::Database { place, db: target })
+}
+
+/// shared_schema → dedicated_schema, shared_schema or dedicated_schema →
+/// dedicated_database.
+async fn move_tenant(
     ctx: &Context,
     m: &MigrationRow,
     outbox: &Outbox,
     copy: Copying,
 ) -> Result<(), Failure> {
-    let (tenant, from) = (m.tenant_id, "public");
+    let tenant = m.tenant_id;
+    let from = if m.from_level == IsolationLevel::DedicatedSchema.as_str() {
+        tenant_data::schema_of(tenant)
+    } else {
+        "public".to_owned()
+    };
+    let from = from.as_str();
     let db = &ctx.db;
 
     // 1. The target, and the bulk copy of the events that occurred
     // before `since` (a bound fixed when the copy first began, so the copy
     // never chases the live writes, which land after it).
+    let target = prepare(ctx, m, from).await?;
     let tx = db.begin(Scope::Platform).await?;
-    let to = repo::create_schema(&tx, tenant).await?;
     let total = if m.rows_total > 0 {
         m.rows_total
     } else {
@@ -292,17 +467,38 @@ async fn move_to_schema(
         .and_then(|m| m.copy_started_at)
         .ok_or_else(|| Failure::Failed("the migration lost its copy start".into()))?
         - CATCH_UP_MARGIN;
-    let tx = mover_tx(db).await?;
-    let mut after = repo::last_copied(&tx, &to, tenant, since).await?;
-    let mut copied = repo::count_rows(&tx, &to, tenant).await?;
-    tx.commit().await?;
+    let (tx, dtx) = (mover_tx(db).await?, target.begin().await?);
+    let dst = dtx.as_ref().unwrap_or(&tx);
+    let mut after = repo::last_copied(dst, target.schema(), tenant, since).await?;
+    let mut copied = repo::count_rows(dst, target.schema(), tenant).await?;
+    commit_both(tx, dtx).await?;
     loop {
-        let tx = mover_tx(db).await?;
-        let (n, last) =
-            repo::copy_events_chunk(&tx, from, &to, tenant, after, since, copy.chunk).await?;
+        let (tx, dtx) = (mover_tx(db).await?, target.begin().await?);
+        let (n, last) = match &dtx {
+            None => {
+                repo::copy_events_chunk(
+                    &tx,
+                    from,
+                    target.schema(),
+                    tenant,
+                    after,
+                    since,
+                    copy.chunk,
+                )
+                .await?
+            }
+            Some(dst) => {
+                let (rows, n, last) =
+                    repo::read_events_chunk(&tx, from, tenant, after, since, copy.chunk).await?;
+                if n > 0 {
+                    repo::insert_rows(dst, "usage_events", rows).await?;
+                }
+                (n, last)
+            }
+        };
         copied += n;
         repo::progress(&tx, m.id, Phase::Copying.as_str(), Some(copied), None).await?;
-        tx.commit().await?;
+        commit_both(tx, dtx).await?;
         after = last.or(after);
         tracing::debug!(migration = %m.id, rows = n, ?after, "copied a chunk of events");
         if n < copy.chunk {
@@ -314,20 +510,22 @@ async fn move_to_schema(
     // 2. Catch up: the events from `since` on, and the small tables; then
     // verify (and if need be repair) the bulk part in one snapshot, and
     // note the hourly counts of that snapshot.
-    let tx = mover_tx(db).await?;
-    copied += repo::copy_missing_events(&tx, from, &to, tenant, Some(since), None).await? as i64;
+    let (tx, dtx) = (mover_tx(db).await?, target.begin().await?);
+    copied += target
+        .copy_missing(&tx, dtx.as_ref(), from, tenant, Some(since), None)
+        .await?;
     for name in SMALL_TABLES {
-        copied += repo::sync_small_table(&tx, name, from, &to, tenant).await? as i64;
+        copied += target.sync(&tx, dtx.as_ref(), name, from, tenant).await?;
     }
     repo::progress(&tx, m.id, Phase::CatchingUp.as_str(), Some(copied), None).await?;
-    tx.commit().await?;
+    commit_both(tx, dtx).await?;
     // The bound moves up to now: the barrier's window is then the last
     // few minutes, however long the copy (or a resumed move) took. What
     // lies between the old and the new bound was just copied above, and
     // the verification covers it.
     let since = since.max(Utc::now() - CATCH_UP_MARGIN);
-    let (past, repaired) = verified_past(db, from, &to, tenant, since).await?;
-    copied += repaired as i64;
+    let (past, repaired) = verified_past(db, &target, from, tenant, since).await?;
+    copied += repaired;
 
     // 3. The barrier: the events from `since` on are copied and verified
     // whole (a few minutes of traffic); older ones only in the hours whose
@@ -357,7 +555,12 @@ async fn move_to_schema(
             Err(err) => return Err(err.into()),
         }
     };
-    copied += repo::copy_missing_events(&tx, from, &to, tenant, Some(since), None).await? as i64;
+    repo::set_move_session(&tx).await?;
+    let dtx = target.begin().await?;
+    let dst = dtx.as_ref();
+    copied += target
+        .copy_missing(&tx, dst, from, tenant, Some(since), None)
+        .await?;
     let now_marks = repo::hour_marks(&tx, from, tenant).await?;
     let mut ranges = vec![(Some(since), None)];
     for (start, added) in past.moved(&now_marks) {
@@ -380,15 +583,19 @@ async fn move_to_schema(
             }
             since
         };
-        copied += repo::copy_missing_events(&tx, from, &to, tenant, Some(start), Some(until))
-            .await? as i64;
+        copied += target
+            .copy_missing(&tx, dst, from, tenant, Some(start), Some(until))
+            .await?;
         ranges.push((Some(start), Some(until)));
     }
     tracing::debug!(migration = %m.id, hours = ranges.len() - 1,
         "barrier: older hours written to during the move, copied again");
     let mut mismatched = Vec::new();
     for (a, b) in ranges {
-        if !same_in_both(&tx, from, &to, "usage_events", tenant, a, b).await? {
+        if !target
+            .same(&tx, dst, from, "usage_events", tenant, a, b)
+            .await?
+        {
             mismatched.push("usage_events");
             break;
         }
@@ -399,8 +606,11 @@ async fn move_to_schema(
     for name in SMALL_TABLES {
         let mut same = false;
         for _ in 0..3 {
-            copied += repo::sync_small_table(&tx, name, from, &to, tenant).await? as i64;
-            if same_in_both(&tx, from, &to, name, tenant, None, None).await? {
+            copied += target.sync(&tx, dst, name, from, tenant).await?;
+            if target
+                .same(&tx, dst, from, name, tenant, None, None)
+                .await?
+            {
                 same = true;
                 break;
             }
@@ -422,7 +632,22 @@ async fn move_to_schema(
         return Ok(());
     }
     let now = ctx.clock.now();
-    repo::flip_to_schema(&tx, tenant, &to, now).await?;
+    match &target {
+        Target::Schema(schema) => repo::flip_to_schema(&tx, tenant, schema, now).await?,
+        Target::Database { place, .. } => {
+            // The tenant row as it is now, locked against changes until
+            // the flip commits (later ones reach the mirror through the
+            // placement's trigger); the target commits first.
+            let row = repo::lock_tenant_row(&tx, tenant).await?;
+            if let Some(dst) = dst {
+                repo::mirror_tenant_in(dst, row).await?;
+            }
+            repo::flip_to_database(&tx, tenant, &place.server, &place.name, now).await?;
+        }
+    }
+    if let Some(dtx) = dtx {
+        dtx.commit().await?;
+    }
     repo::progress(&tx, m.id, Phase::Cleaning.as_str(), Some(copied), None).await?;
     repo::finish(
         &tx,
@@ -459,8 +684,8 @@ async fn move_to_schema(
     if let Err(err) = db.placements().refresh(db.pool()).await {
         tracing::warn!(error = %err, "reading tenant placements failed");
     }
-    tracing::info!(tenant = %tenant, migration = %m.id, rows = copied, schema = %to,
-        "moved a tenant to its own schema");
+    tracing::info!(tenant = %tenant, migration = %m.id, rows = copied, to = %m.to_level,
+        "moved a tenant's data");
     Ok(())
 }
 
@@ -500,24 +725,36 @@ impl Past {
 }
 
 /// Verifies the events that occurred before `since` — count and checksum
-/// in both places — in one snapshot, and reads the source's hourly counts
-/// in it. A mismatch (something written into the past during the copy) is
-/// repaired in the same snapshot by copying what the target lacks; what is
-/// written after the snapshot shows in the hourly counts. Also returns how
-/// many events the repair copied.
+/// in both places — in one snapshot of the source (the target is written
+/// by this move only), and reads the source's hourly counts in it. A
+/// mismatch (something written into the past during the copy) is repaired
+/// in the same snapshot by copying what the target lacks; what is written
+/// after the snapshot shows in the hourly counts. Also returns how many
+/// events the repair copied.
 async fn verified_past(
     db: &Db,
+    target: &Target,
     from: &str,
-    to: &str,
     tenant: Uuid,
     since: DateTime<Utc>,
-) -> Result<(Past, u64), Failure> {
+) -> Result<(Past, i64), Failure> {
     let tx = db.begin_platform_snapshot().await?;
-    mover_settings(&tx).await?;
+    mover_settings(&tx, true).await?;
+    let dtx = target.begin().await?;
+    let dst = dtx.as_ref();
     let mut repaired = 0;
-    if !same_in_both(&tx, from, to, "usage_events", tenant, None, Some(since)).await? {
-        repaired = repo::copy_missing_events(&tx, from, to, tenant, None, Some(since)).await?;
-        if !same_in_both(&tx, from, to, "usage_events", tenant, None, Some(since)).await? {
+    let events = "usage_events";
+    if !target
+        .same(&tx, dst, from, events, tenant, None, Some(since))
+        .await?
+    {
+        repaired = target
+            .copy_missing(&tx, dst, from, tenant, None, Some(since))
+            .await?;
+        if !target
+            .same(&tx, dst, from, events, tenant, None, Some(since))
+            .await?
+        {
             return Err(Failure::Failed(
                 "verification failed: the copied events differ from the source".into(),
             ));
@@ -537,20 +774,13 @@ async fn verified_past(
     let straddle = match holding[..] {
         [start] => Some((
             start,
-            repo::checksum(
-                &tx,
-                from,
-                "usage_events",
-                tenant,
-                Some(since),
-                Some(start + hour),
-            )
-            .await?
-            .0,
+            repo::checksum(&tx, from, events, tenant, Some(since), Some(start + hour))
+                .await?
+                .0,
         )),
         _ => None,
     };
-    tx.commit().await?;
+    commit_both(tx, dtx).await?;
     let past = Past {
         marks: marks
             .into_iter()
@@ -559,21 +789,6 @@ async fn verified_past(
         straddle,
     };
     Ok((past, repaired))
-}
-
-/// Whether the tenant's rows of a table (events: in `[since, until)`)
-/// have the same count and checksum in both places (in `tx`'s snapshot).
-async fn same_in_both(
-    tx: &sea_orm::DatabaseTransaction,
-    from: &str,
-    to: &str,
-    name: &str,
-    tenant: Uuid,
-    since: Option<DateTime<Utc>>,
-    until: Option<DateTime<Utc>>,
-) -> Result<bool, DbErr> {
-    Ok(repo::checksum(tx, from, name, tenant, since, until).await?
-        == repo::checksum(tx, to, name, tenant, since, until).await?)
 }
 
 async fn tx_exec(tx: &sea_orm::DatabaseTransaction, sql: &str) -> Result<(), DbErr> {
@@ -590,19 +805,26 @@ async fn tx_exec(tx: &sea_orm::DatabaseTransaction, sql: &str) -> Result<(), DbE
 /// before the source).
 async fn mover_tx(db: &Db) -> Result<sea_orm::DatabaseTransaction, DbErr> {
     let tx = db.begin(Scope::Platform).await?;
-    mover_settings(&tx).await?;
+    mover_settings(&tx, true).await?;
     Ok(tx)
 }
 
 /// [`mover_tx`]'s timeout and partition lock, for a transaction begun
 /// otherwise (the verification's snapshot).
-async fn mover_settings(tx: &sea_orm::DatabaseTransaction) -> Result<(), DbErr> {
+/// `partitions`: in the main database (a tenant database's partitions
+/// are the mover's alone while it moves).
+async fn mover_settings(tx: &sea_orm::DatabaseTransaction, partitions: bool) -> Result<(), DbErr> {
     tx_exec(
         tx,
         &format!("SET LOCAL statement_timeout = '{MOVER_STATEMENT_TIMEOUT}'"),
     )
     .await?;
-    repo::hold_partitions(tx).await
+    // Row text (which the checksums hash) the same in both databases.
+    repo::set_move_session(tx).await?;
+    if partitions {
+        repo::hold_partitions(tx).await?;
+    }
+    Ok(())
 }
 
 /// Ends the migration `failed` with its event, and drops the target.
@@ -635,14 +857,33 @@ async fn fail(
         .emit_in(&tx, "isolation.migration_failed", Some(m.tenant_id), data)
         .await
         .map_err(retry)?;
-    // The target of a move from the shared tables is only ever the
-    // tenant's new schema, never live data.
-    if m.from_level == "shared_schema"
+    // The target of a move to a schema is only ever the tenant's new
+    // schema, never live data (a tenant in its schema moves to a
+    // database).
+    if m.to_level == IsolationLevel::DedicatedSchema.as_str()
         && repo::schema_exists(&tx, m.tenant_id).await.map_err(retry)?
     {
         repo::drop_schema(&tx, m.tenant_id).await.map_err(retry)?;
     }
     tx.commit().await.map_err(retry)?;
+    // Nor is a move's database, which was never placed.
+    if m.to_level == IsolationLevel::DedicatedDatabase.as_str()
+        && let Some(dedicated) = ctx.db.dedicated()
+    {
+        let tx = ctx.db.begin(Scope::Platform).await.map_err(retry)?;
+        let server = repo::target_server(&tx, m.id, "").await.map_err(retry)?;
+        tx.commit().await.map_err(retry)?;
+        if !server.is_empty() {
+            let place = DatabasePlace {
+                server: server.into(),
+                name: dedicated::database_of(m.tenant_id).into(),
+            };
+            if let Err(err) = dedicated.drop_database(&place).await {
+                tracing::warn!(error = %format!("{err:#}"), database = %place.name,
+                    "dropping a failed move's database failed");
+            }
+        }
+    }
     Ok(())
 }
 

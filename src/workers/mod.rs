@@ -32,6 +32,7 @@ pub mod periodic;
 pub mod queue;
 pub mod record_commit;
 pub mod record_expiry;
+pub mod tenant_data;
 pub mod tenant_purge;
 pub mod webhook_delivery;
 

@@ -1,5 +1,5 @@
 //! Removes a deleted tenant's raw usage events, which may be millions, its
-//! inbound webhook payloads and its own schema if it has one: a
+//! inbound webhook payloads and its own schema or database if it has one: a
 //! job enqueued in the transaction that deletes the tenant
 //! (`service::tenants::delete`), deleting [`CHUNK`] events per short
 //! transaction so no statement runs long and no lock is held for the whole
@@ -14,7 +14,11 @@ use super::{
     Context,
     queue::{Job, JobError},
 };
-use crate::storage::{inbound, isolation, tenant_data::Scope, tenants};
+use crate::storage::{
+    dedicated, inbound, isolation,
+    tenant_data::{DatabasePlace, Scope},
+    tenants,
+};
 
 /// Events deleted per transaction.
 pub const CHUNK: i64 = 10_000;
@@ -55,8 +59,28 @@ impl Job for TenantPurge {
             isolation::drop_schema(&tx, tenant).await.map_err(retry)?;
         }
         tx.commit().await.map_err(retry)?;
+        // A tenant with its own database: it goes too. Its placement went
+        // with the tenant row; the name is the tenant's, on one of the
+        // configured servers.
+        if let Some(dedicated) = ctx.db.dedicated() {
+            let name = dedicated::database_of(tenant);
+            for server in dedicated
+                .server_keys()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+            {
+                let place = DatabasePlace {
+                    server: server.into(),
+                    name: name.clone().into(),
+                };
+                dedicated
+                    .drop_database(&place)
+                    .await
+                    .map_err(|e| JobError::Retry(format!("{e:#}")))?;
+            }
+        }
         tracing::info!(tenant = %tenant, events, webhook_payloads = payloads, schema,
-            "purged a deleted tenant's usage events, webhook payloads and schema");
+            "purged a deleted tenant's usage events, webhook payloads, schema and database");
         Ok(())
     }
 }

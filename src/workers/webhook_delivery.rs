@@ -366,16 +366,18 @@ impl super::periodic::Tick for EventRetention {
         // Inbound events: their log rows and dedup keys (their payloads
         // are platform events, purged above).
         let mut inbound = 0;
-        let tx = ctx.db.begin(Scope::Platform).await?;
-        let schemas = tenant_data::data_schemas(&tx).await?;
-        tx.commit().await?;
-        for schema in schemas {
-            loop {
-                let n = crate::storage::inbound::purge_events(ctx.db.pool(), &schema, before, 1000)
-                    .await?;
-                inbound += n;
-                if n < 1000 {
-                    break;
+        for db in ctx.db.data_dbs().await? {
+            let tx = db.begin(Scope::Platform).await?;
+            let schemas = tenant_data::data_schemas(&tx).await?;
+            tx.commit().await?;
+            for schema in schemas {
+                loop {
+                    let n = crate::storage::inbound::purge_events(db.pool(), &schema, before, 1000)
+                        .await?;
+                    inbound += n;
+                    if n < 1000 {
+                        break;
+                    }
                 }
             }
         }

@@ -176,6 +176,7 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
             secrets_key: Some(SECRETS_KEY.to_owned()),
             db_pool_size: 4,
             app_database_url: None,
+            dedicated_database_urls: Vec::new(),
             statement_timeout_ms: 30_000,
         },
     }

@@ -609,9 +609,9 @@ async fn migrations_over_grpc_and_the_refusals() {
             400,
         ),
         (
-            &app.admin_key,
+            &key,
             json!({"tenantId": other, "targetLevel": "dedicated_database"}),
-            501,
+            404,
         ),
         (
             &key,

@@ -10,6 +10,7 @@ mod audit;
 mod auth;
 mod billing;
 mod contract;
+mod dedicated_database;
 mod durability;
 mod health;
 mod helpers;
