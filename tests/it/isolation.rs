@@ -721,6 +721,19 @@ async fn until_migration(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_killed_in_each_phase_resumes_and_loses_nothing() {
+    killed_move("dedicated_schema").await;
+}
+
+/// The same to a database of its own (on the main server: the default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_to_a_database_killed_in_each_phase_resumes_and_loses_nothing() {
+    killed_move("dedicated_database").await;
+}
+
+/// A move to `target` by a real server killed while copying, in the
+/// barrier and while cleaning: it completes once, every acknowledged
+/// event is in the new place exactly once, none is left behind.
+async fn killed_move(target: &str) {
     let db = crate::helpers::TestDb::migrated().await;
     let admin = crate::helpers::create_admin_key(&db.url, "kill-moves").await;
     let data_dir = std::env::temp_dir().join(format!("tenlyr-move-{}", uuid::Uuid::new_v4()));
@@ -795,7 +808,7 @@ async fn a_move_killed_in_each_phase_resumes_and_loses_nothing() {
     let started: Value = http
         .post(format!("{base}/api/v1/isolation/migrate"))
         .bearer_auth(&admin)
-        .json(&json!({"tenantId": tenant, "targetLevel": "dedicated_schema"}))
+        .json(&json!({"tenantId": tenant, "targetLevel": target}))
         .send()
         .await
         .unwrap()
@@ -848,30 +861,38 @@ async fn a_move_killed_in_each_phase_resumes_and_loses_nothing() {
     writer.await.unwrap();
 
     // The data is whole in exactly one place.
-    let schema = schema_of(&tenant);
-    let mut conn = db.connect().await;
+    let (place_url, table) = if target == "dedicated_database" {
+        let name = format!("tenlyr_t_{}", tenant.replace('-', ""));
+        let (base, _) = db.url.rsplit_once('/').unwrap();
+        (format!("{base}/{name}"), "public.usage_events".to_owned())
+    } else {
+        (
+            db.url.clone(),
+            format!("\"{}\".usage_events", schema_of(&tenant)),
+        )
+    };
+    let mut there = sqlx::PgConnection::connect(&place_url).await.unwrap();
     let count = |table: String| {
         sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM {table} WHERE tenant_id = $1::uuid"
         )))
         .bind(tenant.clone())
     };
-    let moved = count(format!("\"{schema}\".usage_events"))
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let moved = count(table.clone()).fetch_one(&mut there).await.unwrap();
+    let keys: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT idempotency_key FROM {table} \
+         WHERE tenant_id = $1::uuid AND idempotency_key IS NOT NULL"
+    )))
+    .bind(&tenant)
+    .fetch_all(&mut there)
+    .await
+    .unwrap();
+    there.close().await.unwrap();
+    let mut conn = db.connect().await;
     let left = count("public.usage_events".into())
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    let keys: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT idempotency_key FROM \"{schema}\".usage_events \
-         WHERE tenant_id = $1::uuid AND idempotency_key IS NOT NULL"
-    )))
-    .bind(&tenant)
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
     let completed: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM platform_events WHERE type = 'isolation.migration_completed'",
     )
@@ -898,8 +919,21 @@ async fn a_move_killed_in_each_phase_resumes_and_loses_nothing() {
     assert_eq!(moved, seeded + keys.len() as i64);
     assert_eq!(left, 0);
     assert_eq!(completed, 1);
-    assert_eq!(level, "dedicated_schema");
+    assert_eq!(level, target);
     child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    if target == "dedicated_database" {
+        // The tenant database is not the test database's: drop it too.
+        let mut conn = db.connect().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS tenlyr_t_{} WITH (FORCE)",
+            tenant.replace('-', "")
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+    }
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
