@@ -11,7 +11,7 @@
 #   scripts/bench.sh billing     # Stripe sync of 1,000 tenants against localstripe
 #   scripts/bench.sh health      # health scan of 10,000 tenants, throttle decision
 #                                # latency, tracks/s throttled vs not
-#   scripts/bench.sh isolation   # a tenant with 1,000,000 events moved to its own schema
+#   scripts/bench.sh isolation   # a tenant with 1,000,000 events moved to its own schema, then database
 #                                # under 500 tracks/s: time, refused, lost, barrier p99
 # BENCH_TENANTS (default 500) sets how many tenants are provisioned.
 set -euo pipefail
