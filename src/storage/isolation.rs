@@ -704,52 +704,6 @@ pub async fn insert_rows(
         .rows_affected())
 }
 
-/// The next `chunk` events after `after` (in `(occurred_at, id)` order)
-/// that occurred before `before`, in `from`: as a JSON array, with how many
-/// and the last one.
-pub async fn read_events_chunk(
-    tx: &DatabaseTransaction,
-    from: &str,
-    tenant: Uuid,
-    after: Option<(DateTime<Utc>, Uuid)>,
-    before: DateTime<Utc>,
-    chunk: i64,
-) -> Result<(serde_json::Value, i64, Option<(DateTime<Utc>, Uuid)>), DbErr> {
-    let (at, id) = after.unzip();
-    let r = tx
-        .query_one_raw(statement(
-            format!(
-                "WITH c AS ( \
-                     SELECT * FROM {src} WHERE tenant_id = $1 \
-                       AND ($2::timestamptz IS NULL OR (occurred_at, id) > ($2, $3)) \
-                       AND occurred_at < $5 \
-                     ORDER BY occurred_at, id LIMIT $4) \
-                 SELECT coalesce(jsonb_agg(c), '[]') AS rows, count(*) AS n, \
-                        (SELECT occurred_at FROM c ORDER BY occurred_at DESC, id DESC LIMIT 1) AS at, \
-                        (SELECT id FROM c ORDER BY occurred_at DESC, id DESC LIMIT 1) AS id \
-                 FROM c",
-                src = table(from, "usage_events"),
-            ),
-            [
-                tenant.into(),
-                at.into(),
-                id.into(),
-                chunk.into(),
-                before.into(),
-            ],
-        ))
-        .await?
-        .ok_or(DbErr::RecordNotFound("chunk".into()))?;
-    let last = match (
-        r.try_get::<Option<DateTime<Utc>>>("", "at")?,
-        r.try_get::<Option<Uuid>>("", "id")?,
-    ) {
-        (Some(at), Some(id)) => Some((at, id)),
-        _ => None,
-    };
-    Ok((r.try_get("", "rows")?, r.try_get("", "n")?, last))
-}
-
 /// The ids of the tenant's events in `schema` that occurred in
 /// `[since, until)` (either end open with `None`).
 async fn event_ids(
@@ -947,4 +901,86 @@ pub async fn mirror_tenant_in(
     tx.execute_raw(statement("SELECT tenlyr_mirror_tenant($1)", [row.into()]))
         .await?;
     Ok(())
+}
+
+/// The next `chunk` events after `after` (in `(occurred_at, id)` order)
+/// that occurred before `before`, copied from `from` in the main database
+/// to the tenant database with binary `COPY` (through a temporary table
+/// there: `COPY` into a table with row-level security is refused); how
+/// many, and the last one. The source is read in one snapshot, the target
+/// written in one transaction, committed before this returns.
+pub async fn copy_events_chunk_across(
+    main: &sqlx::PgPool,
+    tenant_db: &sqlx::PgPool,
+    from: &str,
+    tenant: Uuid,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    before: DateTime<Utc>,
+    chunk: i64,
+) -> Result<(i64, Option<(DateTime<Utc>, Uuid)>), sqlx::Error> {
+    use futures_util::TryStreamExt as _;
+    let mut src = main.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *src)
+        .await?;
+    sqlx::query("SELECT tenlyr_enter_scope(NULL)")
+        .execute(&mut *src)
+        .await?;
+    sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtext('tenlyr_usage_partitions'))")
+        .execute(&mut *src)
+        .await?;
+    // COPY takes no parameters: the values are typed (a uuid, times,
+    // a number) and written as literals of their type.
+    let bound = match after {
+        Some((at, id)) => format!(
+            "AND (occurred_at, id) > ('{}'::timestamptz, '{id}'::uuid)",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        ),
+        None => String::new(),
+    };
+    let select = format!(
+        "SELECT * FROM {src_table} WHERE tenant_id = '{tenant}'::uuid {bound} \
+           AND occurred_at < '{before}'::timestamptz ORDER BY occurred_at, id LIMIT {chunk}",
+        src_table = table(from, "usage_events"),
+        before = before.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    );
+    let last: Option<(DateTime<Utc>, Uuid)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT occurred_at, id FROM ({select}) c ORDER BY occurred_at DESC, id DESC LIMIT 1"
+    )))
+    .fetch_optional(&mut *src)
+    .await?;
+    let Some(last) = last else {
+        src.commit().await?;
+        return Ok((0, None));
+    };
+    let data: Vec<bytes::Bytes> = src
+        .copy_out_raw(&format!("COPY ({select}) TO STDOUT (FORMAT binary)"))
+        .await?
+        .try_collect()
+        .await?;
+    src.commit().await?;
+
+    let mut dst = tenant_db.begin().await?;
+    sqlx::query("SELECT tenlyr_enter_scope(NULL)")
+        .execute(&mut *dst)
+        .await?;
+    sqlx::query(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS tenlyr_move_events (LIKE public.usage_events) \
+         ON COMMIT DELETE ROWS",
+    )
+    .execute(&mut *dst)
+    .await?;
+    let mut copy = dst
+        .copy_in_raw("COPY tenlyr_move_events FROM STDIN (FORMAT binary)")
+        .await?;
+    for part in data {
+        copy.send(part).await?;
+    }
+    copy.finish().await?;
+    let n = sqlx::query("INSERT INTO public.usage_events SELECT * FROM tenlyr_move_events")
+        .execute(&mut *dst)
+        .await?
+        .rows_affected();
+    dst.commit().await?;
+    Ok((n as i64, Some(last)))
 }

@@ -110,8 +110,6 @@ def test_error_classes_from_the_server():
             with pytest.raises(RateLimitError) as err:
                 await client.usage.track(tenant_key=result.api_key, metric="api_call", value=1)
             assert err.value.retry_after >= 1
-            with pytest.raises(TenlyrNotImplementedError):
-                await client.isolation.migrate(result.tenant.id, target_level="dedicated_database")
         for cls in (AuthenticationError, PermissionError, NotFoundError, ConflictError, InvalidRequestError,
                     TenlyrTimeoutError, TenlyrNetworkError, TenlyrNotImplementedError):
             assert issubclass(cls, TenlyrError)
@@ -178,6 +176,24 @@ def test_a_real_move_to_dedicated_schema():
             assert (await client.tenants.get(result.tenant.id)).isolation_level == "dedicated_schema"
             assert [m.id for m in await client.isolation.migrations(result.api_key)] == [started.id]
             assert int((await client.usage.metrics(result.api_key)).api_calls) == 2
+            # On to its own database (the server's main PostgreSQL, the default).
+            moving = await client.isolation.migrate(result.tenant.id, target_level="dedicated_database")
+            moved = await client.isolation.wait_for_migration(moving.id, poll_interval=0.1, timeout=60)
+            assert moved.status == "completed" and moved.to_level == "dedicated_database"
+            await client.usage.track(tenant_key=result.api_key, metric="api_call", value=1)
+            assert int((await client.usage.metrics(result.api_key)).api_calls) == 3
+            await client.tenants.delete(result.tenant.id)
+
+    run(main())
+
+
+def test_501_is_its_own_class_and_not_retried():
+    async def main():
+        transport, seen = scripted([(501, {"message": "not implemented", "statusCode": 501}, {})])
+        async with tenlyr.Tenlyr(api_key="k", base_url="http://sdk.test", transport=transport, retries=3) as client:
+            with pytest.raises(TenlyrNotImplementedError):
+                await client.tenants.list()
+        assert len(seen) == 1
 
     run(main())
 
