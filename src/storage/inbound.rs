@@ -66,6 +66,33 @@ pub async fn log(db: &Db, rows: &[InboundRow]) -> Result<Vec<String>, sqlx::Erro
     Ok(logged)
 }
 
+/// The logged columns of a batch, as the arrays the log functions take.
+struct Columns<'a> {
+    tenants: Vec<Uuid>,
+    ids: Vec<&'a str>,
+    providers: Vec<&'a str>,
+    event_ids: Vec<&'a str>,
+    raw_types: Vec<&'a str>,
+    types: Vec<&'a str>,
+    occurred: Vec<DateTime<Utc>>,
+    received: Vec<DateTime<Utc>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(rows: &[&'a InboundRow]) -> Self {
+        Self {
+            tenants: rows.iter().map(|r| r.tenant_id).collect(),
+            ids: rows.iter().map(|r| r.id.as_str()).collect(),
+            providers: rows.iter().map(|r| r.provider.as_str()).collect(),
+            event_ids: rows.iter().map(|r| r.provider_event_id.as_str()).collect(),
+            raw_types: rows.iter().map(|r| r.raw_type.as_str()).collect(),
+            types: rows.iter().map(|r| r.event_type.as_str()).collect(),
+            occurred: rows.iter().map(|r| r.occurred_at).collect(),
+            received: rows.iter().map(|r| r.received_at).collect(),
+        }
+    }
+}
+
 /// The log of rows whose tenants live in one tenant database: the events
 /// there (deduplicated), then their forwards here (`main`), in two
 /// transactions (migration 0021). A crash between the two leaves an event
@@ -77,26 +104,19 @@ async fn log_in_database(
     tenant_db: &PgPool,
     rows: &[&InboundRow],
 ) -> Result<Vec<String>, sqlx::Error> {
-    let tenants: Vec<Uuid> = rows.iter().map(|r| r.tenant_id).collect();
-    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-    let providers: Vec<&str> = rows.iter().map(|r| r.provider.as_str()).collect();
-    let event_ids: Vec<&str> = rows.iter().map(|r| r.provider_event_id.as_str()).collect();
-    let raw_types: Vec<&str> = rows.iter().map(|r| r.raw_type.as_str()).collect();
-    let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
-    let occurred: Vec<DateTime<Utc>> = rows.iter().map(|r| r.occurred_at).collect();
-    let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.received_at).collect();
+    let c = Columns::of(rows);
     let logged: Vec<(i32, String, bool, bool)> = sqlx::query_as(
         "SELECT ord, logged_id, is_new, waiting \
          FROM tenlyr_log_inbound_events($1, $2, $3, $4, $5, $6, $7, $8)",
     )
-    .bind(&tenants)
-    .bind(&ids)
-    .bind(&providers)
-    .bind(&event_ids)
-    .bind(&raw_types)
-    .bind(&types)
-    .bind(&occurred)
-    .bind(&received)
+    .bind(&c.tenants)
+    .bind(&c.ids)
+    .bind(&c.providers)
+    .bind(&c.event_ids)
+    .bind(&c.raw_types)
+    .bind(&c.types)
+    .bind(&c.occurred)
+    .bind(&c.received)
     .fetch_all(tenant_db)
     .await?;
     let mut new = Vec::new();
@@ -150,24 +170,17 @@ fn with_id(body: &str, id: &str) -> String {
 }
 
 async fn log_in_place(pool: &PgPool, rows: &[&InboundRow]) -> Result<Vec<String>, sqlx::Error> {
-    let tenants: Vec<Uuid> = rows.iter().map(|r| r.tenant_id).collect();
-    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-    let providers: Vec<&str> = rows.iter().map(|r| r.provider.as_str()).collect();
-    let event_ids: Vec<&str> = rows.iter().map(|r| r.provider_event_id.as_str()).collect();
-    let raw_types: Vec<&str> = rows.iter().map(|r| r.raw_type.as_str()).collect();
-    let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
-    let occurred: Vec<DateTime<Utc>> = rows.iter().map(|r| r.occurred_at).collect();
-    let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.received_at).collect();
+    let c = Columns::of(rows);
     let bodies: Vec<&str> = rows.iter().map(|r| r.body.as_str()).collect();
     sqlx::query_scalar("SELECT tenlyr_log_inbound($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-        .bind(&tenants)
-        .bind(&ids)
-        .bind(&providers)
-        .bind(&event_ids)
-        .bind(&raw_types)
-        .bind(&types)
-        .bind(&occurred)
-        .bind(&received)
+        .bind(&c.tenants)
+        .bind(&c.ids)
+        .bind(&c.providers)
+        .bind(&c.event_ids)
+        .bind(&c.raw_types)
+        .bind(&c.types)
+        .bind(&c.occurred)
+        .bind(&c.received)
         .bind(&bodies)
         .fetch_all(pool)
         .await

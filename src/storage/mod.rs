@@ -113,6 +113,21 @@ impl Db {
         self.at(self.placements.place_of(tenant).as_ref()).await
     }
 
+    /// Every place tenant data lives: each schema of this database and of
+    /// every tenant database that can be reached ([`Self::data_dbs`]), with
+    /// the database that holds it (platform-wide purges visit them in
+    /// turn, entering each with [`tenant_data::enter_schema`]).
+    pub async fn data_places(&self) -> Result<Vec<(Db, String)>, DbErr> {
+        let mut places = Vec::new();
+        for db in self.data_dbs().await? {
+            let tx = db.begin(tenant_data::Scope::Platform).await?;
+            let schemas = tenant_data::data_schemas(&tx).await?;
+            tx.commit().await?;
+            places.extend(schemas.into_iter().map(|schema| (db.clone(), schema)));
+        }
+        Ok(places)
+    }
+
     /// This database and every tenant database that can be reached
     /// (platform-wide purges and reads; one that cannot is logged and left
     /// for the next run), after reading the placements again.

@@ -26,20 +26,15 @@ impl Tick for RecordExpiry {
         let mut total = 0;
         // Records, in every place tenant data lives: each schema of the
         // main database and of every tenant database.
-        for db in ctx.db.data_dbs().await? {
-            let tx = db.begin(Scope::Platform).await?;
-            let schemas = tenant_data::data_schemas(&tx).await?;
-            tx.commit().await?;
-            for schema in schemas {
-                loop {
-                    let tx = db.begin(Scope::Platform).await?;
-                    tenant_data::enter_schema(&tx, &schema).await?;
-                    let records = storage::purge_expired(&tx, "records", now, CHUNK).await?;
-                    tx.commit().await?;
-                    total += records;
-                    if records < CHUNK as u64 {
-                        break;
-                    }
+        for (db, schema) in ctx.db.data_places().await? {
+            loop {
+                let tx = db.begin(Scope::Platform).await?;
+                tenant_data::enter_schema(&tx, &schema).await?;
+                let records = storage::purge_expired(&tx, "records", now, CHUNK).await?;
+                tx.commit().await?;
+                total += records;
+                if records < CHUNK as u64 {
+                    break;
                 }
             }
         }

@@ -52,15 +52,16 @@ fn retry(err: impl std::fmt::Display) -> JobError {
     JobError::Retry(err.to_string())
 }
 
-/// The tenant database of `tenant`, after reading the placements again;
-/// `None` when it has none (any more).
+/// The tenant database of `tenant`; `None` when it has none (any more).
+/// A placement in a database is final (moves only go up), so a cached one
+/// is used as it is; otherwise the placements are read again (the move
+/// may be newer than this process's last look).
 async fn tenant_db(ctx: &Context, tenant: Uuid) -> Result<Option<crate::storage::Db>, JobError> {
-    ctx.db
-        .placements()
-        .refresh(ctx.db.pool())
-        .await
-        .map_err(retry)?;
-    match ctx.db.placements().place_of(tenant) {
+    let placements = ctx.db.placements();
+    if !matches!(placements.place_of(tenant), Some(Place::Database(_))) {
+        placements.refresh(ctx.db.pool()).await.map_err(retry)?;
+    }
+    match placements.place_of(tenant) {
         Some(place @ Place::Database(_)) => Ok(Some(ctx.db.at(Some(&place)).await.map_err(retry)?)),
         _ => Ok(None),
     }

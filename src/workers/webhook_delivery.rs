@@ -36,10 +36,7 @@ use crate::{
         },
     },
     service::outbound::{Answer, Outbound},
-    storage::{
-        tenant_data::{self, Scope},
-        webhooks::{self as repo, Claimed, Finished},
-    },
+    storage::webhooks::{self as repo, Claimed, Finished},
 };
 
 /// Longest idle wait without a notification.
@@ -366,18 +363,13 @@ impl super::periodic::Tick for EventRetention {
         // Inbound events: their log rows and dedup keys (their payloads
         // are platform events, purged above).
         let mut inbound = 0;
-        for db in ctx.db.data_dbs().await? {
-            let tx = db.begin(Scope::Platform).await?;
-            let schemas = tenant_data::data_schemas(&tx).await?;
-            tx.commit().await?;
-            for schema in schemas {
-                loop {
-                    let n = crate::storage::inbound::purge_events(db.pool(), &schema, before, 1000)
-                        .await?;
-                    inbound += n;
-                    if n < 1000 {
-                        break;
-                    }
+        for (db, schema) in ctx.db.data_places().await? {
+            loop {
+                let n =
+                    crate::storage::inbound::purge_events(db.pool(), &schema, before, 1000).await?;
+                inbound += n;
+                if n < 1000 {
+                    break;
                 }
             }
         }
