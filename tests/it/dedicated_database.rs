@@ -57,14 +57,11 @@ async fn finished(app: &TestApp, key: &str, id: &str) -> Value {
     panic!("migration {id} did not finish");
 }
 
-/// Waits until `f` holds (10 s at most).
-async fn eventually<F, Fut>(what: &str, f: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+/// Waits until `sql` (bound to `arg`) counts `expected` in the database at
+/// `url` (10 s at most).
+async fn until_count(what: &str, url: &str, sql: &str, arg: &str, expected: i64) {
     for _ in 0..200 {
-        if f().await {
+        if scalar_i64(url, sql, arg).await == expected {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -265,18 +262,13 @@ async fn a_tenant_moves_to_its_own_database_while_it_writes_and_behaves_the_same
     assert_eq!(scalar_i64(&own, &count("webhook_events"), &tenant).await, 1);
     let main = app.db.url.clone();
     let schema = format!("t_{}", tenant.replace('-', ""));
-    eventually("the schema left behind is dropped", || {
-        let (main, schema) = (main.clone(), schema.clone());
-        async move {
-            scalar_i64(
-                &main,
-                "SELECT count(*) FROM pg_namespace WHERE nspname = $1",
-                &schema,
-            )
-            .await
-                == 0
-        }
-    })
+    until_count(
+        "the schema left behind is dropped",
+        &main,
+        "SELECT count(*) FROM pg_namespace WHERE nspname = $1",
+        &schema,
+        0,
+    )
     .await;
     for table in ["usage_events", "usage_rollups", "records", "webhook_events"] {
         assert_eq!(
@@ -438,19 +430,13 @@ async fn a_tenant_moves_to_its_own_database_while_it_writes_and_behaves_the_same
     )
     .await;
     assert_eq!(status, 200, "{changed}");
-    eventually("the plan change reaches the tenant database", || {
-        let own = own.clone();
-        let tenant = tenant.clone();
-        async move {
-            scalar_i64(
-                &own,
-                "SELECT count(*) FROM tenants WHERE id = $1::uuid AND plan = 'scale'",
-                &tenant,
-            )
-            .await
-                == 1
-        }
-    })
+    until_count(
+        "the plan change reaches the tenant database",
+        &own,
+        "SELECT count(*) FROM tenants WHERE id = $1::uuid AND plan = 'scale'",
+        &tenant,
+        1,
+    )
     .await;
 
     // The documented completion event.
@@ -480,18 +466,13 @@ async fn a_tenant_moves_to_its_own_database_while_it_writes_and_behaves_the_same
     .await;
     assert!(status == 200 || status == 204, "{status}");
     let name = format!("tenlyr_t_{}", tenant.replace('-', ""));
-    eventually("the tenant database is dropped", || {
-        let (server, name) = (server.clone(), name.clone());
-        async move {
-            scalar_i64(
-                &server,
-                "SELECT count(*) FROM pg_database WHERE datname = $1",
-                &name,
-            )
-            .await
-                == 0
-        }
-    })
+    until_count(
+        "the tenant database is dropped",
+        &server,
+        "SELECT count(*) FROM pg_database WHERE datname = $1",
+        &name,
+        0,
+    )
     .await;
     drop(app);
     cluster.stop().await;
