@@ -57,22 +57,42 @@ impl EmbeddedPostgres {
                 tracing::info!(port, "reusing running embedded PostgreSQL");
                 return Ok(Self { data_dir, bin_dir, port, run_as, owned: adopt });
             }
-            let port = free_port()?;
             let log = data_dir.join("server.log");
-            run(
-                Command::new(bin_dir.join("pg_ctl"))
-                    .arg("-D")
-                    .arg(&data_dir)
-                    .arg("-l")
-                    .arg(&log)
-                    .args(["-w", "-t", "60", "-o"])
-                    .arg(format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"))
-                    .arg("start"),
-                run_as,
-            )
-            .with_context(|| format!("starting PostgreSQL (log: {})", log.display()))?;
-            tracing::info!(port, "started embedded PostgreSQL");
-            Ok(Self { data_dir, bin_dir, port, run_as, owned: true })
+            // The free port is probed, then released for PostgreSQL to bind:
+            // another listener can take it in between, so a start that could
+            // not bind tries a new port.
+            let mut attempt = 1;
+            loop {
+                let port = free_port()?;
+                let started = run(
+                    Command::new(bin_dir.join("pg_ctl"))
+                        .arg("-D")
+                        .arg(&data_dir)
+                        .arg("-l")
+                        .arg(&log)
+                        .args(["-w", "-t", "60", "-o"])
+                        .arg(format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"))
+                        .arg("start"),
+                    run_as,
+                );
+                let lost_the_port = || {
+                    std::fs::read_to_string(&log).is_ok_and(|text| text.contains("could not create any TCP/IP sockets"))
+                };
+                match started {
+                    Ok(_) => {
+                        tracing::info!(port, "started embedded PostgreSQL");
+                        return Ok(Self { data_dir, bin_dir, port, run_as, owned: true });
+                    }
+                    Err(err) if attempt < 3 && lost_the_port() => {
+                        tracing::warn!(port, error = %err, "the embedded PostgreSQL port was taken; trying another");
+                        let _ = std::fs::remove_file(&log);
+                        attempt += 1;
+                    }
+                    Err(err) => {
+                        return Err(err).with_context(|| format!("starting PostgreSQL (log: {})", log.display()));
+                    }
+                }
+            }
         })
         .await??;
         this.create_database().await?;

@@ -538,6 +538,30 @@ pub struct Process {
     pub base: String,
 }
 
+/// A free loopback port for a process this test starts later (a server,
+/// a Redis). It lies below the kernel's ephemeral range, so a listener
+/// bound to port 0 elsewhere in the suite meanwhile can never be handed
+/// the same port (which once let a test talk to another test's server);
+/// ports are taken in turn, so two tests of this process never share one.
+pub fn unclaimed_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, span) = (ephemeral_low.saturating_sub(8192).max(1024), 8000u32);
+    let start = std::process::id() % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = low + offset as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
+}
+
 /// Starts `tenlyr serve` on `db` with `data_dir` and the extra
 /// environment `env`; returns once it is ready.
 pub async fn start_process(
@@ -545,11 +569,7 @@ pub async fn start_process(
     data_dir: &std::path::Path,
     env: &[(&str, &str)],
 ) -> Process {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = unclaimed_port();
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenlyr"));
     command
         .arg("serve")

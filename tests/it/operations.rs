@@ -83,11 +83,7 @@ struct ServeProcess {
 
 impl ServeProcess {
     async fn start(data_dir: &std::path::Path) -> (Self, Option<String>) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::helpers::unclaimed_port();
         let mut child = Command::new(BIN)
             .arg("serve")
             .env_remove("DATABASE_URL")

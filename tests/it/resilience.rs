@@ -132,11 +132,7 @@ struct KillableRedis {
 
 impl KillableRedis {
     async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::helpers::unclaimed_port();
         let mut this = Self { port, child: None };
         this.restart().await;
         this
