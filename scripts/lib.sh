@@ -230,21 +230,34 @@ run_browser_tests() {
 # every response valid against its schema. Three passes: tenant-key
 # operations (and those either key may call) with a tenant key (whose
 # tenant was moved to its own schema first: move_api_tenant), then
-# admin ones with the admin key, then public ones without a key. Left out:
-# revoking the very key a pass runs with (it would leave the rest of the
-# pass at 401), and StartMigration in the tenant pass (it would move the
-# pass's own tenant to its own database in the middle of the pass; moves
-# under traffic are the integration tests' — the admin pass calls it).
+# admin ones with the admin key, then public ones without a key. The
+# operations that would spoil the rest of a pass — revoking a key, and
+# StartMigration, which moves the caller's own tenant to its own database —
+# run last, each with a spare key made for it (a second admin key; a second
+# tenant's key), so every operation runs with each key that may call it.
 run_schemathesis() {
     local status=0
     move_api_tenant || return 1
     local st=(tests/peers/.venv/bin/schemathesis run "$API_URL/openapi.json"
         --url "$API_URL" --checks not_a_server_error,response_schema_conformance
         --max-examples "${SCHEMATHESIS_EXAMPLES:-20}")
+    local spoilers=(--exclude-operation-id RevokeApiKey --exclude-operation-id RevokeAdminKey
+        --exclude-operation-id StartMigration)
     "${st[@]}" -H "Authorization: Bearer $API_TENANT_KEY" --include-tag tenant --include-tag admin-or-tenant \
-        --exclude-operation-id RevokeApiKey --exclude-operation-id StartMigration || status=1
+        "${spoilers[@]}" || status=1
     "${st[@]}" -H "Authorization: Bearer $API_ADMIN_KEY" --include-tag admin --include-tag admin-or-tenant \
-        --exclude-operation-id RevokeAdminKey || status=1
+        "${spoilers[@]}" || status=1
     "${st[@]}" --include-tag public || status=1
+    local spare_admin spare_tenant
+    spare_admin=$(curl -fs -H "Authorization: Bearer $API_ADMIN_KEY" -H 'content-type: application/json' \
+        -d '{"label":"schemathesis spare"}' "$API_URL/api/v1/admin-keys" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["apiKey"])') || return 1
+    spare_tenant=$(curl -fs -H "Authorization: Bearer $API_ADMIN_KEY" -H 'content-type: application/json' \
+        -d '{"name":"API tests spare","ownerEmail":"api-tests-spare@tenlyr.test","plan":"growth"}' \
+        "$API_URL/api/v1/tenants" | python3 -c 'import json,sys; print(json.load(sys.stdin)["apiKey"])') || return 1
+    "${st[@]}" -H "Authorization: Bearer $spare_tenant" --include-operation-id RevokeApiKey \
+        --include-operation-id StartMigration || status=1
+    "${st[@]}" -H "Authorization: Bearer $spare_admin" --include-operation-id RevokeAdminKey \
+        --include-operation-id RevokeApiKey --include-operation-id StartMigration || status=1
     return $status
 }
