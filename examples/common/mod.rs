@@ -121,7 +121,16 @@ impl Bench {
     }
 
     /// [`Self::start`] with the server's configuration adjusted.
+    /// `BENCH_LOG` (a `RUST_LOG`-style filter, e.g.
+    /// `tenlyr::workers::isolation=debug`) prints the server's log on
+    /// stderr; by default the benchmark prints its figures only.
     pub async fn start_with(adjust: impl FnOnce(&mut ServeConfig)) -> anyhow::Result<Self> {
+        if let Ok(filter) = std::env::var("BENCH_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
         let base = std::env::var("BENCH_DATABASE_URL")
             .expect("BENCH_DATABASE_URL (scripts/bench.sh sets it)");
         let redis_url = std::env::var("BENCH_REDIS_URL").ok();

@@ -602,11 +602,13 @@ pub async fn delete_rows(
 
 // ------------------------------------------------ moves to a database
 
-// A move to the tenant's own database reads the source in one
-// transaction of the main database and writes the target in one of the
-// tenant database: rows travel as JSON (`to_jsonb` there,
-// `jsonb_populate_recordset` here), and the two places are compared by
-// the same row checksums ([`checksum`]), computed in each. Both
+// A move to the tenant's own database reads the source in transactions
+// of the main database and writes the target in ones of the tenant
+// database: the bulk of the events as binary `COPY` data
+// ([`read_events_chunk`], [`write_events_chunk`]), the few rows the
+// catch-up and the barrier find missing as JSON (`to_jsonb` there,
+// `jsonb_populate_recordset` here). The two places are compared by the
+// same row checksums ([`checksum`]), computed in each at once. Both
 // transactions of a move run with `TimeZone` UTC (see
 // [`set_move_session`]) so a row's text, which the checksums hash, is the
 // same in both databases.
@@ -738,15 +740,12 @@ pub async fn copy_missing_events_across(
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
 ) -> Result<u64, DbErr> {
-    let have: std::collections::HashSet<Uuid> = event_ids(dst, "public", tenant, since, until)
-        .await?
-        .into_iter()
-        .collect();
-    let missing: Vec<Uuid> = event_ids(src, from, tenant, since, until)
-        .await?
-        .into_iter()
-        .filter(|id| !have.contains(id))
-        .collect();
+    let (have, source) = tokio::try_join!(
+        event_ids(dst, "public", tenant, since, until),
+        event_ids(src, from, tenant, since, until)
+    )?;
+    let have: std::collections::HashSet<Uuid> = have.into_iter().collect();
+    let missing: Vec<Uuid> = source.into_iter().filter(|id| !have.contains(id)).collect();
     if missing.is_empty() {
         return Ok(0);
     }
@@ -797,14 +796,12 @@ pub async fn sync_small_table_across(
     from: &str,
     tenant: Uuid,
 ) -> Result<u64, DbErr> {
-    let source: std::collections::HashSet<i64> = row_hashes(src, from, name, tenant)
-        .await?
-        .into_iter()
-        .collect();
-    let target: std::collections::HashSet<i64> = row_hashes(dst, "public", name, tenant)
-        .await?
-        .into_iter()
-        .collect();
+    let (source, target) = tokio::try_join!(
+        row_hashes(src, from, name, tenant),
+        row_hashes(dst, "public", name, tenant)
+    )?;
+    let source: std::collections::HashSet<i64> = source.into_iter().collect();
+    let target: std::collections::HashSet<i64> = target.into_iter().collect();
     let stale: Vec<i64> = target.difference(&source).copied().collect();
     let fresh: Vec<i64> = source.difference(&target).copied().collect();
     let mut written = 0;
@@ -903,21 +900,25 @@ pub async fn mirror_tenant_in(
     Ok(())
 }
 
-/// The next `chunk` events after `after` (in `(occurred_at, id)` order)
-/// that occurred before `before`, copied from `from` in the main database
-/// to the tenant database with binary `COPY` (through a temporary table
-/// there: `COPY` into a table with row-level security is refused); how
-/// many, and the last one. The source is read in one snapshot, the target
-/// written in one transaction, committed before this returns.
-pub async fn copy_events_chunk_across(
+/// A chunk of a tenant's events read for a move to its own database: the
+/// rows as binary `COPY` data, how many, and the last `(occurred_at, id)`.
+pub struct EventChunk {
+    data: Vec<bytes::Bytes>,
+    pub rows: i64,
+    pub last: (DateTime<Utc>, Uuid),
+}
+
+/// Reads the next `chunk` events after `after` (in `(occurred_at, id)`
+/// order) that occurred before `before` from `from` in the main database,
+/// in one snapshot, with binary `COPY`; `None` when there are none left.
+pub async fn read_events_chunk(
     main: &sqlx::PgPool,
-    tenant_db: &sqlx::PgPool,
     from: &str,
     tenant: Uuid,
     after: Option<(DateTime<Utc>, Uuid)>,
     before: DateTime<Utc>,
     chunk: i64,
-) -> Result<(i64, Option<(DateTime<Utc>, Uuid)>), sqlx::Error> {
+) -> Result<Option<EventChunk>, sqlx::Error> {
     use futures_util::TryStreamExt as _;
     let mut src = main.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -944,14 +945,15 @@ pub async fn copy_events_chunk_across(
         src_table = table(from, "usage_events"),
         before = before.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
     );
-    let last: Option<(DateTime<Utc>, Uuid)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT occurred_at, id FROM ({select}) c ORDER BY occurred_at DESC, id DESC LIMIT 1"
+    let last: Option<(i64, DateTime<Utc>, Uuid)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) OVER (), occurred_at, id FROM ({select}) c \
+         ORDER BY occurred_at DESC, id DESC LIMIT 1"
     )))
     .fetch_optional(&mut *src)
     .await?;
-    let Some(last) = last else {
+    let Some((rows, at, id)) = last else {
         src.commit().await?;
-        return Ok((0, None));
+        return Ok(None);
     };
     let data: Vec<bytes::Bytes> = src
         .copy_out_raw(&format!("COPY ({select}) TO STDOUT (FORMAT binary)"))
@@ -959,7 +961,20 @@ pub async fn copy_events_chunk_across(
         .try_collect()
         .await?;
     src.commit().await?;
+    Ok(Some(EventChunk {
+        data,
+        rows,
+        last: (at, id),
+    }))
+}
 
+/// Writes a chunk of events into the tenant database in one transaction,
+/// committed before this returns (through a temporary table there: `COPY`
+/// into a table with row-level security is refused); how many rows.
+pub async fn write_events_chunk(
+    tenant_db: &sqlx::PgPool,
+    chunk: EventChunk,
+) -> Result<i64, sqlx::Error> {
     let mut dst = tenant_db.begin().await?;
     sqlx::query("SELECT tenlyr_enter_scope(NULL)")
         .execute(&mut *dst)
@@ -973,7 +988,7 @@ pub async fn copy_events_chunk_across(
     let mut copy = dst
         .copy_in_raw("COPY tenlyr_move_events FROM STDIN (FORMAT binary)")
         .await?;
-    for part in data {
+    for part in chunk.data {
         copy.send(part).await?;
     }
     copy.finish().await?;
@@ -982,5 +997,5 @@ pub async fn copy_events_chunk_across(
         .await?
         .rows_affected();
     dst.commit().await?;
-    Ok((n as i64, Some(last)))
+    Ok(n as i64)
 }

@@ -186,9 +186,17 @@ impl Job for CleanupJob {
 
     async fn run(&self, ctx: &Context, p: Cleanup) -> Result<(), JobError> {
         let mut deleted = 0;
-        // The rollups first: the cross-tenant views no longer show these
-        // rows, but nothing should count them twice for long.
-        for name in ["usage_rollups", "records", "webhook_events", "usage_events"] {
+        // The shared tables give up the tenant's rows in chunks (the
+        // rollups first: the cross-tenant views no longer show these rows,
+        // but nothing should count them twice for long); a schema left for
+        // the tenant's own database is dropped whole below.
+        let shared = p.schema == "public";
+        let chunked: &[&str] = if shared {
+            &["usage_rollups", "records", "webhook_events", "usage_events"]
+        } else {
+            &[]
+        };
+        for name in chunked {
             loop {
                 let tx = ctx.db.begin(Scope::Platform).await.map_err(retry)?;
                 let n = repo::delete_rows(&tx, &p.schema, name, p.tenant_id, self.copy.chunk)
@@ -203,8 +211,7 @@ impl Job for CleanupJob {
             }
         }
         let tx = ctx.db.begin(Scope::Platform).await.map_err(retry)?;
-        // A schema left for the tenant's own database goes too.
-        if p.schema != "public" {
+        if !shared {
             repo::drop_left_schema(&tx, p.tenant_id)
                 .await
                 .map_err(retry)?;
@@ -214,7 +221,7 @@ impl Job for CleanupJob {
             .map_err(retry)?;
         tx.commit().await.map_err(retry)?;
         tracing::info!(tenant = %p.tenant_id, rows = deleted, schema = %p.schema,
-            "deleted the source rows of a completed isolation move");
+            "removed the source of a completed isolation move");
         Ok(())
     }
 }
@@ -369,16 +376,16 @@ impl Target {
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
     ) -> Result<bool, DbErr> {
-        Ok(repo::checksum(src, from, name, tenant, since, until).await?
-            == repo::checksum(
-                dst.unwrap_or(src),
-                self.schema(),
-                name,
-                tenant,
-                since,
-                until,
-            )
-            .await?)
+        let source = repo::checksum(src, from, name, tenant, since, until);
+        let target = |tx| repo::checksum(tx, self.schema(), name, tenant, since, until);
+        Ok(match dst {
+            // Two databases: both sums at once.
+            Some(dst) => {
+                let (a, b) = tokio::try_join!(source, target(dst))?;
+                a == b
+            }
+            None => source.await? == target(src).await?,
+        })
     }
 }
 
@@ -464,6 +471,7 @@ async fn move_tenant(
     // before `since` (a bound fixed when the copy first began, so the copy
     // never chases the live writes, which land after it).
     let target = prepare(ctx, m, from).await?;
+    tracing::debug!(migration = %m.id, "the target is ready");
     let tx = db.begin(Scope::Platform).await?;
     let total = if m.rows_total > 0 {
         m.rows_total
@@ -483,33 +491,48 @@ async fn move_tenant(
     let mut after = repo::last_copied(dst, target.schema(), tenant, since).await?;
     let mut copied = repo::count_rows(dst, target.schema(), tenant).await?;
     commit_both(tx, dtx).await?;
-    loop {
-        let tx = mover_tx(db).await?;
-        let (n, last) = match &target {
-            Target::Schema(schema) => {
-                repo::copy_events_chunk(&tx, from, schema, tenant, after, since, copy.chunk).await?
+    match &target {
+        Target::Schema(schema) => loop {
+            let tx = mover_tx(db).await?;
+            let (n, last) =
+                repo::copy_events_chunk(&tx, from, schema, tenant, after, since, copy.chunk)
+                    .await?;
+            copied += n;
+            repo::progress(&tx, m.id, Phase::Copying.as_str(), Some(copied), None).await?;
+            tx.commit().await?;
+            after = last.or(after);
+            tracing::debug!(migration = %m.id, rows = n, ?after, "copied a chunk of events");
+            if n < copy.chunk {
+                break;
             }
-            Target::Database { db: there, .. } => repo::copy_events_chunk_across(
-                db.pool(),
-                there.pool(),
-                from,
-                tenant,
-                after,
-                since,
-                copy.chunk,
-            )
-            .await
-            .map_err(|e| DbErr::Query(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(e))))?,
-        };
-        copied += n;
-        repo::progress(&tx, m.id, Phase::Copying.as_str(), Some(copied), None).await?;
-        tx.commit().await?;
-        after = last.or(after);
-        tracing::debug!(migration = %m.id, rows = n, ?after, "copied a chunk of events");
-        if n < copy.chunk {
-            break;
+            copy.pause().await;
+        },
+        Target::Database { db: there, .. } => {
+            // Across two databases the next chunk is read while the last
+            // one is written (each on its own connection).
+            let read =
+                |after| repo::read_events_chunk(db.pool(), from, tenant, after, since, copy.chunk);
+            let mut ahead = read(after).await.map_err(sqlx_err)?;
+            while let Some(chunk) = ahead {
+                let (rows, last) = (chunk.rows, chunk.last);
+                let next = async {
+                    if rows < copy.chunk {
+                        return Ok(None);
+                    }
+                    copy.pause().await;
+                    read(Some(last)).await
+                };
+                let (n, next) =
+                    tokio::try_join!(repo::write_events_chunk(there.pool(), chunk), next)
+                        .map_err(sqlx_err)?;
+                copied += n;
+                let tx = db.begin(Scope::Platform).await?;
+                repo::progress(&tx, m.id, Phase::Copying.as_str(), Some(copied), None).await?;
+                tx.commit().await?;
+                tracing::debug!(migration = %m.id, rows = n, ?last, "copied a chunk of events");
+                ahead = next;
+            }
         }
-        copy.pause().await;
     }
 
     // 2. Catch up: the events from `since` on, and the small tables; then
@@ -524,6 +547,7 @@ async fn move_tenant(
     }
     repo::progress(&tx, m.id, Phase::CatchingUp.as_str(), Some(copied), None).await?;
     commit_both(tx, dtx).await?;
+    tracing::debug!(migration = %m.id, rows = copied, "caught up");
     // The bound moves up to now: the barrier's window is then the last
     // few minutes, however long the copy (or a resumed move) took. What
     // lies between the old and the new bound was just copied above, and
@@ -531,6 +555,7 @@ async fn move_tenant(
     let since = since.max(Utc::now() - target.window());
     let (past, repaired) = verified_past(db, &target, from, tenant, since).await?;
     copied += repaired;
+    tracing::debug!(migration = %m.id, repaired, "verified the copy before the barrier's window");
 
     // 3. The barrier: the events from `since` on are copied and verified
     // whole (a few minutes of traffic); older ones only in the hours whose
@@ -794,6 +819,10 @@ async fn verified_past(
         straddle,
     };
     Ok((past, repaired))
+}
+
+fn sqlx_err(err: sqlx::Error) -> DbErr {
+    DbErr::Query(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(err)))
 }
 
 async fn tx_exec(tx: &sea_orm::DatabaseTransaction, sql: &str) -> Result<(), DbErr> {
