@@ -376,7 +376,8 @@ impl Tenants {
     }
 
     /// Suspend, reactivate or terminate; key caches everywhere forget the
-    /// tenant's keys so the new state applies at once.
+    /// tenant's keys so the new state applies at once. Terminating also
+    /// enqueues the purge of the tenant's data (`workers::tenant_purge`).
     pub async fn transition(
         &self,
         actor: &Actor,
@@ -408,6 +409,16 @@ impl Tenants {
             json!({"reason": reason}),
         )
         .await?;
+        // A terminated tenant is "pending deletion": its data (and its own
+        // schema or database) is purged in a job; the row stays until
+        // DELETE.
+        if next == TenantStatus::Terminated {
+            let purge = self
+                .queue
+                .job::<TenantPurge>(&Purge { tenant_id: id })
+                .map_err(|err| ApiError::internal(err.to_string()))?;
+            jobs::enqueue_in(&tx, &purge).await?;
+        }
         let mut data = json!({"tenantId": id, "status": next.as_str()});
         if next == TenantStatus::Suspended {
             data["reason"] = json!(updated.suspended_reason);

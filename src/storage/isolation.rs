@@ -210,6 +210,54 @@ pub async fn drop_schema(tx: &DatabaseTransaction, tenant: Uuid) -> Result<(), D
     Ok(())
 }
 
+/// Whether a tenant's data may be purged now: it is gone (deleted) or
+/// terminated, and no isolation move of it is under way (one is finished
+/// first: it would write the data back elsewhere).
+pub async fn purgeable(tx: &DatabaseTransaction, tenant: Uuid) -> Result<Purgeable, DbErr> {
+    let r = tx
+        .query_one_raw(statement(
+            "SELECT (SELECT status FROM tenants WHERE id = $1) AS status, \
+                    EXISTS (SELECT 1 FROM isolation_migrations WHERE tenant_id = $1 \
+                            AND status IN ('pending', 'in_progress')) AS moving",
+            [tenant.into()],
+        ))
+        .await?
+        .ok_or(DbErr::RecordNotFound("tenant".into()))?;
+    let status: Option<String> = r.try_get("", "status")?;
+    let moving: bool = r.try_get("", "moving")?;
+    Ok(match status.as_deref() {
+        Some(s) if s != "terminated" => Purgeable::Live,
+        _ if moving => Purgeable::Moving,
+        _ => Purgeable::Yes,
+    })
+}
+
+/// See [`purgeable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purgeable {
+    Yes,
+    /// Not until the move ends.
+    Moving,
+    /// The tenant is neither deleted nor terminated.
+    Live,
+}
+
+/// Removes a terminated tenant's database placement (its data then routes
+/// to the shared tables, where it has none); whether it had one. A
+/// deleted tenant's went with its row.
+pub async fn release_database(tx: &DatabaseTransaction, tenant: Uuid) -> Result<bool, DbErr> {
+    Ok(tx
+        .execute_raw(statement(
+            "DELETE FROM tenant_placements p USING tenants t \
+             WHERE p.tenant_id = $1 AND t.id = p.tenant_id AND t.status = 'terminated' \
+               AND p.level = 'dedicated_database'",
+            [tenant.into()],
+        ))
+        .await?
+        .rows_affected()
+        > 0)
+}
+
 /// Whether the tenant has a schema.
 pub async fn schema_exists(tx: &DatabaseTransaction, tenant: Uuid) -> Result<bool, DbErr> {
     let r = tx

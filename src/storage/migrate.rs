@@ -118,6 +118,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "dedicated_databases",
         sql: include_str!("../../migrations/0021_dedicated_databases.sql"),
     },
+    Migration {
+        version: 22,
+        name: "terminated_tenant_data",
+        sql: include_str!("../../migrations/0022_terminated_tenant_data.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

@@ -1,9 +1,13 @@
-//! Removes a deleted tenant's raw usage events, which may be millions, its
-//! inbound webhook payloads and its own schema or database if it has one: a
-//! job enqueued in the transaction that deletes the tenant
-//! (`service::tenants::delete`), deleting [`CHUNK`] events per short
-//! transaction so no statement runs long and no lock is held for the whole
-//! purge. Idempotent: a repeated run finds fewer (or no) rows.
+//! Removes a deleted or terminated tenant's data: its raw usage events,
+//! which may be millions, its rollups, records and inbound webhook events
+//! and payloads, and its own schema or database if it has one. A job
+//! enqueued in the transaction that deletes the tenant
+//! (`service::tenants::delete`; the tenant tables cascade, so only the
+//! raw rows are left) or terminates it (a terminated tenant is "pending
+//! deletion": its row, keys, audit log and billing stay until DELETE),
+//! deleting [`CHUNK`] rows per short transaction so no statement runs long
+//! and no lock is held for the whole purge. Idempotent: a repeated run
+//! finds fewer (or no) rows.
 
 use std::time::Duration;
 
@@ -15,7 +19,8 @@ use super::{
     queue::{Job, JobError},
 };
 use crate::storage::{
-    dedicated, inbound, isolation,
+    dedicated, inbound,
+    isolation::{self, Purgeable},
     tenant_data::{DatabasePlace, Scope},
     tenants,
 };
@@ -40,27 +45,65 @@ impl Job for TenantPurge {
     async fn run(&self, ctx: &Context, payload: Purge) -> Result<(), JobError> {
         let retry = |e: sea_orm::DbErr| JobError::Retry(e.to_string());
         let tenant = payload.tenant_id;
+        let tx = ctx.db.begin(Scope::Platform).await.map_err(retry)?;
+        let purgeable = isolation::purgeable(&tx, tenant).await.map_err(retry)?;
+        tx.commit().await.map_err(retry)?;
+        match purgeable {
+            Purgeable::Yes => {}
+            Purgeable::Moving => {
+                return Err(JobError::Retry(
+                    "an isolation move of the tenant is under way".into(),
+                ));
+            }
+            Purgeable::Live => {
+                tracing::warn!(tenant = %tenant, "a purge of a live tenant's data was skipped");
+                return Ok(());
+            }
+        }
         let events = in_chunks(ctx, |tx| async move {
             tenants::purge_usage_events(&tx, tenant, CHUNK)
                 .await
                 .map(|n| (tx, n))
         })
         .await?;
+        // A terminated tenant's other rows (a deleted one's cascaded).
+        let mut rows = 0;
+        for name in ["usage_rollups", "records", "webhook_events"] {
+            rows += in_chunks(ctx, |tx| async move {
+                isolation::delete_rows(&tx, "public", name, tenant, CHUNK)
+                    .await
+                    .map(|n| (tx, n))
+            })
+            .await?;
+        }
         let payloads = in_chunks(ctx, |tx| async move {
             inbound::purge_tenant_payloads(&tx, tenant, CHUNK)
                 .await
                 .map(|n| (tx, n))
         })
         .await?;
-        // A tenant with its own schema: the schema goes, with its data.
+        // A tenant with its own schema: the schema goes, with its data
+        // (and a terminated tenant's placement).
         let tx = ctx.db.begin(Scope::Platform).await.map_err(retry)?;
         let schema = isolation::schema_exists(&tx, tenant).await.map_err(retry)?;
         if schema {
             isolation::drop_schema(&tx, tenant).await.map_err(retry)?;
         }
+        // A terminated tenant with its own database: its data routes to
+        // the shared tables (empty for it) before the database goes.
+        let released = isolation::release_database(&tx, tenant)
+            .await
+            .map_err(retry)?;
         tx.commit().await.map_err(retry)?;
-        // A tenant with its own database: it goes too. Its placement went
-        // with the tenant row; the name is the tenant's, on one of the
+        if schema || released {
+            ctx.db
+                .placements()
+                .refresh(ctx.db.pool())
+                .await
+                .map_err(|e| JobError::Retry(e.to_string()))?;
+        }
+        // The database goes too (a deleted tenant's placement went with
+        // the tenant row): the name is the tenant's, on one of the
         // configured servers.
         if let Some(dedicated) = ctx.db.dedicated() {
             let name = dedicated::database_of(tenant);
@@ -79,8 +122,8 @@ impl Job for TenantPurge {
                     .map_err(|e| JobError::Retry(format!("{e:#}")))?;
             }
         }
-        tracing::info!(tenant = %tenant, events, webhook_payloads = payloads, schema,
-            "purged a deleted tenant's usage events, webhook payloads, schema and database");
+        tracing::info!(tenant = %tenant, events, rows, webhook_payloads = payloads, schema,
+            "purged a deleted or terminated tenant's data, schema and database");
         Ok(())
     }
 }

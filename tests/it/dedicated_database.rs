@@ -3,7 +3,7 @@
 //! writing; everything it does behaves the same afterwards (usage and
 //! limits, records, inbound webhooks and their forwarding status, the
 //! dashboard and the health scan, over REST and gRPC); the main database
-//! refuses its data; its tenant row follows changes; deleting it drops the
+//! refuses its data; its tenant row follows changes; terminating it drops the
 //! database.
 
 use std::{
@@ -456,7 +456,65 @@ async fn a_tenant_moves_to_its_own_database_while_it_writes_and_behaves_the_same
                "fromLevel": "dedicated_schema", "toLevel": "dedicated_database"})
     );
 
-    // Deleting the tenant drops its database.
+    // Terminating the tenant ("pending deletion") drops its database; the
+    // tenant stays, with no data left anywhere, and the dashboard still
+    // answers for it.
+    let (status, terminated) = admin_call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/tenants/{tenant}/terminate"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{terminated}");
+    let name = format!("tenlyr_t_{}", tenant.replace('-', ""));
+    until_count(
+        "the terminated tenant's database is dropped",
+        &server,
+        "SELECT count(*) FROM pg_database WHERE datname = $1",
+        &name,
+        0,
+    )
+    .await;
+    until_count(
+        "the terminated tenant's placement is gone",
+        &main,
+        "SELECT count(*) FROM tenant_placements WHERE tenant_id = $1::uuid",
+        &tenant,
+        0,
+    )
+    .await;
+    let mut conn = sqlx::PgConnection::connect(&main).await.unwrap();
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM usage_events WHERE tenant_id = $1::uuid) \
+              + (SELECT count(*) FROM usage_rollups WHERE tenant_id = $1::uuid) \
+              + (SELECT count(*) FROM records WHERE tenant_id = $1::uuid) \
+              + (SELECT count(*) FROM webhook_events WHERE tenant_id = $1::uuid)",
+    )
+    .bind(&tenant)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    assert_eq!(left, 0, "nothing of it fell back into the shared tables");
+    let (status, row) = admin_call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/tenants/{tenant}"),
+        None,
+    )
+    .await;
+    assert_eq!((status, row["status"].as_str()), (200, Some("terminated")));
+    let (status, dashboard) = admin_call(
+        &app,
+        Method::GET,
+        "/api/v1/tenants/dashboard?limit=100",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{dashboard}");
+
+    // Deleting it removes the rest.
     let (status, _) = admin_call(
         &app,
         Method::DELETE,
@@ -465,15 +523,6 @@ async fn a_tenant_moves_to_its_own_database_while_it_writes_and_behaves_the_same
     )
     .await;
     assert!(status == 200 || status == 204, "{status}");
-    let name = format!("tenlyr_t_{}", tenant.replace('-', ""));
-    until_count(
-        "the tenant database is dropped",
-        &server,
-        "SELECT count(*) FROM pg_database WHERE datname = $1",
-        &name,
-        0,
-    )
-    .await;
     drop(app);
     cluster.stop().await;
 }

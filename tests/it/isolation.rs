@@ -1043,7 +1043,7 @@ async fn a_moved_tenant_keeps_its_exact_limit_and_keys_over_grpc() {
     use tenlyr::proto::v1::metering_service_client::MeteringServiceClient;
     let app = TestApp::spawn().await;
     // Starter: 1,000 API calls a month.
-    let (_, key) = provision(&app, "limit@isolation.test", "starter", "UTC").await;
+    let (tenant, key) = provision(&app, "limit@isolation.test", "starter", "UTC").await;
     let events: Vec<Value> = (0..999)
         .map(|_| json!({"metric": "api_call", "value": 1}))
         .collect();
@@ -1084,4 +1084,46 @@ async fn a_moved_tenant_keeps_its_exact_limit_and_keys_over_grpc() {
     );
     let (_, metrics) = call(&app, &key, Method::GET, "/api/v1/usage/metrics", None).await;
     assert_eq!(metrics["apiCalls"], "1000", "{metrics}");
+
+    // Terminating it (gRPC, an admin key) drops its schema with its data;
+    // the tenant stays, "pending deletion".
+    let mut tenants =
+        tenlyr::proto::v1::tenant_service_client::TenantServiceClient::new(app.channel().await);
+    let terminated = tenants
+        .terminate_tenant(with_key(
+            v1::TerminateTenantRequest { id: tenant.clone() },
+            &app.admin_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(terminated.status, v1::TenantStatus::Terminated as i32);
+    let schema = schema_of(&tenant);
+    let mut conn = app.db.connect().await;
+    let mut left = (true, 1_i64);
+    for _ in 0..200 {
+        left = sqlx::query_as(
+            "SELECT to_regnamespace($1) IS NOT NULL, \
+                    (SELECT count(*) FROM tenant_placements WHERE tenant_id = $2::uuid)",
+        )
+        .bind(&schema)
+        .bind(&tenant)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if left == (false, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    conn.close().await.unwrap();
+    assert_eq!(left, (false, 0), "the schema and the placement are gone");
+    let (status, row) = admin_call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/tenants/{tenant}"),
+        None,
+    )
+    .await;
+    assert_eq!((status, row["status"].as_str()), (200, Some("terminated")));
 }
