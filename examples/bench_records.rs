@@ -51,7 +51,8 @@ async fn main() -> anyhow::Result<()> {
     let slice = phase() / ROUNDS;
     let (mut floor_calls, mut floor_time) = (0, Duration::ZERO);
     let (mut samples, mut cycles, mut time) = (Vec::new(), 0, Duration::ZERO);
-    let calls: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    // Per call: lock, save, get.
+    let calls: Arc<Mutex<[Vec<Duration>; 3]>> = Arc::default();
     for round in 0..ROUNDS {
         let url = format!("{}/healthz", bench.base_url);
         let floor_http = http.clone();
@@ -107,10 +108,11 @@ async fn main() -> anyhow::Result<()> {
                     .unwrap();
                 assert_eq!(r.status(), 200);
                 let _ = r.bytes().await;
-                calls
-                    .lock()
-                    .unwrap()
-                    .extend([lock_time, save_time, started.elapsed()]);
+                let get_time = started.elapsed();
+                let mut calls = calls.lock().unwrap();
+                for (all, took) in calls.iter_mut().zip([lock_time, save_time, get_time]) {
+                    all.push(took);
+                }
                 1
             }
         })
@@ -128,9 +130,13 @@ async fn main() -> anyhow::Result<()> {
         per_sec * 3.0 / floor * 100.0
     );
     report("  latency per cycle (3 calls)", samples);
+    let [locks, saves, gets] = std::mem::take(&mut *calls.lock().unwrap());
     report(
         "  latency per call",
-        std::mem::take(&mut *calls.lock().unwrap()),
+        locks.iter().chain(&saves).chain(&gets).copied().collect(),
     );
+    report("    lock", locks);
+    report("    save", saves);
+    report("    get", gets);
     bench.finish().await
 }

@@ -3,6 +3,8 @@
 //! `Retry-After`) or the saved result, which it returns instead of doing
 //! the work again.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Duration, Utc};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -34,8 +36,18 @@ pub enum LockOutcome {
 
 #[derive(Clone, Debug)]
 pub struct Records {
-    /// To the committer: every call goes through it.
-    writes: mpsc::Sender<Submission>,
+    /// To the committers: every call goes through one, the same one for
+    /// every call on a key (so a process never has two batches wait on
+    /// each other's row locks, and a key's calls keep their order).
+    writes: Arc<[mpsc::Sender<Submission>]>,
+}
+
+/// Committers per process: while one batch waits for its commit (the WAL
+/// flush), the next is already running in another.
+pub fn committers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 8)
 }
 
 /// What a caller asks of the committer; times are taken at commit.
@@ -148,6 +160,17 @@ impl Committer {
     }
 }
 
+impl WriteRequest {
+    /// The record it is about.
+    fn key(&self) -> (Uuid, &str) {
+        match self {
+            Self::Lock { tenant, key, .. }
+            | Self::Save { tenant, key, .. }
+            | Self::Get { tenant, key } => (*tenant, key),
+        }
+    }
+}
+
 impl From<RecordError> for ApiError {
     fn from(err: RecordError) -> Self {
         let message = err.to_string();
@@ -185,18 +208,27 @@ fn invalid(violations: Vec<FieldViolation>) -> ApiError {
 impl Records {
     /// The service and the worker that commits its writes.
     pub fn new(db: Db, clock: SharedClock, retention: Duration) -> (Self, RecordCommitWorker) {
-        let (writes, rx) = mpsc::channel(QUEUE);
+        let (writes, shards): (Vec<_>, Vec<_>) =
+            (0..committers()).map(|_| mpsc::channel(QUEUE)).unzip();
         let committer = Committer {
             db,
             clock,
             retention,
         };
-        (Self { writes }, RecordCommitWorker { rx, committer })
+        let writes = writes.into();
+        (Self { writes }, RecordCommitWorker { shards, committer })
     }
 
     async fn write(&self, request: WriteRequest) -> Result<Written, ApiError> {
+        let (tenant, key) = request.key();
+        let shard = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (tenant, key).hash(&mut h);
+            (h.finish() % self.writes.len() as u64) as usize
+        };
         let (reply, answer) = oneshot::channel();
-        self.writes
+        self.writes[shard]
             .send(Submission { request, reply })
             .await
             .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
