@@ -45,7 +45,10 @@ pub struct Dedicated {
     hasher: Arc<KeyHasher>,
     pool_size: u32,
     statement_timeout: Duration,
-    pools: tokio::sync::Mutex<HashMap<DatabasePlace, Db>>,
+    /// One cell per database: the map's lock is held only to find the
+    /// cell, so opening (and migrating) one database never holds up the
+    /// others, nor does one whose server does not answer.
+    pools: Mutex<HashMap<DatabasePlace, Arc<tokio::sync::OnceCell<Db>>>>,
     /// Databases this process brought up to date (migrations applied).
     ready: Mutex<std::collections::HashSet<DatabasePlace>>,
 }
@@ -206,22 +209,41 @@ impl Dedicated {
     /// The pool of `place`'s database, opened (and the database migrated)
     /// on first use.
     pub async fn db(&self, place: &DatabasePlace) -> anyhow::Result<Db> {
-        let mut pools = self.pools.lock().await;
-        if let Some(db) = pools.get(place) {
-            return Ok(db.clone());
-        }
-        self.migrate(place).await?;
-        let url = self.owner_url(place)?;
-        let login = AppLogin::new(url.as_str(), None, &self.hasher)?;
-        let db = Db::connect(&login, self.pool_size, self.statement_timeout)?;
-        pools.insert(place.clone(), db.clone());
-        Ok(db)
+        let cell = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(place.clone())
+            .or_default()
+            .clone();
+        // A failed open leaves the cell empty: the next call tries again.
+        cell.get_or_try_init(|| async {
+            self.migrate(place).await?;
+            let url = self.owner_url(place)?;
+            let login = AppLogin::new(url.as_str(), None, &self.hasher)?;
+            Db::connect(&login, self.pool_size, self.statement_timeout)
+        })
+        .await
+        .cloned()
+    }
+
+    /// The opened pools, taken out of the registry.
+    fn take(&self, place: Option<&DatabasePlace>) -> Vec<Db> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let cells: Vec<_> = match place {
+            Some(place) => pools.remove(place).into_iter().collect(),
+            None => pools.drain().map(|(_, cell)| cell).collect(),
+        };
+        cells
+            .iter()
+            .filter_map(|cell| cell.get().cloned())
+            .collect()
     }
 
     /// Closes `place`'s pool and drops its database (a deleted tenant's,
     /// or a failed move's target).
     pub async fn drop_database(&self, place: &DatabasePlace) -> anyhow::Result<()> {
-        if let Some(db) = self.pools.lock().await.remove(place) {
+        for db in self.take(Some(place)) {
             db.close().await;
         }
         self.ready
@@ -247,7 +269,7 @@ impl Dedicated {
 
     /// Closes every pool (shutdown).
     pub async fn close(&self) {
-        for (_, db) in self.pools.lock().await.drain() {
+        for db in self.take(None) {
             db.close().await;
         }
     }
