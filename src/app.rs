@@ -287,7 +287,10 @@ impl Server {
         let queue = Queue::new(runtime.context().clone());
         let keys = Arc::new(KeyResolver::new(db.clone(), hasher, redis.clone()));
         let outbox = Outbox::new(clock.clone());
-        let tenants = Tenants::new(db.clone(), keys.clone(), queue.clone(), outbox.clone());
+        let tenants = Tenants::new(db.clone(), keys.clone(), queue.clone(), outbox.clone())
+            .with_purge_delay(chrono::Duration::seconds(i64::from(
+                config.terminated_purge_delay_secs,
+            )));
         let secrets = secrets_box(&config.storage)?;
         let guard = Guard::new(config.webhook_allowed_cidrs.clone());
         let timeout = Duration::from_secs(config.webhook_timeout_secs);

@@ -99,6 +99,13 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u32).range(1..=8760))]
     pub record_retention_hours: u32,
 
+    /// Seconds after a tenant is terminated before its data (and its own
+    /// schema or database) is purged: the billing sync pushes its last
+    /// usage first, and writes still in flight land before, not after.
+    #[arg(long, env = "TENLYR_TERMINATED_PURGE_DELAY_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u32).range(0..=31_536_000))]
+    pub terminated_purge_delay_secs: u32,
+
     /// Minutes a Backoffice session lives without a request.
     #[arg(long, env = "TENLYR_SESSION_IDLE_MINUTES", default_value_t = 30,
           value_parser = clap::value_parser!(u32).range(1..=1440))]

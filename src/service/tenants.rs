@@ -56,6 +56,8 @@ pub struct Tenants {
     keys: Arc<KeyResolver>,
     queue: Queue,
     outbox: Outbox,
+    /// How long after termination the tenant's data is purged.
+    purge_delay: chrono::Duration,
 }
 
 /// The limits in force for `t` (its own enterprise limits, else its plan's).
@@ -85,7 +87,15 @@ impl Tenants {
             keys,
             queue,
             outbox,
+            purge_delay: chrono::Duration::hours(1),
         }
+    }
+
+    /// Purges a terminated tenant's data `delay` after the termination
+    /// (`TENLYR_TERMINATED_PURGE_DELAY_SECS`).
+    pub fn with_purge_delay(mut self, delay: chrono::Duration) -> Self {
+        self.purge_delay = delay;
+        self
     }
 
     async fn audit(
@@ -410,13 +420,15 @@ impl Tenants {
         )
         .await?;
         // A terminated tenant is "pending deletion": its data (and its own
-        // schema or database) is purged in a job; the row stays until
-        // DELETE.
+        // schema or database) is purged in a job, after the delay (the
+        // billing sync pushes its last usage first; writes in flight and
+        // key caches settle); the row stays until DELETE.
         if next == TenantStatus::Terminated {
-            let purge = self
+            let mut purge = self
                 .queue
                 .job::<TenantPurge>(&Purge { tenant_id: id })
                 .map_err(|err| ApiError::internal(err.to_string()))?;
+            purge.run_at += self.purge_delay;
             jobs::enqueue_in(&tx, &purge).await?;
         }
         let mut data = json!({"tenantId": id, "status": next.as_str()});

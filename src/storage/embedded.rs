@@ -64,6 +64,7 @@ impl EmbeddedPostgres {
             let mut attempt = 1;
             loop {
                 let port = free_port()?;
+                let logged = std::fs::metadata(&log).map_or(0, |m| m.len());
                 let started = run(
                     Command::new(bin_dir.join("pg_ctl"))
                         .arg("-D")
@@ -75,8 +76,12 @@ impl EmbeddedPostgres {
                         .arg("start"),
                     run_as,
                 );
+                // Only this attempt's lines: the log is appended to.
                 let lost_the_port = || {
-                    std::fs::read_to_string(&log).is_ok_and(|text| text.contains("could not create any TCP/IP sockets"))
+                    std::fs::read(&log).is_ok_and(|bytes| {
+                        let start = (logged as usize).min(bytes.len());
+                        String::from_utf8_lossy(&bytes[start..]).contains("could not create any TCP/IP sockets")
+                    })
                 };
                 match started {
                     Ok(_) => {
@@ -85,7 +90,6 @@ impl EmbeddedPostgres {
                     }
                     Err(err) if attempt < 3 && lost_the_port() => {
                         tracing::warn!(port, error = %err, "the embedded PostgreSQL port was taken; trying another");
-                        let _ = std::fs::remove_file(&log);
                         attempt += 1;
                     }
                     Err(err) => {

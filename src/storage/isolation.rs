@@ -911,8 +911,8 @@ pub async fn flip_to_database(
     Ok(())
 }
 
-/// Drops the schema a tenant left for its own database (after its rows
-/// were deleted; the cross-tenant views are rebuilt first).
+/// Drops the schema a tenant left for its own database, with its rows
+/// (the cross-tenant views are rebuilt first).
 pub async fn drop_left_schema(tx: &DatabaseTransaction, tenant: Uuid) -> Result<(), DbErr> {
     tx.execute_raw(statement(
         "SELECT tenlyr_drop_left_schema($1)",

@@ -226,13 +226,15 @@ pub fn is_connection_error(err: &DbErr) -> bool {
 
 /// [`is_connection_error`] for statements run on the sqlx pool.
 /// Besides I/O and pool errors, the server's own "shutting down",
-/// "starting up" and connection-exception codes (57P0x, 08xxx) count.
+/// "starting up" and connection-exception codes (57P0x, 08xxx) count, and
+/// a database that does not exist (3D000: a terminated tenant's, dropped
+/// while another replica's placement cache still named it).
 pub fn is_sqlx_unavailable(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
         sqlx::Error::Database(db) => db
             .code()
-            .is_some_and(|c| c.starts_with("57P0") || c.starts_with("08")),
+            .is_some_and(|c| c.starts_with("57P0") || c.starts_with("08") || c == "3D000"),
         _ => false,
     }
 }

@@ -1,6 +1,6 @@
 //! The move of a tenant's data to a higher isolation tier (DESIGN.md §10):
-//! a job per migration (`isolation.migrate`), then a job that deletes the
-//! source rows (`isolation.cleanup`).
+//! a job per migration (`isolation.migrate`), then a job that removes the
+//! source (`isolation.cleanup`).
 //!
 //! 1. **copying**: the tenant's schema is created (idempotent) and its
 //!    events copied in chunks ([`Copying`]) in `(occurred_at, id)` order,
@@ -23,7 +23,8 @@
 //!    and enqueues the cleanup; the cross-tenant views are rebuilt after. Until that commit the source is authoritative:
 //!    a move killed at any point resumes (the job's lease lapses) and
 //!    either flips whole or not at all.
-//! 4. **cleaning**: the cleanup job deletes the source rows in chunks.
+//! 4. **cleaning**: the cleanup job deletes the source rows from the
+//!    shared tables in chunks, or drops a schema left for a database whole.
 //!
 //! Errors that mean "not now" (Postgres unreachable, lock waits,
 //! deadlocks, serialization failures, statement timeouts) retry. A move
@@ -211,7 +212,8 @@ impl Job for CleanupJob {
             }
         }
         let tx = ctx.db.begin(Scope::Platform).await.map_err(retry)?;
-        if !shared {
+        // Unless a terminated tenant's purge dropped it already.
+        if !shared && repo::schema_exists(&tx, p.tenant_id).await.map_err(retry)? {
             repo::drop_left_schema(&tx, p.tenant_id)
                 .await
                 .map_err(retry)?;

@@ -30,7 +30,12 @@ impl Worker for RecordCommitWorker {
                 }
             });
         }
-        committers.join_all().await;
+        // Every shard drains (a panic in one does not cut the others short).
+        while let Some(done) = committers.join_next().await {
+            if let Err(err) = done {
+                tracing::error!(error = %err, "a record committer panicked");
+            }
+        }
         Ok(())
     }
 }

@@ -53,9 +53,11 @@ fn retry(err: impl std::fmt::Display) -> JobError {
 }
 
 /// The tenant database of `tenant`; `None` when it has none (any more).
-/// A placement in a database is final (moves only go up), so a cached one
-/// is used as it is; otherwise the placements are read again (the move
-/// may be newer than this process's last look).
+/// A placement in a database changes only when its tenant is terminated
+/// (the purge drops the database; a stale cached one then fails as
+/// unavailable and the job retries after the next refresh), so a cached
+/// one is used as it is; otherwise the placements are read again (the
+/// move may be newer than this process's last look).
 async fn tenant_db(ctx: &Context, tenant: Uuid) -> Result<Option<crate::storage::Db>, JobError> {
     let placements = ctx.db.placements();
     if !matches!(placements.place_of(tenant), Some(Place::Database(_))) {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{
     Context,
-    queue::{Job, JobError},
+    queue::{Backoff, Job, JobError},
 };
 use crate::storage::{
     dedicated, inbound,
@@ -40,6 +40,13 @@ pub struct TenantPurge;
 impl Job for TenantPurge {
     const KIND: &'static str = "tenant.purge_usage";
     const LEASE: Duration = Duration::from_secs(600);
+    /// A purge waits for a move of the tenant under way, however long it
+    /// takes (the move's own job retries for weeks): it does not give up.
+    const MAX_ATTEMPTS: i32 = 10_000;
+    const BACKOFF: Backoff = Backoff {
+        base: Duration::from_secs(2),
+        max: Duration::from_secs(300),
+    };
     type Payload = Purge;
 
     async fn run(&self, ctx: &Context, payload: Purge) -> Result<(), JobError> {

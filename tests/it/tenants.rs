@@ -756,3 +756,52 @@ async fn every_tenant_rpc_over_grpc() {
         .unwrap_err();
     assert_eq!(gone.code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_tenant_s_data_is_purged_after_the_delay() {
+    let app = TestApp::spawn_with(|c| c.terminated_purge_delay_secs = 3600).await;
+    let (tenant, key) =
+        crate::helpers::provision(&app, "purge@tenants.test", "growth", "UTC").await;
+    let (status, _) = crate::helpers::call(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v1/usage/track",
+        Some(json!({"metric": "api_call", "value": 1})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = json(
+        app.admin(Method::POST, &format!("/api/v1/tenants/{tenant}/terminate"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The purge is queued for an hour later; until then the data stays
+    // (billing pushes the last usage from it).
+    let mut conn = app.db.connect().await;
+    let due: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM run_at - now())::float8 FROM jobs \
+         WHERE kind = 'tenant.purge_usage' AND payload->>'tenantId' = $1",
+    )
+    .bind(&tenant)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(
+        matches!(due[..], [s] if (3500.0..=3600.0).contains(&s)),
+        "one purge, due in an hour: {due:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM usage_events WHERE tenant_id = $1::uuid")
+            .bind(&tenant)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(events, 1, "the data stays until the purge is due");
+    sqlx::Connection::close(conn).await.unwrap();
+}
