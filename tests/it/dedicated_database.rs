@@ -6,13 +6,7 @@
 //! refuses its data; its tenant row follows changes; terminating it drops the
 //! database.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -23,7 +17,7 @@ use tenlyr::{
 };
 
 use crate::{
-    helpers::{TestApp, admin_call, call, provision, with_key},
+    helpers::{TestApp, TrackWriter, admin_call, call, provision, with_key},
     inbound::{event_until, now, post, tenant_with, timestamped},
     webhooks::{Receiver, Reply},
 };
@@ -171,32 +165,7 @@ async fn a_tenant_moves_to_its_own_database_while_it_writes_and_behaves_the_same
     receiver.wait_for(1).await;
 
     // A writer the whole time: nothing refused, nothing lost.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (acknowledged, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let writer = {
-        let (http, url, key) = (
-            app.http.clone(),
-            app.url("/api/v1/usage/track"),
-            key.clone(),
-        );
-        let (stop, acknowledged, refused) = (stop.clone(), acknowledged.clone(), refused.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let response = http
-                    .post(&url)
-                    .bearer_auth(&key)
-                    .json(&json!({"metric": "api_call", "value": 1}))
-                    .send()
-                    .await
-                    .unwrap();
-                if response.status() == 200 {
-                    acknowledged.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    refused.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
+    let writer = TrackWriter::start(&app, &key);
 
     // shared → its own schema (REST, the tenant's own key) → its own
     // database (gRPC, an admin key).
@@ -232,14 +201,9 @@ async fn a_tenant_moves_to_its_own_database_while_it_writes_and_behaves_the_same
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["toLevel"], "dedicated_database");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
-    assert_eq!(
-        refused.load(Ordering::Relaxed),
-        0,
-        "writes are never refused"
-    );
-    let written = acknowledged.load(Ordering::Relaxed) as i64;
+    let (written, refused) = writer.stop().await;
+    assert_eq!(refused, 0, "writes are never refused");
+    let written = written as i64;
     assert!(written > 0);
     let (_, row) = admin_call(
         &app,

@@ -598,3 +598,48 @@ pub async fn start_process(
     }
     panic!("tenlyr serve did not become ready");
 }
+
+/// Tracks one event after another with a tenant key (REST) until
+/// stopped: the writer that runs through a move.
+pub struct TrackWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, u64)>,
+}
+
+impl TrackWriter {
+    pub fn start(app: &TestApp, key: &str) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (http, url, key) = (
+            app.http.clone(),
+            app.url("/api/v1/usage/track"),
+            key.to_owned(),
+        );
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut acknowledged, mut refused) = (0, 0);
+            while !flag.load(Ordering::Relaxed) {
+                let response = http
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&serde_json::json!({"metric": "api_call", "value": 1}))
+                    .send()
+                    .await
+                    .unwrap();
+                if response.status() == 200 {
+                    acknowledged += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+            (acknowledged, refused)
+        });
+        Self { stop, task }
+    }
+
+    /// Stops it; how many writes were acknowledged and refused.
+    pub async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}

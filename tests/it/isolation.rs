@@ -6,7 +6,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -17,7 +17,7 @@ use sqlx::Connection;
 use tenlyr::proto::v1::{self, isolation_service_client::IsolationServiceClient};
 
 use crate::{
-    helpers::{TestApp, admin_call, assert_error_body, call, provision, with_key},
+    helpers::{TestApp, TrackWriter, admin_call, assert_error_body, call, provision, with_key},
     inbound::{event_until, now, post, tenant_with, timestamped},
     webhooks::{Receiver, Reply},
 };
@@ -167,33 +167,7 @@ async fn a_tenant_moves_to_its_own_schema_while_it_writes_and_loses_nothing() {
 
     // Writes go on during the whole move; every acknowledged one must be
     // in the new place afterwards.
-    let stop = Arc::new(AtomicBool::new(false));
-    let acknowledged = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (http, url, key) = (
-            app.http.clone(),
-            app.url("/api/v1/usage/track"),
-            key.clone(),
-        );
-        let (stop, acknowledged, refused) = (stop.clone(), acknowledged.clone(), refused.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let response = http
-                    .post(&url)
-                    .bearer_auth(&key)
-                    .json(&json!({"metric": "api_call", "value": 1}))
-                    .send()
-                    .await
-                    .unwrap();
-                if response.status() == 200 {
-                    acknowledged.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    refused.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
+    let writer = TrackWriter::start(&app, &key);
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let (status, started) = admin_call(
@@ -212,20 +186,15 @@ async fn a_tenant_moves_to_its_own_schema_while_it_writes_and_loses_nothing() {
     let id = started["id"].as_str().unwrap().to_owned();
     let done = wait_for(&app, &key, &id).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
+    let (written, refused) = writer.stop().await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["error"], Value::Null);
     assert!(
         done["startedAt"].is_string() && done["completedAt"].is_string(),
         "{done}"
     );
-    assert_eq!(
-        refused.load(Ordering::Relaxed),
-        0,
-        "writes are never refused"
-    );
-    let written = acknowledged.load(Ordering::Relaxed) as i64;
+    assert_eq!(refused, 0, "writes are never refused");
+    let written = written as i64;
     assert!(written > 0);
 
     let (_, row) = admin_call(
