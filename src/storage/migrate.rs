@@ -123,6 +123,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "terminated_tenant_data",
         sql: include_str!("../../migrations/0022_terminated_tenant_data.sql"),
     },
+    Migration {
+        version: 23,
+        name: "delivery_claims_at_scale",
+        sql: include_str!("../../migrations/0023_delivery_claims_at_scale.sql"),
+    },
 ];
 
 /// Advisory-lock key: "tenlyr.migrate" as a fixed integer.

@@ -578,10 +578,14 @@ pub async fn set_breakers(
     Ok(())
 }
 
-/// When the next pending delivery falls due (an idle dispatcher's sleep).
+/// When the next pending delivery falls due (an idle dispatcher's sleep):
+/// the earliest of each endpoint's first, read from its index in order.
 pub async fn next_due(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT min(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'",
+        "SELECT min(c.next_attempt_at) FROM webhook_endpoints e CROSS JOIN LATERAL ( \
+             SELECT d.next_attempt_at FROM webhook_deliveries d \
+             WHERE d.endpoint_id = e.id AND d.status = 'pending' \
+             ORDER BY d.next_attempt_at LIMIT 1) c",
     )
     .fetch_one(pool)
     .await
