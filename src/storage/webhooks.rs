@@ -579,12 +579,13 @@ pub async fn set_breakers(
 }
 
 /// When the next pending delivery falls due (an idle dispatcher's sleep):
-/// the earliest of each endpoint's first, read from its index in order.
+/// the earliest of each endpoint's first, read in order from
+/// `webhook_deliveries_endpoint_due` (whose predicate spells `pending` so).
 pub async fn next_due(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT min(c.next_attempt_at) FROM webhook_endpoints e CROSS JOIN LATERAL ( \
              SELECT d.next_attempt_at FROM webhook_deliveries d \
-             WHERE d.endpoint_id = e.id AND d.status = 'pending' \
+             WHERE d.endpoint_id = e.id AND d.status NOT IN ('delivered', 'failed') \
              ORDER BY d.next_attempt_at LIMIT 1) c",
     )
     .fetch_one(pool)
