@@ -46,7 +46,7 @@ CREATE OR REPLACE FUNCTION tenlyr_claim_deliveries(at timestamptz, lease_ms bigi
         FROM webhook_endpoints e
         CROSS JOIN LATERAL (
             SELECT d.id, d.next_attempt_at FROM webhook_deliveries d
-            -- `pending`, spelled as the index below is (see there).
+            -- `pending`, spelled as webhook_deliveries_endpoint_due is (see there).
             WHERE d.endpoint_id = e.id AND d.status NOT IN ('delivered', 'failed')
               AND d.next_attempt_at <= at
             ORDER BY d.next_attempt_at LIMIT max_deliveries) c
