@@ -7,11 +7,14 @@
 --    database's time). The planner picks that plan whenever it believes
 --    few deliveries are pending, which is what the statistics say in the
 --    steady state (nearly every row `delivered`) — so exactly when a
---    backlog forms. A claim now reads, per eligible endpoint, at most
---    `max_deliveries` of its earliest due rows from an index in that order
---    (or an ordered endpoint's one oldest pending row), then keeps the
---    earliest `max_deliveries` of those: its cost follows the endpoints
---    and the batch, not the backlog. Deliveries to a disabled endpoint or
+--    backlog forms. A claim now reads, per eligible endpoint, at most 32
+--    of its earliest due rows from an index in that order (or an ordered
+--    endpoint's one oldest pending row), then keeps the earliest
+--    `max_deliveries` of those: its cost follows the endpoints, not the
+--    backlog (at most 32 rows each, so a recovery in which every endpoint
+--    has a deep backlog stays bounded too), and one endpoint's backlog is
+--    claimed 32 at a time — the dispatcher claims again as soon as a
+--    request ends. Deliveries to a disabled endpoint or
 --    one whose breaker is open are never read (the reason the claim starts
 --    from the endpoints, not from one queue-wide index).
 --
@@ -49,7 +52,7 @@ CREATE OR REPLACE FUNCTION tenlyr_claim_deliveries(at timestamptz, lease_ms bigi
             -- `pending`, spelled as webhook_deliveries_endpoint_due is (see there).
             WHERE d.endpoint_id = e.id AND d.status NOT IN ('delivered', 'failed')
               AND d.next_attempt_at <= at
-            ORDER BY d.next_attempt_at LIMIT max_deliveries) c
+            ORDER BY d.next_attempt_at LIMIT least(max_deliveries, 32)) c
         WHERE e.enabled AND e.breaker_state = 'closed' AND NOT e.ordered
         UNION ALL
         SELECT c.id, c.next_attempt_at
