@@ -106,17 +106,10 @@ DECLARE
     k bigint;
     place text;
 BEGIN
-    -- Claims and most other updates change no inbound delivery's outcome.
-    IF NOT EXISTS (SELECT 1 FROM new_rows n JOIN old_rows o ON o.id = n.id
-                   WHERE n.inbound AND (o.status IS DISTINCT FROM n.status
-                                        OR o.attempts IS DISTINCT FROM n.attempts)) THEN
-        RETURN NULL;
-    END IF;
-    PERFORM set_config('app.scope', 'platform', true);
-    SELECT array_agg(c.event_id), array_agg(c.tenant_id), array_agg(c.attempts),
-           array_agg(c.status), array_agg(c.error), array_agg(c.keep), array_agg(c.finished_at)
-    INTO ids, tenants, attempts_now, statuses, errors, keeps, finished
-    FROM (SELECT DISTINCT ON (n.event_id) n.event_id, ev.tenant_id, n.attempts, n.status,
+    SELECT array_agg(c.event_id), array_agg(c.attempts), array_agg(c.status),
+           array_agg(c.error), array_agg(c.keep), array_agg(c.finished_at)
+    INTO ids, attempts_now, statuses, errors, keeps, finished
+    FROM (SELECT DISTINCT ON (n.event_id) n.event_id, n.attempts, n.status,
                  CASE WHEN n.status = 'delivered' THEN NULL
                       WHEN o.attempts IS DISTINCT FROM n.attempts
                           THEN coalesce(n.last_error, 'HTTP ' || n.response_status)
@@ -125,10 +118,17 @@ BEGIN
                  n.status <> 'delivered' AND o.attempts IS NOT DISTINCT FROM n.attempts AS keep,
                  n.finished_at
           FROM new_rows n JOIN old_rows o ON o.id = n.id
-          JOIN platform_events ev ON ev.id = n.event_id
           WHERE n.inbound AND (o.status IS DISTINCT FROM n.status
                                OR o.attempts IS DISTINCT FROM n.attempts)
           ORDER BY n.event_id, n.id DESC) c;
+    -- Claims and most other updates change no inbound delivery's outcome.
+    IF ids IS NULL THEN
+        RETURN NULL;
+    END IF;
+    PERFORM set_config('app.scope', 'platform', true);
+    SELECT array_agg(ev.tenant_id ORDER BY r.ord) INTO tenants
+    FROM unnest(ids) WITH ORDINALITY AS r(id, ord)
+    LEFT JOIN platform_events ev ON ev.id = r.id;
     -- A move's barrier holds its tenant's place key exclusively: read the
     -- places under the shared locks.
     FOR k IN SELECT DISTINCT tenlyr_place_key(t) FROM unnest(tenants) AS t ORDER BY 1 LOOP
