@@ -220,21 +220,26 @@ async fn delivery(app: &TestApp, id: &str, delivery_id: &str) -> Value {
     reply
 }
 
-/// Polls the endpoint's single delivery until `done` holds (10 s at most).
-async fn await_delivery(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+/// Polls the endpoint's deliveries (the newest 100) until `done` holds
+/// (10 s at most).
+async fn await_deliveries(app: &TestApp, id: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     for _ in 0..500 {
         let list = deliveries(app, id).await;
-        if let Some(d) = list.first()
-            && done(d)
-        {
-            return delivery(app, id, d["id"].as_str().unwrap()).await;
+        if done(&list) {
+            return list;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!(
-        "delivery never reached the state: {:?}",
+        "deliveries never reached the state: {:?}",
         deliveries(app, id).await
     );
+}
+
+/// Polls the endpoint's single delivery until `done` holds (10 s at most).
+async fn await_delivery(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let list = await_deliveries(app, id, |list| list.first().is_some_and(&done)).await;
+    delivery(app, id, list[0]["id"].as_str().unwrap()).await
 }
 
 /// Moves the shared clock and wakes the dispatchers.
@@ -1055,14 +1060,10 @@ async fn a_restart_mid_backlog_loses_nothing_and_replicas_never_share_a_delivery
         assert!(data.iter().all(|d| d["status"] == filter));
     }
     // The last batch's outcome is recorded just after its requests end.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let list = loop {
-        let list = deliveries(&a, &id).await;
-        if list.iter().all(|d| d["status"] == "delivered") || std::time::Instant::now() > deadline {
-            break list;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let list = await_deliveries(&a, &id, |list| {
+        list.iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
     assert!(
         list.iter()
             .all(|d| d["status"] == "delivered" && d["attempts"] == 1),
