@@ -1096,3 +1096,92 @@ async fn a_moved_tenant_keeps_its_exact_limit_and_keys_over_grpc() {
     .await;
     assert_eq!((status, row["status"].as_str()), (200, Some("terminated")));
 }
+
+/// A move whose copy no longer matches its source ends `failed` with the
+/// reason, its `isolation.migration_failed` event and its target schema
+/// dropped; the tenant stays where it was, its data whole. (The copy is
+/// changed behind the move's back once its first rows are there.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_copy_differs_fails_and_leaves_the_tenant_where_it_was() {
+    let app = TestApp::spawn_with(|c| {
+        c.isolation_chunk_rows = 20;
+        c.isolation_pause_ms = 20;
+    })
+    .await;
+    let (tenant, key) = provision(&app, "failed@isolation.test", "growth", "UTC").await;
+    let now = chrono::Utc::now();
+    let events: Vec<Value> = (0..600)
+        .map(|i| {
+            let at = now - chrono::Duration::seconds(600 + i * 100);
+            json!({"metric": "api_call", "value": 1, "timestamp": at.to_rfc3339()})
+        })
+        .collect();
+    track_all(&app, &key, events).await;
+    let id = start_move(&app, &key).await;
+
+    let schema = schema_of(&tenant);
+    let mut conn = app.db.connect().await;
+    let mut tampered = 0;
+    for _ in 0..400 {
+        let (_, m) = call(
+            &app,
+            &key,
+            Method::GET,
+            &format!("/api/v1/isolation/migrations/{id}"),
+            None,
+        )
+        .await;
+        if m["rowsCopied"].as_str().is_some_and(|n| n != "0") {
+            tampered = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE \"{schema}\".usage_events SET value = value + 1000 \
+                 WHERE tenant_id = $1::uuid"
+            )))
+            .bind(&tenant)
+            .execute(&mut conn)
+            .await
+            .unwrap()
+            .rows_affected();
+            if tampered > 0 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(tampered > 0, "the copy was never caught in progress");
+
+    let done = wait_for(&app, &key, &id).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(
+        done["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("verification failed")),
+        "{done}"
+    );
+    let (_, row) = admin_call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/tenants/{tenant}"),
+        None,
+    )
+    .await;
+    assert_eq!(row["isolationLevel"], "shared_schema");
+    let (_, metrics) = call(&app, &key, Method::GET, "/api/v1/usage/metrics", None).await;
+    assert_eq!(metrics["apiCalls"], "600", "{metrics}");
+    let left: Option<String> = sqlx::query_scalar("SELECT to_regnamespace($1)::text")
+        .bind(&schema)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, None, "the failed move's schema is dropped");
+    let event: Value = sqlx::query_scalar(
+        "SELECT body::jsonb FROM platform_events \
+         WHERE type = 'isolation.migration_failed' AND tenant_id = $1::uuid",
+    )
+    .bind(&tenant)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(event["data"]["migrationId"], id.as_str(), "{event}");
+    assert_eq!(event["data"]["toLevel"], "dedicated_schema", "{event}");
+    assert_eq!(event["data"]["error"], done["error"], "{event}");
+}
