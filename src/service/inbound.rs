@@ -78,7 +78,9 @@ pub const PRESSURE_HOLD: Duration = Duration::from_millis(250);
 const PRESSURE_GROUP: usize = 8;
 
 impl Pressure {
-    fn raise(&self) {
+    /// Marks the gateway saturated for [`PRESSURE_HOLD`] (the gateway calls
+    /// it; a test holds it to drive the dispatcher's paced batches).
+    pub fn raise(&self) {
         let until = Utc::now().timestamp_millis() + PRESSURE_HOLD.as_millis() as i64;
         self.0.store(until, Ordering::Relaxed);
     }

@@ -1165,3 +1165,59 @@ async fn a_claim_reads_its_batch_not_the_backlog() {
         "a claim of 10 read {read} index entries of a 6,000-row backlog"
     );
 }
+
+/// While the inbound gateway is saturated the dispatcher forwards in paced
+/// batches (at most `PRESSED_BATCH` in flight, a claim per `PRESSED_PACE`,
+/// outcomes recorded together): a backlog built meanwhile still goes out,
+/// each delivery once, every outcome recorded, none stalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_inbound_pressure_forwarding_goes_in_paced_batches_and_misses_nothing() {
+    use tenlyr::workers::webhook_delivery::{PRESSED_BATCH, PRESSED_PACE};
+    let app = TestApp::spawn().await;
+    let pressure = app.state.inbound.pressure();
+    let holding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hold = {
+        let (pressure, holding) = (pressure.clone(), holding.clone());
+        tokio::spawn(async move {
+            while holding.load(Ordering::Relaxed) {
+                pressure.raise();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // Slow enough that a batch is still in flight when the next is due.
+    let receiver = Receiver::start(Reply::Slow(150)).await;
+    let (id, _) = endpoint(&app, json!({"url": receiver.url("/pressed")})).await;
+    let started = tokio::time::Instant::now();
+    let mut events = HashSet::new();
+    for _ in 0..150 {
+        events.insert(send_test(&app, &id).await);
+    }
+    let got = receiver.wait_for(150).await;
+    assert!(pressure.active(), "the pressure held throughout");
+    let elapsed = started.elapsed();
+    let ids: HashSet<String> = got
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, events, "every event arrived");
+    assert_eq!(got.len(), 150, "none twice");
+    let most = got.iter().map(|r| r.concurrent).max().unwrap();
+    assert!(
+        most <= PRESSED_BATCH,
+        "{most} requests in flight at once under pressure"
+    );
+    // 150 deliveries need at least three claims of at most 64, paced.
+    assert!(
+        elapsed >= PRESSED_PACE * 2,
+        "forwarded in {elapsed:?}: claims were not paced"
+    );
+    // Every outcome is recorded (the newest 100 shown), each first time.
+    let list = await_deliveries(&app, &id, |list| {
+        list.len() == 100 && list.iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
+    assert!(list.iter().all(|d| d["attempts"] == 1));
+    holding.store(false, Ordering::Relaxed);
+    hold.await.unwrap();
+}
