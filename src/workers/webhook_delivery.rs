@@ -60,14 +60,16 @@ pub struct Dispatcher {
 
 /// While the inbound gateway is saturated, forwarding goes in batches of
 /// up to this many: a claim and a record of attempts each cost the database
-/// about the same whether they hold 4 deliveries or 64 (~2 ms under the
+/// about the same whether they hold 4 deliveries or 32 (~2 ms under the
 /// benchmark's load), and one request ending at a time made them hold ~4.
-pub const PRESSED_BATCH: usize = 64;
+/// Half a batch every [`PRESSED_PACE`] beat a whole one every twice that
+/// (smaller bursts of forwarding beside the gateway's requests).
+pub const PRESSED_BATCH: usize = 32;
 /// While the inbound gateway is saturated, at most one claim per this
 /// long, and a finished delivery waits at most this long to be recorded
 /// with others: forwarding keeps moving (up to ~640/s) and leaves the CPU
 /// to acknowledging webhooks; the backlog is sent once the burst is over.
-pub const PRESSED_PACE: Duration = Duration::from_millis(100);
+pub const PRESSED_PACE: Duration = Duration::from_millis(50);
 
 /// A sent delivery and what came back.
 struct Sent {
