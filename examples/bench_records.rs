@@ -1,7 +1,8 @@
 //! Idempotent records (`scripts/bench.sh records`): lock → save → get
 //! cycles over REST with 64 connections, each on its own key, beside the
 //! machine's floor (`GET /healthz` on the same connections) in interleaved
-//! rounds. Prints cycles/s and p50/p99 per call.
+//! rounds, then at a fixed rate below saturation (BENCH_RECORDS_RATE
+//! cycles/s, default 2,000). Prints cycles/s and p50/p99 per call.
 //! BENCH_SECONDS (default 10) sets the length of each measurement.
 
 mod common;
@@ -75,42 +76,9 @@ async fn main() -> anyhow::Result<()> {
             let calls = per_call.clone();
             async move {
                 let record = format!("r{round}-c{c}-n{n}");
-                let started = Instant::now();
-                let locked: Value = http
-                    .post(format!("{base}/v1/record/lock"))
-                    .bearer_auth(&key)
-                    .json(&json!({"key": record}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                let lock_time = started.elapsed();
-                let token = locked["lockToken"].as_str().expect("locked").to_owned();
-                let started = Instant::now();
-                let r = http
-                    .post(format!("{base}/v1/record/save"))
-                    .bearer_auth(&key)
-                    .json(&json!({"key": record, "lockToken": token, "data": {"chargeId": record, "amount": 12.5}}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
-                let _ = r.bytes().await;
-                let save_time = started.elapsed();
-                let started = Instant::now();
-                let r = http
-                    .get(format!("{base}/v1/record/{record}"))
-                    .bearer_auth(&key)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
-                let _ = r.bytes().await;
-                let get_time = started.elapsed();
+                let took = cycle(&http, &base, &key, &record, Instant::now()).await;
                 let mut calls = calls.lock().unwrap();
-                for (all, took) in calls.iter_mut().zip([lock_time, save_time, get_time]) {
+                for (all, took) in calls.iter_mut().zip(took) {
                     all.push(took);
                 }
                 1
@@ -138,5 +106,98 @@ async fn main() -> anyhow::Result<()> {
     report("    lock", locks);
     report("    save", saves);
     report("    get", gets);
+
+    // A fixed rate below saturation: the latency a caller sees at that
+    // load, without the closed loop's queue. Each connection starts a
+    // cycle every 64/rate s; a lock is timed from when it was due, so a
+    // stall that delays the next cycles counts against them too.
+    let rate: f64 = std::env::var("BENCH_RECORDS_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000.0);
+    let every = Duration::from_secs_f64(CONNECTIONS as f64 / rate);
+    let began = tokio::time::Instant::now();
+    let deadline = began + phase();
+    let mut tasks = Vec::new();
+    for c in 0..CONNECTIONS {
+        let (base, key, http) = (
+            bench.base_url.clone(),
+            keys[c % keys.len()].clone(),
+            http.clone(),
+        );
+        let first = began + every.mul_f64(c as f64 / CONNECTIONS as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(first, every);
+            let mut took = Vec::new();
+            for n in 0.. {
+                let due = ticks.tick().await;
+                if due >= deadline {
+                    break;
+                }
+                let record = format!("fixed-c{c}-n{n}");
+                took.push(cycle(&http, &base, &key, &record, due.into_std()).await);
+            }
+            took
+        }));
+    }
+    let mut fixed = Vec::new();
+    for task in tasks {
+        fixed.extend(task.await?);
+    }
+    println!(
+        "{:<52} {:>10.0} cycles/s ({} cycles in {:.1} s, asked {rate:.0}/s)",
+        "fixed rate: lock -> save -> get",
+        fixed.len() as f64 / began.elapsed().as_secs_f64(),
+        fixed.len(),
+        began.elapsed().as_secs_f64()
+    );
+    report(
+        "  latency per call (lock from when it was due)",
+        fixed.iter().flatten().copied().collect(),
+    );
     bench.finish().await
+}
+
+/// One lock → save → get over REST; each call's latency, the lock's
+/// counted from `due` (when it should have been sent).
+async fn cycle(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    record: &str,
+    due: Instant,
+) -> [Duration; 3] {
+    let locked: Value = http
+        .post(format!("{base}/v1/record/lock"))
+        .bearer_auth(key)
+        .json(&json!({"key": record}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lock_time = due.elapsed();
+    let token = locked["lockToken"].as_str().expect("locked").to_owned();
+    let started = Instant::now();
+    let r = http
+        .post(format!("{base}/v1/record/save"))
+        .bearer_auth(key)
+        .json(&json!({"key": record, "lockToken": token, "data": {"chargeId": record, "amount": 12.5}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await;
+    let save_time = started.elapsed();
+    let started = Instant::now();
+    let r = http
+        .get(format!("{base}/v1/record/{record}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await;
+    [lock_time, save_time, started.elapsed()]
 }
