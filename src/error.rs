@@ -324,6 +324,10 @@ impl From<ApiError> for tonic::Status {
     }
 }
 
+/// The reason of a request PostgreSQL rolled back for a concurrent one
+/// (deadlock, serialization failure): nothing was done; retry.
+pub const CONCURRENT_CHANGE: &str = "CONCURRENT_CHANGE";
+
 impl From<sea_orm::DbErr> for ApiError {
     fn from(err: sea_orm::DbErr) -> Self {
         if crate::storage::is_connection_error(&err) {
@@ -336,6 +340,23 @@ impl From<sea_orm::DbErr> for ApiError {
         // placements are read again, and the next try goes there.
         if crate::storage::sqlx_error(&err).is_some_and(crate::storage::tenant_data::is_misrouted) {
             return Self::unavailable("the tenant's data just moved; try again");
+        }
+        // SQLSTATE 40P01 (deadlock) and 40001 (serialization failure): the
+        // transaction met a concurrent one and was rolled back whole.
+        // Nothing was done, so the request can be sent again: 503 with
+        // Retry-After (the SDK retries it), never a 500.
+        if crate::storage::sqlx_error(&err)
+            .and_then(|e| e.as_database_error())
+            .and_then(|db| db.code())
+            .is_some_and(|code| code == "40P01" || code == "40001")
+        {
+            tracing::warn!(error = %err, "transaction rolled back by a concurrent one");
+            let mut api = Self::unavailable(
+                "the request met a concurrent change and was rolled back; try again",
+            )
+            .with_reason(CONCURRENT_CHANGE);
+            api.retry_after = Some(Duration::from_secs(1));
+            return api;
         }
         // SQLSTATE 22021 (text) and 22P05 (jsonb): what PostgreSQL cannot
         // store, i.e. a NUL character (valid in JSON and protobuf strings).

@@ -13,7 +13,7 @@ use crate::{
         keys::{KeyKind, NewKey},
         tenant::{self as rules, IsolationLevel, Plan, TenantStatus, Transition},
     },
-    error::{ApiError, ErrorCode},
+    error::{ApiError, CONCURRENT_CHANGE, ErrorCode},
     storage::{
         Db,
         entities::{api_key, tenant},
@@ -529,7 +529,22 @@ impl Tenants {
     /// Removes the tenant and every row it owns: the tenant tables cascade,
     /// and a job enqueued in the same transaction purges its raw usage
     /// events in chunks (`workers::tenant_purge`).
+    ///
+    /// The cascade locks rows of many tables (events, deliveries …) that a
+    /// webhook dispatcher or log commit may be locking in the other order
+    /// at that moment; PostgreSQL then rolls one transaction back (a
+    /// deadlock). Nothing was done, so the deletion is tried again.
     pub async fn delete(&self, actor: &Actor, id: Uuid) -> Result<(), ApiError> {
+        let mut retries = 0;
+        loop {
+            match self.delete_once(actor, id).await {
+                Err(err) if err.reason == Some(CONCURRENT_CHANGE) && retries < 3 => retries += 1,
+                done => return done,
+            }
+        }
+    }
+
+    async fn delete_once(&self, actor: &Actor, id: Uuid) -> Result<(), ApiError> {
         let tx = self.db.begin(actor.platform()?).await?;
         let current = repo::find_for_update(&tx, id)
             .await?

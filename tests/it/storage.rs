@@ -150,3 +150,32 @@ async fn the_application_pool_cannot_regain_the_owner_role_or_read_unscoped() {
         .unwrap();
     assert_eq!(statement_timeout, "30s", "request statements are bounded");
 }
+
+/// A transaction PostgreSQL rolls back for a concurrent one (a deadlock,
+/// a serialization failure) did nothing: the client gets 503 with
+/// `Retry-After` and the reason `CONCURRENT_CHANGE`, never a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_or_serialization_failure_answers_retry_not_500() {
+    use tenlyr::error::{ApiError, CONCURRENT_CHANGE, ErrorCode};
+    let db = TestDb::empty().await;
+    let mut conn = db.connect().await;
+    for code in ["40P01", "40001"] {
+        let err = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DO $$ BEGIN RAISE EXCEPTION 'rolled back' USING ERRCODE = '{code}'; END $$"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+        let api = ApiError::from(err);
+        assert_eq!(api.code, ErrorCode::Unavailable, "{code}");
+        assert_eq!(api.code.http_status(), 503);
+        assert_eq!(api.reason, Some(CONCURRENT_CHANGE));
+        assert_eq!(api.retry_after, Some(std::time::Duration::from_secs(1)));
+    }
+    // Any other database error stays an internal one.
+    let err = sqlx::query("SELECT 1/0")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert_eq!(ApiError::from(err).code, ErrorCode::Internal);
+}
