@@ -530,10 +530,10 @@ impl Tenants {
     /// and a job enqueued in the same transaction purges its raw usage
     /// events in chunks (`workers::tenant_purge`).
     ///
-    /// The cascade locks rows of many tables (events, deliveries …) that a
-    /// webhook dispatcher or log commit may be locking in the other order
-    /// at that moment; PostgreSQL then rolls one transaction back (a
-    /// deadlock). Nothing was done, so the deletion is tried again.
+    /// The cascade locks rows of many tables (events, endpoints,
+    /// deliveries …) that the webhook dispatcher may be updating at that
+    /// moment; should PostgreSQL roll one transaction back for the other (a
+    /// deadlock), nothing was done, so the deletion is tried again.
     pub async fn delete(&self, actor: &Actor, id: Uuid) -> Result<(), ApiError> {
         let mut retries = 0;
         loop {
