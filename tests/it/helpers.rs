@@ -201,6 +201,16 @@ pub fn redis_url() -> String {
     std::env::var("TENLYR_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// The servers' error log (`tenlyr` at ERROR: a 500's cause, a failed
+/// worker) goes to the test's captured output, which the harness prints
+/// when the test fails; a passing test's is dropped.
+fn log_errors() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("tenlyr=error")
+        .with_test_writer()
+        .try_init();
+}
+
 impl TestApp {
     pub async fn spawn() -> Self {
         Self::spawn_with(|_| {}).await
@@ -261,6 +271,7 @@ impl TestApp {
     }
 
     async fn start_with(db: TestDb, admin_key: String, config: ServeConfig) -> Self {
+        log_errors();
         let server = Server::bind(&config, &db.url).await.expect("server binds");
         Self::run(db, admin_key, server)
     }
