@@ -144,12 +144,12 @@ async fn main() -> anyhow::Result<()> {
     for task in tasks {
         fixed.extend(task.await?);
     }
+    let took = began.elapsed().as_secs_f64();
     println!(
-        "{:<52} {:>10.0} cycles/s ({} cycles in {:.1} s, asked {rate:.0}/s)",
+        "{:<52} {:>10.0} cycles/s ({} cycles in {took:.1} s, asked {rate:.0}/s)",
         "fixed rate: lock -> save -> get",
-        fixed.len() as f64 / began.elapsed().as_secs_f64(),
+        fixed.len() as f64 / took,
         fixed.len(),
-        began.elapsed().as_secs_f64()
     );
     report(
         "  latency per call (lock from when it was due)",

@@ -345,11 +345,8 @@ impl From<sea_orm::DbErr> for ApiError {
         // transaction met a concurrent one and was rolled back whole.
         // Nothing was done, so the request can be sent again: 503 with
         // Retry-After (the SDK retries it), never a 500.
-        if crate::storage::sqlx_error(&err)
-            .and_then(|e| e.as_database_error())
-            .and_then(|db| db.code())
-            .is_some_and(|code| code == "40P01" || code == "40001")
-        {
+        let sqlstate = crate::storage::sqlstate(&err);
+        if matches!(sqlstate.as_deref(), Some("40P01" | "40001")) {
             tracing::warn!(error = %err, "transaction rolled back by a concurrent one");
             let mut api = Self::unavailable(
                 "the request met a concurrent change and was rolled back; try again",
@@ -361,11 +358,7 @@ impl From<sea_orm::DbErr> for ApiError {
         // SQLSTATE 22021 (text) and 22P05 (jsonb): what PostgreSQL cannot
         // store, i.e. a NUL character (valid in JSON and protobuf strings).
         // The client's input, whichever field carried it: a 400, not a 500.
-        if crate::storage::sqlx_error(&err)
-            .and_then(|e| e.as_database_error())
-            .and_then(|db| db.code())
-            .is_some_and(|code| code == "22021" || code == "22P05")
-        {
+        if matches!(sqlstate.as_deref(), Some("22021" | "22P05")) {
             return Self::new(
                 ErrorCode::BadRequest,
                 "text fields must not contain NUL characters (\\u0000)",

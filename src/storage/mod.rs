@@ -218,6 +218,14 @@ pub fn sqlx_error(err: &DbErr) -> Option<&sqlx::Error> {
     }
 }
 
+/// The SQLSTATE of a statement error PostgreSQL raised, if it is one.
+pub fn sqlstate(err: &DbErr) -> Option<String> {
+    sqlx_error(err)?
+        .as_database_error()?
+        .code()
+        .map(|code| code.into_owned())
+}
+
 /// Whether an error means "Postgres unreachable" (503) rather than a bug.
 pub fn is_connection_error(err: &DbErr) -> bool {
     matches!(err, DbErr::ConnectionAcquire(_) | DbErr::Conn(_))

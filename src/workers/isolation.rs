@@ -250,23 +250,16 @@ impl From<DbErr> for Failure {
     }
 }
 
-fn sqlstate(err: &DbErr) -> Option<String> {
-    storage::sqlx_error(err)?
-        .as_database_error()?
-        .code()
-        .map(|code| code.into_owned())
-}
-
 /// SQLSTATE 55P03: `lock_timeout` ran out.
 fn is_lock_timeout(err: &DbErr) -> bool {
-    sqlstate(err).as_deref() == Some("55P03")
+    storage::sqlstate(err).as_deref() == Some("55P03")
 }
 
 /// Errors that say "not now" rather than "never": a lock wait that timed
 /// out, a deadlock, a serialization failure, a statement timeout.
 fn is_passing(err: &DbErr) -> bool {
     matches!(
-        sqlstate(err).as_deref(),
+        storage::sqlstate(err).as_deref(),
         Some("55P03" | "40P01" | "40001" | "57014")
     )
 }

@@ -205,10 +205,13 @@ pub fn redis_url() -> String {
 /// worker) goes to the test's captured output, which the harness prints
 /// when the test fails; a passing test's is dropped.
 fn log_errors() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("tenlyr=error")
-        .with_test_writer()
-        .try_init();
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("tenlyr=error")
+            .with_test_writer()
+            .try_init();
+    });
 }
 
 impl TestApp {
