@@ -17,7 +17,7 @@ use tenlyr::{
 };
 
 use crate::{
-    helpers::{TestApp, TrackWriter, admin_call, call, provision, with_key},
+    helpers::{TestApp, TrackWriter, admin_call, call, isolation_level, provision, with_key},
     inbound::{event_until, now, post, tenant_with, timestamped},
     webhooks::{Receiver, Reply},
 };
@@ -205,14 +205,7 @@ async fn a_tenant_moves_to_its_own_database_while_it_writes_and_behaves_the_same
     assert_eq!(refused, 0, "writes are never refused");
     let written = written as i64;
     assert!(written > 0);
-    let (_, row) = admin_call(
-        &app,
-        Method::GET,
-        &format!("/api/v1/tenants/{tenant}"),
-        None,
-    )
-    .await;
-    assert_eq!(row["isolationLevel"], "dedicated_database");
+    assert_eq!(isolation_level(&app, &tenant).await, "dedicated_database");
 
     // Every event in the tenant's database on the second cluster; the
     // main database keeps none of its data, and its schema is gone.

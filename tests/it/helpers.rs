@@ -423,6 +423,22 @@ pub async fn call(
     json(request.send().await.unwrap()).await
 }
 
+/// A tenant's `isolationLevel` as the admin API shows it.
+pub async fn isolation_level(app: &TestApp, tenant: &str) -> String {
+    let (status, row) = admin_call(
+        app,
+        reqwest::Method::GET,
+        &format!("/api/v1/tenants/{tenant}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{row}");
+    row["isolationLevel"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// A REST call with the admin key: status and JSON body.
 pub async fn admin_call(
     app: &TestApp,

@@ -17,7 +17,10 @@ use sqlx::Connection;
 use tenlyr::proto::v1::{self, isolation_service_client::IsolationServiceClient};
 
 use crate::{
-    helpers::{TestApp, TrackWriter, admin_call, assert_error_body, call, provision, with_key},
+    helpers::{
+        TestApp, TrackWriter, admin_call, assert_error_body, call, isolation_level, provision,
+        with_key,
+    },
     inbound::{event_until, now, post, tenant_with, timestamped},
     webhooks::{Receiver, Reply},
 };
@@ -76,6 +79,29 @@ async fn start_move(app: &TestApp, key: &str) -> String {
 }
 
 /// Tracks a batch over REST; every event must be accepted.
+/// A tenant (owner `email`) with 600 events spread over the last 17 hours,
+/// on a server whose moves copy slowly (20 rows a chunk, 20 ms apart), and
+/// its move to its own schema started: the server, tenant id, tenant key
+/// and migration id.
+async fn slow_move_started(email: &str) -> (TestApp, String, String, String) {
+    let app = TestApp::spawn_with(|c| {
+        c.isolation_chunk_rows = 20;
+        c.isolation_pause_ms = 20;
+    })
+    .await;
+    let (tenant, key) = provision(&app, email, "growth", "UTC").await;
+    let now = chrono::Utc::now();
+    let events: Vec<Value> = (0..600)
+        .map(|i| {
+            let at = now - chrono::Duration::seconds(600 + i * 100);
+            json!({"metric": "api_call", "value": 1, "timestamp": at.to_rfc3339()})
+        })
+        .collect();
+    track_all(&app, &key, events).await;
+    let id = start_move(&app, &key).await;
+    (app, tenant, key, id)
+}
+
 async fn track_all(app: &TestApp, key: &str, events: Vec<Value>) {
     let n = events.len();
     let (status, body) = call(
@@ -197,16 +223,8 @@ async fn a_tenant_moves_to_its_own_schema_while_it_writes_and_loses_nothing() {
     let written = written as i64;
     assert!(written > 0);
 
-    let (_, row) = admin_call(
-        &app,
-        Method::GET,
-        &format!("/api/v1/tenants/{tenant}"),
-        None,
-    )
-    .await;
-    assert_eq!(row["isolationLevel"], "dedicated_schema");
-    let (_, row) = admin_call(&app, Method::GET, &format!("/api/v1/tenants/{other}"), None).await;
-    assert_eq!(row["isolationLevel"], "shared_schema");
+    assert_eq!(isolation_level(&app, &tenant).await, "dedicated_schema");
+    assert_eq!(isolation_level(&app, &other).await, "shared_schema");
 
     // Every event is in the schema; the cleanup empties the shared tables.
     assert_eq!(
@@ -909,19 +927,9 @@ async fn killed_move(target: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_into_the_past_during_a_move_are_not_lost() {
     // A slow copy, so the writes land while it runs.
-    let app = TestApp::spawn_with(|c| {
-        c.isolation_chunk_rows = 20;
-        c.isolation_pause_ms = 20;
-    })
-    .await;
-    let (tenant, key) = provision(&app, "past@isolation.test", "growth", "UTC").await;
+    let (app, tenant, key, id) = slow_move_started("past@isolation.test").await;
     let now = chrono::Utc::now();
     let stamp = |seconds: i64| (now - chrono::Duration::seconds(seconds)).to_rfc3339();
-    let events: Vec<Value> = (0..600)
-        .map(|i| json!({"metric": "api_call", "value": 1, "timestamp": stamp(600 + i * 100)}))
-        .collect();
-    track_all(&app, &key, events).await;
-    let id = start_move(&app, &key).await;
 
     // Events stamped anywhere in the last 17 hours (into parts already
     // copied, being copied, and not yet copied), until the move is done.
@@ -1103,21 +1111,7 @@ async fn a_moved_tenant_keeps_its_exact_limit_and_keys_over_grpc() {
 /// changed behind the move's back once its first rows are there.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_whose_copy_differs_fails_and_leaves_the_tenant_where_it_was() {
-    let app = TestApp::spawn_with(|c| {
-        c.isolation_chunk_rows = 20;
-        c.isolation_pause_ms = 20;
-    })
-    .await;
-    let (tenant, key) = provision(&app, "failed@isolation.test", "growth", "UTC").await;
-    let now = chrono::Utc::now();
-    let events: Vec<Value> = (0..600)
-        .map(|i| {
-            let at = now - chrono::Duration::seconds(600 + i * 100);
-            json!({"metric": "api_call", "value": 1, "timestamp": at.to_rfc3339()})
-        })
-        .collect();
-    track_all(&app, &key, events).await;
-    let id = start_move(&app, &key).await;
+    let (app, tenant, key, id) = slow_move_started("failed@isolation.test").await;
 
     let schema = schema_of(&tenant);
     let mut conn = app.db.connect().await;
@@ -1157,14 +1151,7 @@ async fn a_move_whose_copy_differs_fails_and_leaves_the_tenant_where_it_was() {
             .is_some_and(|e| e.contains("verification failed")),
         "{done}"
     );
-    let (_, row) = admin_call(
-        &app,
-        Method::GET,
-        &format!("/api/v1/tenants/{tenant}"),
-        None,
-    )
-    .await;
-    assert_eq!(row["isolationLevel"], "shared_schema");
+    assert_eq!(isolation_level(&app, &tenant).await, "shared_schema");
     let (_, metrics) = call(&app, &key, Method::GET, "/api/v1/usage/metrics", None).await;
     assert_eq!(metrics["apiCalls"], "600", "{metrics}");
     let left: Option<String> = sqlx::query_scalar("SELECT to_regnamespace($1)::text")
