@@ -36,7 +36,8 @@ pub enum ErrorCode {
     Unimplemented,
     /// REST only: the path exists with other HTTP methods: 405.
     MethodNotAllowed,
-    /// Postgres unreachable: 503.
+    /// Postgres unreachable, or the transaction rolled back for a
+    /// concurrent one (`CONCURRENT_CHANGE`): 503.
     Unavailable,
     Internal,
 }
