@@ -367,6 +367,7 @@ impl Server {
             db.clone(),
             clock.clone(),
             chrono::Duration::hours(i64::from(config.record_retention_hours)),
+            config.record_cache_mb as usize * 1024 * 1024,
         );
         let audit = crate::service::audit::AuditLog::new(db.clone());
         let isolation = Isolation::new(db.clone(), queue.clone(), clock.clone());

@@ -99,6 +99,13 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u32).range(1..=8760))]
     pub record_retention_hours: u32,
 
+    /// MiB of saved idempotent records each replica keeps in memory to
+    /// answer gets and repeated locks without the database (a saved record
+    /// never changes); 0 turns it off.
+    #[arg(long, env = "TENLYR_RECORD_CACHE_MB", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(0..=65_536))]
+    pub record_cache_mb: u32,
+
     /// Seconds after a tenant is terminated before its data (and its own
     /// schema or database) is purged: the billing sync pushes its last
     /// usage first, and writes still in flight land before, not after.

@@ -163,6 +163,7 @@ impl Bench {
             overage_prices: Default::default(),
             job_runners: 2,
             record_retention_hours: 24,
+            record_cache_mb: 64,
             terminated_purge_delay_secs: 3600,
             session_idle_minutes: 30,
             session_max_hours: 12,

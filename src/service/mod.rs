@@ -15,6 +15,7 @@ pub mod metering;
 pub mod outbound;
 pub mod paypal;
 pub mod records;
+pub mod saved_records;
 pub mod stripe;
 pub mod tenants;
 pub mod throttle;

@@ -19,6 +19,8 @@ use crate::{
     workers::{SharedClock, record_commit::RecordCommitWorker},
 };
 
+use super::saved_records::SavedRecords;
+
 /// Writes one commit takes at most.
 pub const MAX_COMMIT: usize = 512;
 /// Writes that may wait for the committer before callers wait to enqueue.
@@ -40,6 +42,9 @@ pub struct Records {
     /// every call on a key (so a process never has two batches wait on
     /// each other's row locks, and a key's calls keep their order).
     writes: Arc<[mpsc::Sender<Submission>]>,
+    /// Saved records answered from memory (they never change).
+    saved: Arc<SavedRecords>,
+    clock: SharedClock,
 }
 
 /// Committers per process: while one batch waits for its commit (the WAL
@@ -206,17 +211,27 @@ fn invalid(violations: Vec<FieldViolation>) -> ApiError {
 }
 
 impl Records {
-    /// The service and the worker that commits its writes.
-    pub fn new(db: Db, clock: SharedClock, retention: Duration) -> (Self, RecordCommitWorker) {
+    /// The service and the worker that commits its writes; saved records
+    /// are kept in memory up to `cache_bytes` (0: not at all).
+    pub fn new(
+        db: Db,
+        clock: SharedClock,
+        retention: Duration,
+        cache_bytes: usize,
+    ) -> (Self, RecordCommitWorker) {
         let (writes, shards): (Vec<_>, Vec<_>) =
             (0..committers()).map(|_| mpsc::channel(QUEUE)).unzip();
         let committer = Committer {
             db,
-            clock,
+            clock: clock.clone(),
             retention,
         };
-        let writes = writes.into();
-        (Self { writes }, RecordCommitWorker { shards, committer })
+        let records = Self {
+            writes: writes.into(),
+            saved: Arc::new(SavedRecords::new(cache_bytes)),
+            clock,
+        };
+        (records, RecordCommitWorker { shards, committer })
     }
 
     async fn write(&self, request: WriteRequest) -> Result<Written, ApiError> {
@@ -256,6 +271,12 @@ impl Records {
                 return Err(invalid(violations));
             }
         };
+        // The work is done: the saved result, as the database would answer.
+        let now = self.clock.now();
+        if let Some(record) = self.saved.get(tenant, key, now) {
+            rules::refuse_lock(&record, fingerprint, now)?;
+            return Ok(LockOutcome::Saved(record));
+        }
         // A record that vanished between the two statements of the call
         // (expired and purged) is simply locked again.
         for _ in 0..2 {
@@ -274,6 +295,7 @@ impl Records {
                 return Ok(LockOutcome::Locked(record));
             }
             rules::refuse_lock(&record, fingerprint, now)?;
+            self.saved.remember(tenant, &record);
             return Ok(LockOutcome::Saved(record));
         }
         Err(RecordError::Locked {
@@ -333,18 +355,24 @@ impl Records {
             .await?;
         let (saved_now, record) = found.ok_or(RecordError::NotFound)?;
         rules::refuse_save(&record, saved_now)?;
+        self.saved.remember(tenant, &record);
         Ok(record)
     }
 
     pub async fn get(&self, tenant: Uuid, key: &str) -> Result<Record, ApiError> {
         let key = rules::key(key).map_err(|v| invalid(vec![v]))?;
+        if let Some(record) = self.saved.get(tenant, key, self.clock.now()) {
+            return Ok(record);
+        }
         let (found, _) = self
             .write(WriteRequest::Get {
                 tenant,
                 key: key.to_owned(),
             })
             .await?;
-        Ok(found.ok_or(RecordError::NotFound)?.1)
+        let (_, record) = found.ok_or(RecordError::NotFound)?;
+        self.saved.remember(tenant, &record);
+        Ok(record)
     }
 }
 

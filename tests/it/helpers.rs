@@ -163,6 +163,7 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         overage_prices: Default::default(),
         job_runners: 2,
         record_retention_hours: 24,
+        record_cache_mb: 64,
         terminated_purge_delay_secs: 0,
         session_idle_minutes: 30,
         session_max_hours: 12,

@@ -423,3 +423,58 @@ async fn bad_input_names_the_field() {
     let (status, _) = call(&app, &key, Method::GET, "/v1/record/%20", None).await;
     assert_eq!(status, 422);
 }
+
+/// A saved record never changes, so each replica answers gets and repeated
+/// locks of it from memory: the answers must be the database's, word for
+/// word, and a record still locked must never be answered from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_record_reads_the_same_from_every_replica_and_a_locked_one_is_never_stale() {
+    let (a, b) = TestApp::spawn_pair().await;
+    let (_, key) = provision(&a, "cache@records.test", "growth", "UTC").await;
+    let (_, locked) = lock(&a, &key, json!({"key": "paid-7", "fingerprint": "f"})).await;
+    let (status, saved) = save(
+        &a,
+        &key,
+        json!({"key": "paid-7", "lockToken": locked["lockToken"],
+               "data": {"chargeId": "ch_7", "amount": 1250, "items": [1, "two"]}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{saved}");
+    // A answers from the record it saved, B from the database (then
+    // from memory): the same body either way, twice each.
+    for app in [&a, &b, &a, &b] {
+        let (status, got) = call(app, &key, Method::GET, "/v1/record/paid-7", None).await;
+        assert_eq!((status, &got), (200, &saved));
+    }
+    for app in [&a, &b] {
+        let (status, again) = lock(app, &key, json!({"key": "paid-7", "fingerprint": "f"})).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["state"], "saved");
+        assert_eq!(again["record"], saved);
+        let (status, other) = lock(app, &key, json!({"key": "paid-7", "fingerprint": "g"})).await;
+        assert_eq!(
+            (status, other["details"][0]["field"].as_str()),
+            (422, Some("fingerprint")),
+            "{other}"
+        );
+    }
+
+    // Locked and read on A, saved through B: A reads the save.
+    let (_, pending) = lock(&a, &key, json!({"key": "pending"})).await;
+    let (status, got) = call(&a, &key, Method::GET, "/v1/record/pending", None).await;
+    assert_eq!((status, got["state"].as_str()), (200, Some("locked")));
+    let (status, _) = save(
+        &b,
+        &key,
+        json!({"key": "pending", "lockToken": pending["lockToken"], "data": {"done": true}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, got) = call(&a, &key, Method::GET, "/v1/record/pending", None).await;
+    assert_eq!(
+        (status, got["state"].as_str()),
+        (200, Some("saved")),
+        "{got}"
+    );
+    assert_eq!(got["data"]["done"], true);
+}
