@@ -71,8 +71,9 @@ pub struct LiveCounters {
     store: Store,
     /// Committed totals not yet sent to Redis.
     unpublished: Mutex<HashMap<Period, Totals>>,
-    /// Totals read from Redis in the last [`READ_FRESH`], with this node's
-    /// own commits merged in as they happen (Redis mode).
+    /// Totals read from Redis (fresh for [`READ_FRESH`]), with this node's
+    /// own commits merged in as they happen, so that this node never reads
+    /// a total lower than one it committed (Redis mode).
     recent: Mutex<HashMap<Period, (Totals, Instant)>>,
     wake: Notify,
 }
@@ -140,10 +141,22 @@ impl LiveCounters {
         }
         match &self.store {
             Store::Redis(_) => {
+                // Held as this node's floor, not yet as a fresh read: a read
+                // of Redis that was answered before the flush of these
+                // totals landed must not take them back (see `get`).
                 let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                if recent.len() >= RECENT_MAX {
+                    recent.clear();
+                }
+                let unread = Instant::now().checked_sub(READ_FRESH);
                 for (period, totals) in &periods {
-                    if let Some((seen, _)) = recent.get_mut(period) {
-                        merge(seen, totals);
+                    match recent.get_mut(period) {
+                        Some((seen, _)) => merge(seen, totals),
+                        None => {
+                            if let Some(unread) = unread {
+                                recent.insert(*period, (*totals, unread));
+                            }
+                        }
                     }
                 }
                 drop(recent);
@@ -245,13 +258,22 @@ impl LiveCounters {
                             .await
                             .map_err(|err| tracing::warn!(error = %err, "reading usage counters from redis failed"))
                             .ok()?;
-                        let totals = Metric::ALL.map(|m| stored.get(m.as_str()).copied());
+                        let mut totals = Metric::ALL.map(|m| stored.get(m.as_str()).copied());
                         if totals.iter().all(Option::is_some) {
                             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
                             if recent.len() >= RECENT_MAX {
                                 recent.clear();
                             }
-                            recent.insert((tenant, start), (totals, Instant::now()));
+                            // This node's commits may be newer than Redis's
+                            // answer: the flush that sends them can land
+                            // after Redis answered and still empty
+                            // `unpublished` before this read merges it.
+                            let entry = recent
+                                .entry((tenant, start))
+                                .or_insert(([None; 4], Instant::now()));
+                            merge(&mut entry.0, &totals);
+                            entry.1 = Instant::now();
+                            totals = entry.0;
                         }
                         totals
                     }

@@ -391,6 +391,48 @@ async fn the_plan_limit_holds_exactly_across_two_replicas() {
     assert_eq!(usage.api_calls, 1001);
 }
 
+/// The CI's one flake of the test above, made certain: a read of Redis
+/// answered before this node's flush of a commit landed, and merged after
+/// the flush emptied the unpublished totals, read the count one behind.
+/// A node never reads a total lower than one it committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_never_reads_a_total_lower_than_one_it_committed() {
+    use fred::prelude::*;
+    use tenlyr::{service::counters::LiveCounters, storage::redis::Redis};
+
+    let redis = Redis::connect(&crate::helpers::redis_url()).await.unwrap();
+    let counters = LiveCounters::new(Some(redis.clone()));
+    let (tenant, start) = (Uuid::now_v7(), at("2026-12-01T00:00:00Z"));
+    let api_calls = |totals: Option<std::collections::HashMap<Metric, f64>>| {
+        totals.and_then(|t| t.get(&Metric::ApiCall).copied())
+    };
+    let mut before = std::collections::HashMap::new();
+    before.insert(Metric::ApiCall, 1000.0);
+    counters.rebuild(tenant, start, &before).await;
+    assert_eq!(api_calls(counters.get(tenant, start).await), Some(1000.0));
+    // Let that read go stale, then commit the 1,001st call and flush it.
+    tokio::time::sleep(tenlyr::service::counters::READ_FRESH).await;
+    counters
+        .publish(&[usage::MonthTotal {
+            tenant_id: tenant,
+            period_start: start,
+            metric: Metric::ApiCall,
+            total: 1001.0,
+        }])
+        .await;
+    counters.flush().await;
+    // The next read is answered as Redis stood before the flush landed.
+    let key = format!("tenlyr:usage:{tenant}:{}", start.timestamp());
+    let _: () = redis
+        .client()
+        .hset(&key, ("api_call", 1000.0))
+        .await
+        .unwrap();
+    tokio::time::sleep(tenlyr::service::counters::READ_FRESH).await;
+    assert_eq!(api_calls(counters.get(tenant, start).await), Some(1001.0));
+    let _: () = redis.client().del(&key).await.unwrap();
+}
+
 fn at(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
 }
