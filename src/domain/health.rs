@@ -4,13 +4,25 @@ use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, Utc};
 
-use super::tenant::violation;
+use super::{tenant::violation, usage::Metric};
 use crate::error::FieldViolation;
 
-/// A usage event counts as a request for health when it carries a status
-/// code; an error when that code is 500 or more.
+/// A status code that counts as an error: 500 or more.
 pub fn is_error(status_code: i32) -> bool {
     status_code >= 500
+}
+
+/// What a usage event adds to its minute's health counts: (requests,
+/// errors). An event with a status code is one request, an error when the
+/// code is. An `api_call` without one — the way the docs' quickstart and
+/// middleware track calls — is `value` requests that did not fail. Other
+/// events without a status code (storage, seats, compute) are usage only.
+pub fn counts(metric: Metric, value: f64, status_code: Option<i32>) -> (i64, i64) {
+    match (status_code, metric) {
+        (Some(code), _) => (1, i64::from(is_error(code))),
+        (None, Metric::ApiCall) => (value.round().max(0.0) as i64, 0),
+        (None, _) => (0, 0),
+    }
 }
 
 /// The minute bucket an event's health counts go to.
@@ -227,6 +239,18 @@ mod tests {
             last_1h: window(requests, errors),
             last_6h: window(requests, errors),
         }
+    }
+
+    #[test]
+    fn calls_tracked_without_a_status_code_count_as_requests_that_did_not_fail() {
+        assert_eq!(counts(Metric::ApiCall, 1.0, None), (1, 0));
+        assert_eq!(counts(Metric::ApiCall, 25.0, None), (25, 0));
+        assert_eq!(counts(Metric::ApiCall, 0.0, None), (0, 0));
+        assert_eq!(counts(Metric::ApiCall, 1.0, Some(200)), (1, 0));
+        assert_eq!(counts(Metric::ApiCall, 1.0, Some(503)), (1, 1));
+        assert_eq!(counts(Metric::Compute, 3.0, Some(500)), (1, 1));
+        assert_eq!(counts(Metric::StorageGb, 2.5, None), (0, 0));
+        assert_eq!(counts(Metric::Seats, 4.0, None), (0, 0));
     }
 
     #[test]

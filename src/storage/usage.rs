@@ -561,11 +561,12 @@ impl RollupColumns {
                 entry.0 += p.event.value;
                 entry.1 += 1;
             }
-            if let Some(code) = p.event.status_code {
-                let minute = health::minute(p.event.occurred_at);
-                *health.entry((p.tenant_id, minute, "requests")).or_default() += 1;
-                if health::is_error(code) {
-                    *health.entry((p.tenant_id, minute, "errors")).or_default() += 1;
+            let (requests, errors) =
+                health::counts(p.event.metric, p.event.value, p.event.status_code);
+            let minute = health::minute(p.event.occurred_at);
+            for (which, n) in [("requests", requests), ("errors", errors)] {
+                if n > 0 {
+                    *health.entry((p.tenant_id, minute, which)).or_default() += n;
                 }
             }
         }

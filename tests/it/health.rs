@@ -68,7 +68,8 @@ async fn statuses_follow_the_documented_table_from_minute_counts() {
     traffic_at(&app, &warning_key, 100, 5, base).await;
     traffic_at(&app, &critical_key, 100, 20, base).await;
     traffic_at(&app, &quiet_key, 3, 1, base).await;
-    // Events without a status code are usage, not requests.
+    // Events without a status code other than calls are usage, not
+    // requests.
     let (status, _) = call(
         &app,
         &healthy_key,
@@ -78,6 +79,23 @@ async fn statuses_follow_the_documented_table_from_minute_counts() {
     )
     .await;
     assert_eq!(status, 200);
+    // Calls tracked the docs' way (no status code) are requests that did
+    // not fail: 50 more for the healthy tenant.
+    let calls: Vec<Value> = (0..50)
+        .map(|_| {
+            json!({"metric": "api_call", "value": 1, "endpoint": "/v1/orders",
+                        "timestamp": base.to_rfc3339()})
+        })
+        .collect();
+    let (status, reply) = call(
+        &app,
+        &healthy_key,
+        Method::POST,
+        "/api/v1/usage/track/batch",
+        Some(json!({"events": calls})),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
 
     // Never scanned: unknown, checkedAt null.
     let (_, before) = admin_call(
@@ -108,9 +126,9 @@ async fn statuses_follow_the_documented_table_from_minute_counts() {
             h["errorRate"].as_f64(),
             h["requestRate"].as_f64()
         ),
-        (Some("healthy"), Some(2.5), Some(40.0))
+        (Some("healthy"), Some(2.0), Some(50.0))
     );
-    assert_eq!(h["slaRisk"], true, "2.5 % burns a 99.9 % budget 25x");
+    assert_eq!(h["slaRisk"], true, "2 % burns a 99.9 % budget 20x");
     assert_eq!(h["rateLimit"], Value::Null);
     let w = by_id(&warning);
     assert_eq!(
@@ -138,7 +156,7 @@ async fn statuses_follow_the_documented_table_from_minute_counts() {
     assert_eq!(
         overview,
         json!({"total": 5, "healthy": 2, "warning": 1, "critical": 1, "unknown": 1,
-               "avgErrorRate": ((2.5 + 5.0 + 20.0 + 33.33) / 4.0 * 100.0_f64).round() / 100.0})
+               "avgErrorRate": ((2.0 + 5.0 + 20.0 + 33.33) / 4.0 * 100.0_f64).round() / 100.0})
     );
 
     // The dashboard carries the same fields.
