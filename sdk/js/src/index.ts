@@ -30,6 +30,12 @@ export type IsolationMigration = Schemas["tenlyr.v1.IsolationMigration"];
 export type Billing = Schemas["tenlyr.v1.TenantBilling"];
 export type PortalUrl = Schemas["tenlyr.v1.CreatePortalUrlResponse"];
 export type Alert = Schemas["tenlyr.v1.Alert"];
+/** Whose alerts: a tenant's key, or (admin key) `{ tenantId }`; none: all. */
+export type AlertScope = string | { tenantId?: string };
+
+function alertScope(scope: AlertScope | undefined): [{ tenantId?: string }, string | undefined] {
+  return typeof scope === "string" ? [{}, scope] : [scope ?? {}, undefined];
+}
 export type ResolveAllAlertsResponse = Schemas["tenlyr.v1.ResolveAllAlertsResponse"];
 export type ErrorBody = Schemas["Error"];
 
@@ -79,6 +85,9 @@ export class NotFoundError extends TenlyrError {}
 export class ConflictError extends TenlyrError {}
 /** 400 / 422: the request failed validation; `.body.details` names the fields. */
 export class InvalidRequestError extends TenlyrError {}
+/** The docs' name for {@link InvalidRequestError} (the same class). */
+export const ValidationError = InvalidRequestError;
+export type ValidationError = InvalidRequestError;
 /** 429: rate limited; `.retryAfter` in seconds. Retried automatically. */
 export class RateLimitError extends TenlyrError {
   readonly retryAfter: number | undefined;
@@ -278,8 +287,23 @@ export class Tenlyr {
       list: (params: { limit?: number; cursor?: string } = {}) =>
         get<ListTenantsResponse>("/api/v1/tenants", params),
       get: (id: string) => get<Tenant>(`/api/v1/tenants/${enc(id)}`),
-      health: async (params: { limit?: number; cursor?: string } = {}) =>
-        (await get<Schemas["tenlyr.v1.ListDashboardTenantsResponse"]>("/api/v1/tenants/dashboard", params)).data,
+      // All tenants, every page merged into one array, as the docs say;
+      // with `limit` or `cursor`, just that page's rows.
+      health: async (params: { limit?: number; cursor?: string } = {}) => {
+        type Page = Schemas["tenlyr.v1.ListDashboardTenantsResponse"];
+        const path = "/api/v1/tenants/dashboard";
+        if (params.limit !== undefined || params.cursor !== undefined) {
+          return (await get<Page>(path, params)).data;
+        }
+        const rows: Page["data"] = [];
+        let cursor: string | undefined;
+        do {
+          const page: Page = await get<Page>(path, { limit: 100, ...(cursor ? { cursor } : {}) });
+          rows.push(...page.data);
+          cursor = page.nextCursor ?? undefined;
+        } while (cursor);
+        return rows;
+      },
       update: (id: string, patch: { name?: string; region?: string; timeZone?: string }) =>
         t.request<Tenant>({ method: "PATCH", path: `/api/v1/tenants/${enc(id)}`, body: patch }),
       suspend: (id: string, reason?: string) =>
@@ -352,12 +376,16 @@ export class Tenlyr {
     };
 
     this.alerts = {
-      list: (params: { tenantId?: string } = {}) => get<Alert[]>("/api/v1/alerts", params),
-      unresolved: (params: { tenantId?: string } = {}) => get<Alert[]>("/api/v1/alerts/unresolved", params),
+      // As documented, `key?` is a tenant's key (that tenant's alerts);
+      // an admin may pass `{ tenantId }` instead, or nothing for all.
+      list: (scope?: AlertScope) => get<Alert[]>("/api/v1/alerts", ...alertScope(scope)),
+      unresolved: (scope?: AlertScope) => get<Alert[]>("/api/v1/alerts/unresolved", ...alertScope(scope)),
       create: (input: CreateAlertInput) => t.request<Alert>({ method: "POST", path: "/api/v1/alerts", body: input }),
       resolve: (id: string) => t.request<Alert>({ method: "POST", path: `/api/v1/alerts/${enc(id)}/resolve`, body: {} }),
-      resolveAll: (params: { tenantId?: string } = {}) =>
-        t.request<ResolveAllAlertsResponse>({ method: "POST", path: "/api/v1/alerts/resolve-all", body: params }),
+      resolveAll: (scope?: AlertScope) => {
+        const [params, key] = alertScope(scope);
+        return t.request<ResolveAllAlertsResponse>({ method: "POST", path: "/api/v1/alerts/resolve-all", body: params, key });
+      },
     };
   }
 }

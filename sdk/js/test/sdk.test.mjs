@@ -12,6 +12,7 @@ import {
   NotFoundError,
   ConflictError,
   InvalidRequestError,
+  ValidationError,
   RateLimitError,
   TenlyrTimeoutError,
   TenlyrNetworkError,
@@ -82,6 +83,17 @@ test("health, alerts and billing", async () => {
   assert.equal((await admin.alerts.resolve(alert.id)).resolved, true);
   assert.ok((await admin.alerts.list({ tenantId: tenant.id })).length >= 1);
   assert.equal(typeof (await admin.alerts.resolveAll({ tenantId: tenant.id })).resolved, "number");
+  // The documented signatures: list(key?), unresolved(key?), resolveAll(key?)
+  // with the tenant's own key see and resolve only that tenant's alerts.
+  const open = await admin.alerts.create({ tenantId: tenant.id, type: "error_rate", severity: "critical", message: "5xx" });
+  const { tenant: other } = await admin.tenants.create({ name: "Other Co", ownerEmail: `other-${unique()}@sdk.test` });
+  const theirs = await admin.alerts.create({ tenantId: other.id, type: "error_rate", severity: "warning", message: "x" });
+  const mine = await admin.alerts.unresolved(apiKey);
+  assert.deepEqual(mine.map((a) => a.id), [open.id]);
+  assert.ok((await admin.alerts.list(apiKey)).every((a) => a.tenantId === tenant.id));
+  assert.equal((await admin.alerts.resolveAll(apiKey)).resolved, 1);
+  assert.deepEqual(await admin.alerts.unresolved(apiKey), []);
+  assert.ok((await admin.alerts.unresolved({ tenantId: other.id })).some((a) => a.id === theirs.id));
   const billing = await admin.billing.get(apiKey);
   assert.equal(billing.tenantId, tenant.id);
 });
@@ -99,6 +111,7 @@ test("every error class, from the real server", async () => {
   );
   await assert.rejects(admin.tenants.create({ name: "x", ownerEmail: "not-an-email" }), (err) => {
     assert.ok(err instanceof InvalidRequestError);
+    assert.ok(err instanceof ValidationError, "the docs name it ValidationError");
     assert.ok(Array.isArray(err.body.details), JSON.stringify(err.body));
     return true;
   });
@@ -230,6 +243,23 @@ test("waitForMigration polls until completed, throws on failed and on timeout", 
   const stuck = scripted([migration("in_progress")]);
   const waiting = new Tenlyr({ apiKey: "k", baseUrl: "http://sdk.test", fetchFn: stuck.fn });
   await assert.rejects(waiting.isolation.waitForMigration("m1", { pollIntervalMs: 10, timeoutMs: 50 }), TenlyrTimeoutError);
+});
+
+test("tenants.health() merges every page of the dashboard, as the docs say", async () => {
+  const row = (id) => ({ id, name: id, status: "active" });
+  const pages = scripted([
+    { status: 200, body: { data: [row("t1"), row("t2")], nextCursor: "c2" } },
+    { status: 200, body: { data: [row("t3")], nextCursor: null } },
+  ]);
+  const client = new Tenlyr({ apiKey: "k", baseUrl: "http://sdk.test", fetchFn: pages.fn });
+  assert.deepEqual((await client.tenants.health()).map((t) => t.id), ["t1", "t2", "t3"]);
+  assert.equal(pages.seen.length, 2);
+  assert.ok(pages.seen[1].url.includes("cursor=c2"), pages.seen[1].url);
+  // An explicit page is just that page.
+  const one = scripted([{ status: 200, body: { data: [row("t1")], nextCursor: "c2" } }]);
+  const paged = new Tenlyr({ apiKey: "k", baseUrl: "http://sdk.test", fetchFn: one.fn });
+  assert.deepEqual((await paged.tenants.health({ limit: 1 })).map((t) => t.id), ["t1"]);
+  assert.equal(one.seen.length, 1);
 });
 
 test("the docs' Quickstart, as written, against the server", async () => {

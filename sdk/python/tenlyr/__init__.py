@@ -15,6 +15,7 @@ from .errors import (
     TenlyrNetworkError,
     TenlyrNotImplementedError,
     TenlyrTimeoutError,
+    ValidationError,
 )
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "NotFoundError",
     "ConflictError",
     "InvalidRequestError",
+    "ValidationError",
     "RateLimitError",
     "TenlyrTimeoutError",
     "TenlyrNetworkError",

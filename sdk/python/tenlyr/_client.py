@@ -204,8 +204,19 @@ class Tenants(_Resource):
         return _wrap(await self._t.request("GET", f"/api/v1/tenants/{tenant_id}"))
 
     async def health(self, *, limit: Optional[int] = None, cursor: Optional[str] = None) -> List[Model]:
-        page = await self._t.request("GET", "/api/v1/tenants/dashboard", query={"limit": limit, "cursor": cursor})
-        return _wrap(page["data"])
+        """All tenants' dashboard rows, every page merged, as the docs say;
+        with ``limit`` or ``cursor``, just that page's rows."""
+        path = "/api/v1/tenants/dashboard"
+        if limit is not None or cursor is not None:
+            page = await self._t.request("GET", path, query={"limit": limit, "cursor": cursor})
+            return _wrap(page["data"])
+        rows: List[Any] = []
+        while True:
+            page = await self._t.request("GET", path, query={"limit": 100, "cursor": cursor})
+            rows.extend(page["data"])
+            cursor = page.get("nextCursor")
+            if not cursor:
+                return _wrap(rows)
 
     async def update(self, tenant_id: str, *, name: Optional[str] = None, region: Optional[str] = None,
                      time_zone: Optional[str] = None) -> Model:
@@ -308,11 +319,15 @@ class Billing(_Resource):
 
 
 class Alerts(_Resource):
-    async def list(self, *, tenant_id: Optional[str] = None) -> List[Model]:
-        return _wrap(await self._t.request("GET", "/api/v1/alerts", query={"tenantId": tenant_id}))
+    """As documented, ``key`` is a tenant's key (that tenant's alerts); an
+    admin may pass ``tenant_id=`` instead, or nothing for all."""
 
-    async def unresolved(self, *, tenant_id: Optional[str] = None) -> List[Model]:
-        return _wrap(await self._t.request("GET", "/api/v1/alerts/unresolved", query={"tenantId": tenant_id}))
+    async def list(self, key: Optional[str] = None, *, tenant_id: Optional[str] = None) -> List[Model]:
+        return _wrap(await self._t.request("GET", "/api/v1/alerts", query={"tenantId": tenant_id}, key=key))
+
+    async def unresolved(self, key: Optional[str] = None, *, tenant_id: Optional[str] = None) -> List[Model]:
+        return _wrap(await self._t.request("GET", "/api/v1/alerts/unresolved", query={"tenantId": tenant_id},
+                                           key=key))
 
     async def create(self, *, type: str, severity: str, message: str,  # noqa: A002 - the API's field
                      tenant_id: Optional[str] = None) -> Model:
@@ -322,9 +337,9 @@ class Alerts(_Resource):
     async def resolve(self, alert_id: str) -> Model:
         return _wrap(await self._t.request("POST", f"/api/v1/alerts/{alert_id}/resolve", body={}))
 
-    async def resolve_all(self, *, tenant_id: Optional[str] = None) -> Model:
+    async def resolve_all(self, key: Optional[str] = None, *, tenant_id: Optional[str] = None) -> Model:
         return _wrap(await self._t.request("POST", "/api/v1/alerts/resolve-all",
-                                           body=_camel_body({"tenant_id": tenant_id})))
+                                           body=_camel_body({"tenant_id": tenant_id}), key=key))
 
 
 class Tenlyr:

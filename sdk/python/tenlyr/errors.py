@@ -34,6 +34,10 @@ class InvalidRequestError(TenlyrError):
     """400 / 422: validation failed; ``body["details"]`` names the fields."""
 
 
+#: The docs' name for :class:`InvalidRequestError` (the same class).
+ValidationError = InvalidRequestError
+
+
 class RateLimitError(TenlyrError):
     """429: rate limited; ``retry_after`` in seconds. Retried automatically."""
 

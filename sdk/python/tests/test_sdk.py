@@ -84,6 +84,18 @@ def test_usage_health_alerts_billing():
             assert (await client.alerts.resolve(alert.id)).resolved is True
             assert len(await client.alerts.list(tenant_id=tenant.id)) >= 1
             assert isinstance((await client.alerts.resolve_all(tenant_id=tenant.id)).resolved, int)
+            # The documented signatures: list(key), unresolved(key), resolve_all(key)
+            # with the tenant's own key see and resolve only that tenant's alerts.
+            mine = await client.alerts.create(tenant_id=tenant.id, type="error_rate", severity="critical",
+                                              message="5xx")
+            other = (await client.tenants.create(name="Py Other", owner_email=email("other"))).tenant
+            theirs = await client.alerts.create(tenant_id=other.id, type="error_rate", severity="warning",
+                                                message="x")
+            assert [a.id for a in await client.alerts.unresolved(key)] == [mine.id]
+            assert all(a.tenant_id == tenant.id for a in await client.alerts.list(key))
+            assert (await client.alerts.resolve_all(key)).resolved == 1
+            assert await client.alerts.unresolved(key) == []
+            assert any(a.id == theirs.id for a in await client.alerts.unresolved(tenant_id=other.id))
             assert (await client.billing.get(key)).tenant_id == tenant.id
 
     run(main())
@@ -102,8 +114,9 @@ def test_error_classes_from_the_server():
                     await as_tenant.tenants.list()
             with pytest.raises(ConflictError):
                 await client.tenants.create(name="Py Errors", owner_email=result.tenant.owner_email)
-            with pytest.raises(InvalidRequestError) as err:
+            with pytest.raises(tenlyr.ValidationError) as err:
                 await client.tenants.create(name="x", owner_email="not-an-email")
+            assert isinstance(err.value, InvalidRequestError)
             assert isinstance(err.value.body["details"], list)
             await client.health.throttle(result.tenant.id, 1)
             await client.usage.track(tenant_key=result.api_key, metric="api_call", value=1)
@@ -113,6 +126,23 @@ def test_error_classes_from_the_server():
         for cls in (AuthenticationError, PermissionError, NotFoundError, ConflictError, InvalidRequestError,
                     TenlyrTimeoutError, TenlyrNetworkError, TenlyrNotImplementedError):
             assert issubclass(cls, TenlyrError)
+
+    run(main())
+
+
+def test_tenants_health_merges_every_page_as_the_docs_say():
+    async def main():
+        def row(i):
+            return {"id": i, "name": i, "status": "active"}
+        transport, seen = scripted([(200, {"data": [row("t1"), row("t2")], "nextCursor": "c2"}, {}),
+                                    (200, {"data": [row("t3")], "nextCursor": None}, {})])
+        async with tenlyr.Tenlyr(api_key="k", base_url="http://sdk.test", transport=transport) as client:
+            assert [t.id for t in await client.tenants.health()] == ["t1", "t2", "t3"]
+        assert len(seen) == 2 and seen[1][0].url.params["cursor"] == "c2"
+        transport, seen = scripted([(200, {"data": [row("t1")], "nextCursor": "c2"}, {})])
+        async with tenlyr.Tenlyr(api_key="k", base_url="http://sdk.test", transport=transport) as client:
+            assert [t.id for t in await client.tenants.health(limit=1)] == ["t1"]
+        assert len(seen) == 1
 
     run(main())
 
