@@ -11,7 +11,7 @@ use crate::{
         isolation::{self as rules, StartError},
         tenant::{IsolationLevel, TenantStatus},
     },
-    error::{ApiError, ErrorCode},
+    error::{ApiError, ErrorCode, FieldViolation},
     storage::{
         Db, isolation as repo, isolation::MigrationRow, jobs, tenant_data::Scope,
         tenants as tenant_repo,
@@ -41,11 +41,14 @@ impl From<StartError> for ApiError {
     fn from(err: StartError) -> Self {
         let message = err.to_string();
         match err {
-            StartError::MissingTarget => ApiError::bad_field("targetLevel", message),
-            StartError::Downgrade | StartError::SameLevel(_) => {
-                ApiError::new(ErrorCode::BadRequest, message)
+            StartError::MissingTarget => ApiError::validation(vec![FieldViolation {
+                field: "targetLevel".into(),
+                description: message,
+            }]),
+            // States of the tenant, not of the request (DESIGN.md §3).
+            StartError::Downgrade | StartError::SameLevel(_) | StartError::NotActive(_) => {
+                ApiError::new(ErrorCode::FailedPrecondition, message)
             }
-            StartError::NotActive(_) => ApiError::new(ErrorCode::FailedPrecondition, message),
         }
     }
 }
@@ -56,8 +59,9 @@ impl Isolation {
     }
 
     /// Starts an upgrade of `tenant_id` (an admin names it; a tenant key
-    /// migrates its own tenant, and naming another is a 404 that says
-    /// nothing of it). Returns the `pending` record at once.
+    /// migrates its own tenant, and naming another is a 403, answered
+    /// before any lookup, so it says nothing of that tenant). Returns the
+    /// `pending` record at once.
     pub async fn start(
         &self,
         actor: &Actor,
@@ -67,15 +71,17 @@ impl Isolation {
         let tenant_id = match (&actor.principal, tenant_id) {
             (Principal::Admin { .. }, Some(id)) => id,
             (Principal::Admin { .. }, None) => {
-                return Err(ApiError::bad_field(
-                    "tenantId",
-                    "is required with an admin key",
-                ));
+                return Err(ApiError::validation(vec![FieldViolation {
+                    field: "tenantId".into(),
+                    description: "is required with an admin key".into(),
+                }]));
             }
             (Principal::Tenant { tenant_id, .. }, None) => *tenant_id,
             (Principal::Tenant { tenant_id, .. }, Some(id)) if id == *tenant_id => id,
             (Principal::Tenant { .. }, Some(_)) => {
-                return Err(ApiError::not_found("Tenant not found"));
+                return Err(ApiError::permission_denied(
+                    "a tenant key can only migrate its own tenant",
+                ));
             }
             (Principal::Anonymous, _) => {
                 return Err(ApiError::new(

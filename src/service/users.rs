@@ -643,7 +643,9 @@ impl Users {
             )),
             (Principal::Tenant { tenant_id, .. }, None) => Ok(Some(*tenant_id)),
             (Principal::Tenant { tenant_id, .. }, Some(id)) if id == *tenant_id => Ok(Some(id)),
-            (Principal::Tenant { .. }, Some(_)) => Err(ApiError::not_found("Tenant not found")),
+            (Principal::Tenant { .. }, Some(_)) => Err(ApiError::permission_denied(
+                "a tenant key can only name its own tenant",
+            )),
             (Principal::Anonymous, _) => Err(ApiError::unauthenticated("sign in first")),
         }
     }

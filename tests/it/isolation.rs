@@ -572,9 +572,9 @@ async fn migrations_over_grpc_and_the_refusals() {
         (
             &app.admin_key,
             json!({"targetLevel": "dedicated_schema"}),
-            400,
+            422,
         ),
-        (&app.admin_key, json!({"tenantId": other}), 400),
+        (&app.admin_key, json!({"tenantId": other}), 422),
         (
             &app.admin_key,
             json!({"tenantId": other, "targetLevel": "nope"}),
@@ -598,12 +598,18 @@ async fn migrations_over_grpc_and_the_refusals() {
         (
             &key,
             json!({"tenantId": other, "targetLevel": "dedicated_database"}),
-            404,
+            403,
         ),
         (
             &key,
             json!({"tenantId": other, "targetLevel": "dedicated_schema"}),
-            404,
+            403,
+        ),
+        // Another tenant's id that does not exist: the same 403.
+        (
+            &key,
+            json!({"tenantId": uuid::Uuid::now_v7(), "targetLevel": "dedicated_schema"}),
+            403,
         ),
     ];
     for (k, body, expected) in cases {

@@ -35,6 +35,15 @@ async fn list_events(app: &TestApp, key: &str) -> Vec<Value> {
 async fn track_returns_the_documented_event_and_counts_it() {
     let app = TestApp::spawn().await;
     let (tenant, key) = provision(&app, "meter@one.test", "growth", "UTC").await;
+    // A tenant key naming another tenant (existing or not): 403, the
+    // wrong scope (DESIGN.md §3), before any lookup.
+    let (other, _) = provision(&app, "meter@other.test", "growth", "UTC").await;
+    for id in [other, Uuid::now_v7().to_string()] {
+        let path = format!("/api/v1/usage/metrics?tenantId={id}");
+        let (status, body) = call(&app, &key, Method::GET, &path, None).await;
+        assert_eq!(status, 403, "{body}");
+        assert_error_body(&body, 403, "Forbidden");
+    }
     let (status, event) = track(
         &app,
         &key,

@@ -220,7 +220,10 @@ impl v1::metering_service_server::MeteringService for MeteringApi {
             .transpose()?;
         let (tenant_id, facts) = match (&actor.principal, named) {
             (Principal::Tenant { tenant_id, .. }, Some(other)) if other != *tenant_id => {
-                return Err(ApiError::not_found("Tenant not found").into());
+                return Err(ApiError::permission_denied(
+                    "a tenant key can only read its own tenant's usage",
+                )
+                .into());
             }
             (
                 Principal::Tenant {
