@@ -651,9 +651,9 @@ impl Tenants {
         Ok(row)
     }
 
-    /// Starts an export: the tenant (usage, health and billing read
-    /// zero/unknown until those services fill them), audited. Its keys
-    /// follow page by page ([`Self::export_keys`]).
+    /// Starts an export: the tenant row, audited (the transport adds its
+    /// usage, health and billing). Its keys follow page by page
+    /// ([`Self::export_keys`]).
     pub async fn export(&self, actor: &Actor, id: Uuid) -> Result<tenant::Model, ApiError> {
         let tx = self.db.begin(actor.platform()?).await?;
         let mut tenant = repo::find(&tx, id).await?.ok_or_else(not_found)?;
