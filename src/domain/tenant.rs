@@ -33,6 +33,44 @@ impl PlanLimits {
     }
 }
 
+/// The largest own limit a tenant may be given: beyond any period's real
+/// usage, and exact as a JSON number.
+pub const MAX_OWN_LIMIT: i64 = 1 << 50;
+
+impl PlanLimits {
+    /// A tenant's own limits as an admin sets them: each absent (none of
+    /// its own) or 0 to [`MAX_OWN_LIMIT`]; the fields out of range are
+    /// named (wire names).
+    pub fn own(
+        api_calls: Option<i64>,
+        storage_gb: Option<i64>,
+        seats: Option<i64>,
+    ) -> Result<PlanLimits, Vec<FieldViolation>> {
+        let bad: Vec<FieldViolation> = [
+            ("apiCalls", api_calls),
+            ("storageGb", storage_gb),
+            ("seats", seats),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.is_some_and(|v| !(0..=MAX_OWN_LIMIT).contains(&v)))
+        .map(|(field, _)| {
+            violation(
+                field,
+                format!("must be 0 to {MAX_OWN_LIMIT}, or null for none"),
+            )
+        })
+        .collect();
+        if !bad.is_empty() {
+            return Err(bad);
+        }
+        Ok(PlanLimits {
+            api_calls,
+            storage_gb,
+            seats,
+        })
+    }
+}
+
 impl Plan {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -369,6 +407,31 @@ pub fn all_valid(checks: Vec<Result<(), FieldViolation>>) -> Result<(), ApiError
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn own_limits_are_zero_or_more_and_name_each_bad_field() {
+        assert_eq!(
+            PlanLimits::own(Some(5_000_000), None, Some(0)),
+            Ok(PlanLimits {
+                api_calls: Some(5_000_000),
+                storage_gb: None,
+                seats: Some(0)
+            })
+        );
+        let bad =
+            PlanLimits::own(Some(-1), Some(MAX_OWN_LIMIT + 1), Some(MAX_OWN_LIMIT)).unwrap_err();
+        let fields: Vec<&str> = bad.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["apiCalls", "storageGb"]);
+        // Own limits win over the plan's; the plan's fill the rest.
+        let own = PlanLimits::own(Some(7), None, None).unwrap();
+        assert_eq!(
+            PlanLimits::effective("growth", own),
+            PlanLimits {
+                api_calls: Some(7),
+                ..Plan::Growth.limits()
+            }
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -483,6 +483,49 @@ impl Tenants {
         Ok(updated)
     }
 
+    /// Sets the tenant's own limits (all three: `None` clears one). Like a
+    /// plan change they apply to the next usage commit and, once each
+    /// replica forgets the tenant's cached keys, to GetMetrics.
+    pub async fn set_limits(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        own: rules::PlanLimits,
+    ) -> Result<tenant::Model, ApiError> {
+        let tx = self.db.begin(actor.platform()?).await?;
+        let current = repo::find_for_update(&tx, id)
+            .await?
+            .ok_or_else(not_found)?;
+        rules::ensure_mutable(status_of(&current))?;
+        let from = json!({
+            "apiCalls": current.api_call_limit,
+            "storageGb": current.storage_gb_limit,
+            "seats": current.seats_limit,
+        });
+        let mut model = current.into_active_model();
+        model.api_call_limit = Set(own.api_calls);
+        model.storage_gb_limit = Set(own.storage_gb);
+        model.seats_limit = Set(own.seats);
+        model.updated_at = Set(Utc::now());
+        let updated = model.update(&tx).await?;
+        // Key lookups carry the limits (GetMetrics): forget them.
+        let digests = live_digests(&tx, id).await?;
+        Self::audit(
+            &tx,
+            actor,
+            id,
+            "tenant.set_limits",
+            Some(id),
+            json!({"from": from, "to": {
+                "apiCalls": own.api_calls, "storageGb": own.storage_gb, "seats": own.seats,
+            }}),
+        )
+        .await?;
+        tx.commit().await?;
+        self.keys.invalidate(digests).await;
+        Ok(updated)
+    }
+
     /// Replaces the primary key: the old one stops working at once.
     pub async fn rotate_key(
         &self,

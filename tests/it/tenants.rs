@@ -805,3 +805,152 @@ async fn a_terminated_tenant_s_data_is_purged_after_the_delay() {
     assert_eq!(events, 1, "the data stays until the purge is due");
     sqlx::Connection::close(conn).await.unwrap();
 }
+
+/// Enterprise's "custom" limits: an admin sets the tenant's own, they are
+/// enforced at once and show in GetMetrics; cleared, the plan's apply
+/// again (enterprise: none). Bad values are 422 naming the field; a tenant
+/// key may not set them; a terminated tenant's are read-only; audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enterprise_tenant_s_own_limits_are_set_enforced_and_cleared() {
+    use crate::helpers::{admin_call, call, provision};
+
+    let app = TestApp::spawn().await;
+    let (id, key) = provision(&app, "limits@enterprise.test", "enterprise", "UTC").await;
+    let path = format!("/api/v1/tenants/{id}/limits");
+    let (status, limits) = admin_call(&app, Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{limits}");
+    assert_eq!(
+        limits,
+        json!({"tenantId": id, "plan": "enterprise", "ownApiCalls": null, "ownStorageGb": null,
+               "ownSeats": null, "apiCallLimit": null, "storageGbLimit": null, "seatsLimit": null})
+    );
+
+    let (status, limits) = admin_call(
+        &app,
+        Method::PUT,
+        &path,
+        Some(json!({"apiCalls": 3, "seats": "10"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{limits}");
+    assert_eq!(
+        (
+            &limits["ownApiCalls"],
+            &limits["apiCallLimit"],
+            &limits["seatsLimit"]
+        ),
+        (&json!("3"), &json!("3"), &json!("10"))
+    );
+    assert_eq!(limits["storageGbLimit"], Value::Null);
+    let track = |n: usize| {
+        let events: Vec<Value> = (0..n)
+            .map(|_| json!({"metric": "api_call", "value": 1}))
+            .collect();
+        call(
+            &app,
+            &key,
+            Method::POST,
+            "/api/v1/usage/track/batch",
+            Some(json!({"events": events})),
+        )
+    };
+    let (status, reply) = track(3).await;
+    assert_eq!(
+        (status, reply["accepted"].as_i64()),
+        (200, Some(3)),
+        "{reply}"
+    );
+    let (status, reply) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v1/usage/track",
+        Some(json!({"metric": "api_call", "value": 1})),
+    )
+    .await;
+    assert_eq!(
+        (status, reply["reason"].as_str()),
+        (400, Some("PLAN_LIMIT_EXCEEDED")),
+        "{reply}"
+    );
+    let (_, metrics) = call(&app, &key, Method::GET, "/api/v1/usage/metrics", None).await;
+    assert_eq!(
+        (&metrics["apiCalls"], &metrics["apiCallLimit"]),
+        (&json!("3"), &json!("3"))
+    );
+
+    // Cleared: enterprise has no limit of its own plan.
+    let (status, limits) = admin_call(&app, Method::PUT, &path, Some(json!({}))).await;
+    assert_eq!(
+        (status, &limits["apiCallLimit"]),
+        (200, &Value::Null),
+        "{limits}"
+    );
+    let (status, reply) = track(2).await;
+    assert_eq!(
+        (status, reply["accepted"].as_i64()),
+        (200, Some(2)),
+        "{reply}"
+    );
+
+    // Bad input, and who may.
+    let (status, body) = admin_call(
+        &app,
+        Method::PUT,
+        &path,
+        Some(json!({"apiCalls": -1, "seats": 5})),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_error_body(&body, 422, "Unprocessable Entity");
+    assert_eq!(body["details"][0]["field"], "apiCalls", "{body}");
+    let (status, _) = call(
+        &app,
+        &key,
+        Method::PUT,
+        &path,
+        Some(json!({"apiCalls": 1000000})),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // gRPC: the same, and a terminated tenant's limits stay as they are.
+    let mut client = TenantServiceClient::new(app.channel().await);
+    let set = tenlyr::proto::v1::SetTenantLimitsRequest {
+        id: id.clone(),
+        api_calls: Some(50),
+        ..Default::default()
+    };
+    let reply = client
+        .set_tenant_limits(with_key(set.clone(), &app.admin_key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (reply.own_api_calls, reply.api_call_limit),
+        (Some(50), Some(50))
+    );
+    let (status, _) = admin_call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/tenants/{id}/terminate"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let err = client
+        .set_tenant_limits(with_key(set, &app.admin_key))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+
+    let (_, audit) = admin_call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/audit-logs?tenantId={id}&action=tenant.set_limits"),
+        None,
+    )
+    .await;
+    let entries = audit["data"].as_array().expect("audit page");
+    assert_eq!(entries.len(), 3, "{audit}");
+}

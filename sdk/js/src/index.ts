@@ -17,6 +17,7 @@ type BodyOf<Op extends keyof operations> = operations[Op] extends {
   : never;
 
 export type Tenant = Schemas["tenlyr.v1.Tenant"];
+export type TenantLimits = Schemas["tenlyr.v1.TenantLimits"];
 export type CreateTenantResponse = Schemas["tenlyr.v1.CreateTenantResponse"];
 export type ListTenantsResponse = Schemas["tenlyr.v1.ListTenantsResponse"];
 export type DashboardTenant = Schemas["tenlyr.v1.DashboardTenant"];
@@ -316,6 +317,11 @@ export class Tenlyr {
         t.request<RotateTenantKeyResponse>({ method: "POST", path: `/api/v1/tenants/${enc(id)}/rotate-key`, body: {} }),
       changePlan: (id: string, plan: Plan) =>
         t.request<Tenant>({ method: "PATCH", path: `/api/v1/tenants/${enc(id)}/plan`, body: { plan } }),
+      /** The tenant's own limits and those in force. */
+      limits: (id: string) => get<TenantLimits>(`/api/v1/tenants/${enc(id)}/limits`),
+      /** Sets the tenant's own limits (enterprise's custom ones); a field left out clears it. */
+      setLimits: (id: string, limits: { apiCalls?: number | null; storageGb?: number | null; seats?: number | null }) =>
+        t.request<TenantLimits>({ method: "PUT", path: `/api/v1/tenants/${enc(id)}/limits`, body: limits }),
       delete: async (id: string): Promise<void> => {
         await t.request<unknown>({ method: "DELETE", path: `/api/v1/tenants/${enc(id)}` });
       },

@@ -503,6 +503,24 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/tenants/{id}/limits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** GetTenantLimits */
+        get: operations["GetTenantLimits"];
+        /** SetTenantLimits */
+        put: operations["SetTenantLimits"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/tenants/{id}/plan": {
         parameters: {
             query?: never;
@@ -1404,6 +1422,17 @@ export interface components {
             rateLimit: number | null;
             checkedAt: string | null;
             lowVolume: boolean;
+        };
+        "tenlyr.v1.TenantLimits": {
+            tenantId: string;
+            /** @enum {string} */
+            plan: "unspecified" | "starter" | "growth" | "scale" | "enterprise";
+            ownApiCalls: string | null;
+            ownStorageGb: string | null;
+            ownSeats: string | null;
+            apiCallLimit: string | null;
+            storageGbLimit: string | null;
+            seatsLimit: string | null;
         };
         "tenlyr.v1.TenantUsageMetric": {
             tenantId: string;
@@ -2729,6 +2758,76 @@ export interface operations {
                 };
                 content: {
                     "*/*": unknown;
+                };
+            };
+            /** @description The documented error body */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    GetTenantLimits: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["tenlyr.v1.TenantLimits"];
+                };
+            };
+            /** @description The documented error body */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    SetTenantLimits: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    apiCalls?: string | null;
+                    storageGb?: string | null;
+                    seats?: string | null;
+                };
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["tenlyr.v1.TenantLimits"];
                 };
             };
             /** @description The documented error body */

@@ -45,6 +45,10 @@ test("tenants: the whole lifecycle", async () => {
   assert.ok(Array.isArray(dashboard));
   assert.equal((await admin.tenants.update(tenant.id, { name: "SDK Corp 2" })).name, "SDK Corp 2");
   assert.equal((await admin.tenants.changePlan(tenant.id, "scale")).plan, "scale");
+  const own = await admin.tenants.setLimits(tenant.id, { apiCalls: 5000, seats: 7 });
+  assert.deepEqual([own.ownApiCalls, own.apiCallLimit, own.seatsLimit], ["5000", "5000", "7"]);
+  assert.equal((await admin.tenants.limits(tenant.id)).ownSeats, "7");
+  assert.equal((await admin.tenants.setLimits(tenant.id, {})).apiCallLimit, "1000000", "scale's own again");
   const suspended = await admin.tenants.suspend(tenant.id, "unpaid");
   assert.equal(suspended.status, "suspended");
   assert.equal((await admin.tenants.reactivate(tenant.id)).status, "active");

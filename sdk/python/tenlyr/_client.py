@@ -239,6 +239,16 @@ class Tenants(_Resource):
     async def change_plan(self, tenant_id: str, plan: str) -> Model:
         return _wrap(await self._t.request("PATCH", f"/api/v1/tenants/{tenant_id}/plan", body={"plan": plan}))
 
+    async def limits(self, tenant_id: str) -> Model:
+        """The tenant's own limits and those in force."""
+        return _wrap(await self._t.request("GET", f"/api/v1/tenants/{tenant_id}/limits"))
+
+    async def set_limits(self, tenant_id: str, *, api_calls: Optional[int] = None,
+                         storage_gb: Optional[int] = None, seats: Optional[int] = None) -> Model:
+        """Sets the tenant's own limits (enterprise's custom ones); one left out is cleared."""
+        body = _camel_body({"api_calls": api_calls, "storage_gb": storage_gb, "seats": seats})
+        return _wrap(await self._t.request("PUT", f"/api/v1/tenants/{tenant_id}/limits", body=body))
+
     async def delete(self, tenant_id: str) -> None:
         await self._t.request("DELETE", f"/api/v1/tenants/{tenant_id}")
 

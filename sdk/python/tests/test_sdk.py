@@ -52,6 +52,10 @@ def test_tenants_lifecycle():
             assert isinstance(await client.tenants.health(), list)
             assert (await client.tenants.update(tenant.id, name="Py Corp 2")).name == "Py Corp 2"
             assert (await client.tenants.change_plan(tenant.id, "scale")).plan == "scale"
+            own = await client.tenants.set_limits(tenant.id, api_calls=5000, seats=7)
+            assert (own.own_api_calls, own.api_call_limit, own.seats_limit) == ("5000", "5000", "7")
+            assert (await client.tenants.limits(tenant.id)).own_seats == "7"
+            assert (await client.tenants.set_limits(tenant.id)).api_call_limit == "1000000"
             assert (await client.tenants.suspend(tenant.id, "unpaid")).status == "suspended"
             assert (await client.tenants.reactivate(tenant.id)).status == "active"
             assert (await client.tenants.rotate_api_key(tenant.id)).api_key != api_key

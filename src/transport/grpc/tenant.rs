@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::{actor, export, parse_id, timestamp};
 use crate::{
     app::AppState,
-    domain::tenant::{self as rules, Plan, TenantStatus, Transition},
+    domain::tenant::{self as rules, Plan, PlanLimits, TenantStatus, Transition},
     error::ApiError,
     proto::v1,
     service::billing::View,
@@ -87,6 +87,21 @@ pub fn tenant_to_proto(t: &tenant::Model) -> v1::Tenant {
         time_zone: t.time_zone.clone(),
         suspended_reason: t.suspended_reason.clone(),
         updated_at: Some(timestamp(t.updated_at)),
+    }
+}
+
+/// A tenant's own limits and those in force.
+fn limits_to_proto(t: &tenant::Model) -> v1::TenantLimits {
+    let limits = crate::service::tenants::limits(t);
+    v1::TenantLimits {
+        tenant_id: t.id.to_string(),
+        plan: plan_to_proto(&t.plan),
+        own_api_calls: t.api_call_limit,
+        own_storage_gb: t.storage_gb_limit,
+        own_seats: t.seats_limit,
+        api_call_limit: limits.api_calls,
+        storage_gb_limit: limits.storage_gb,
+        seats_limit: limits.seats,
     }
 }
 
@@ -333,6 +348,31 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         })?;
         Ok(Response::new(tenant_to_proto(
             &self.state.tenants.change_plan(&actor, id, plan).await?,
+        )))
+    }
+
+    async fn get_tenant_limits(
+        &self,
+        request: Request<v1::GetTenantLimitsRequest>,
+    ) -> ApiResult<v1::TenantLimits> {
+        let actor = actor(&request)?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        Ok(Response::new(limits_to_proto(
+            &self.state.tenants.get(&actor, id).await?,
+        )))
+    }
+
+    async fn set_tenant_limits(
+        &self,
+        request: Request<v1::SetTenantLimitsRequest>,
+    ) -> ApiResult<v1::TenantLimits> {
+        let actor = actor(&request)?;
+        let r = request.into_inner();
+        let id = parse_id("id", &r.id)?;
+        let own =
+            PlanLimits::own(r.api_calls, r.storage_gb, r.seats).map_err(ApiError::validation)?;
+        Ok(Response::new(limits_to_proto(
+            &self.state.tenants.set_limits(&actor, id, own).await?,
         )))
     }
 
