@@ -297,7 +297,8 @@ impl Server {
         let outbound = Outbound::new(guard.clone(), timeout)?;
         let health = Health::new(db.clone(), keys.clone(), outbox.clone(), clock.clone());
         let alerts = Alerts::new(db.clone(), outbox.clone(), clock.clone());
-        let throttle = Arc::new(Throttle::new(redis.clone()));
+        let throttle =
+            Arc::new(Throttle::new(redis.clone()).with_default(config.default_rate_limit_rpm));
         let webhook_wakeups = Wakeups::default();
         let inbound_cache = Arc::new(InboundConfigCache::default());
         let webhook_settings = WebhookSettings::new(

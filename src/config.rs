@@ -99,6 +99,14 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u32).range(1..=8760))]
     pub record_retention_hours: u32,
 
+    /// Requests a minute each tenant's keys may make when the tenant has no
+    /// throttle of its own (an admin's `POST /api/v1/health/{tenantId}/throttle`
+    /// overrides it); 0: no default limit. Each limited request costs a
+    /// Redis call (with Redis), so it is off unless set.
+    #[arg(long, env = "TENLYR_DEFAULT_RATE_LIMIT_RPM", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub default_rate_limit_rpm: u32,
+
     /// MiB of saved idempotent records each replica keeps in memory to
     /// answer gets and repeated locks without the database (a saved record
     /// never changes); 0 turns it off.

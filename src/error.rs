@@ -288,6 +288,10 @@ fn static_reason(reason: &str) -> &'static str {
         "LOCK_TOKEN_STALE",
         "RECORD_ALREADY_SAVED",
         "TENANT_THROTTLED",
+        "RATE_LIMITED",
+        "IDEMPOTENCY_KEY_IN_USE",
+        "MIGRATION_ACTIVE",
+        CONCURRENT_CHANGE,
         "INVALID_SIGNATURE",
         "MISSING_EVENT_ID",
         "INVALID_PAYLOAD",
@@ -380,6 +384,49 @@ impl From<sqlx::Error> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reason set anywhere (`with_reason("…")`) must survive the gRPC
+    /// round trip REST makes; one missing from the known set came out as
+    /// `UNKNOWN` (MIGRATION_ACTIVE did).
+    #[test]
+    fn every_reason_the_services_set_survives_the_round_trip() {
+        fn sources(dir: &std::path::Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    sources(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(std::fs::read_to_string(&path).unwrap());
+                }
+            }
+        }
+        let mut texts = Vec::new();
+        sources(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut texts,
+        );
+        let mut reasons = vec![CONCURRENT_CHANGE.to_owned()];
+        for text in &texts {
+            for part in text.split("with_reason(\"").skip(1) {
+                let reason = part.split('"').next().unwrap();
+                if !reason.is_empty() && reason.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+                {
+                    reasons.push(reason.to_owned());
+                }
+            }
+        }
+        assert!(reasons.len() > 10, "{reasons:?}");
+        for reason in reasons {
+            let err = ApiError::new(ErrorCode::AlreadyExists, "x")
+                .with_reason(Box::leak(reason.clone().into_boxed_str()));
+            let back = ApiError::from_status(&tonic::Status::from(err));
+            assert_eq!(
+                back.reason(),
+                reason,
+                "add {reason} to static_reason's KNOWN"
+            );
+        }
+    }
 
     #[test]
     fn status_round_trip_keeps_code_reason_and_fields() {

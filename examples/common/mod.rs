@@ -164,6 +164,7 @@ impl Bench {
             job_runners: 2,
             record_retention_hours: 24,
             record_cache_mb: 64,
+            default_rate_limit_rpm: 0,
             terminated_purge_delay_secs: 3600,
             session_idle_minutes: 30,
             session_max_hours: 12,

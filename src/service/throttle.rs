@@ -46,6 +46,10 @@ const SHARDS: usize = 64;
 /// Throttle decisions; cheap to share.
 pub struct Throttle {
     redis: Option<Redis>,
+    /// The limit of a tenant without its own throttle
+    /// (`TENLYR_DEFAULT_RATE_LIMIT_RPM`); `None`: such tenants are not
+    /// limited.
+    default_rpm: Option<i32>,
     /// TATs of this process (no Redis, or Redis unreachable), sharded by
     /// tenant.
     local: Vec<Mutex<HashMap<Uuid, i64>>>,
@@ -69,8 +73,23 @@ impl Throttle {
     pub fn new(redis: Option<Redis>) -> Self {
         Self {
             redis,
+            default_rpm: None,
             local: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
+    }
+
+    /// Limits every tenant without a throttle of its own to `rpm` requests
+    /// a minute (0: no default limit).
+    pub fn with_default(mut self, rpm: u32) -> Self {
+        self.default_rpm = i32::try_from(rpm).ok().filter(|rpm| *rpm > 0);
+        self
+    }
+
+    /// The limit a tenant's requests are held to: its own throttle, else
+    /// the default; and whether it is the default.
+    pub fn limit_for(&self, own: Option<i32>) -> Option<(i32, bool)> {
+        own.map(|rpm| (rpm, false))
+            .or(self.default_rpm.map(|rpm| (rpm, true)))
     }
 
     /// Whether one more request of `tenant` passes its limit of

@@ -317,21 +317,30 @@ async fn throttled(throttle: &Throttle, principal: &Principal) -> Option<ApiErro
     else {
         return None;
     };
-    let limit = tenant.rate_limit?;
+    let (limit, default) = throttle.limit_for(tenant.rate_limit)?;
     let decision = throttle.check(*tenant_id, limit).await;
     if decision.allowed {
         return None;
     }
     let reset = decision.wait.as_secs() + u64::from(decision.wait.subsec_nanos() > 0);
-    let mut err = ApiError::new(
-        ErrorCode::ResourceExhausted,
-        format!("this tenant is throttled to {limit} requests per minute"),
-    )
-    .with_reason("TENANT_THROTTLED");
+    let (message, reason, policy) = if default {
+        (
+            format!("this tenant's keys are limited to {limit} requests per minute"),
+            "RATE_LIMITED",
+            "default",
+        )
+    } else {
+        (
+            format!("this tenant is throttled to {limit} requests per minute"),
+            "TENANT_THROTTLED",
+            "tenant",
+        )
+    };
+    let mut err = ApiError::new(ErrorCode::ResourceExhausted, message).with_reason(reason);
     err.retry_after = Some(decision.wait);
     err.rate_limit = Some(Box::new((
-        format!("\"tenant\";q={limit};w=60"),
-        format!("\"tenant\";r={};t={}", decision.remaining, reset.max(1)),
+        format!("\"{policy}\";q={limit};w=60"),
+        format!("\"{policy}\";r={};t={}", decision.remaining, reset.max(1)),
     )));
     Some(err)
 }

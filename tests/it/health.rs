@@ -601,6 +601,50 @@ async fn without_redis_each_replica_throttles_exactly_for_itself() {
     }
 }
 
+/// `TENLYR_DEFAULT_RATE_LIMIT_RPM`: every tenant without a throttle of its
+/// own is held to the default (429 `RATE_LIMITED`, policy `default`); an
+/// admin's throttle replaces it for its tenant, higher or lower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_rate_limit_holds_every_tenant_without_its_own() {
+    let app = TestApp::spawn_with(|c| c.default_rate_limit_rpm = 30).await;
+    let (_, key) = provision(&app, "default@limit.test", "growth", "UTC").await;
+    let (responses, refilled) = timed_burst(&[&app], &key, 40, 30).await;
+    let accepted = responses.iter().filter(|r| r.status() == 200).count();
+    assert!(
+        (30..=30 + refilled).contains(&accepted),
+        "{accepted} accepted"
+    );
+    let refused = responses
+        .into_iter()
+        .find(|r| r.status() == 429)
+        .expect("a refusal");
+    assert_eq!(
+        refused.headers()["ratelimit-policy"],
+        "\"default\";q=30;w=60"
+    );
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["reason"], "RATE_LIMITED", "{body}");
+    assert_error_body(&body, 429, "Too Many Requests");
+
+    // A tenant with its own throttle is held to that instead.
+    let (tenant, key) = provision(&app, "own@limit.test", "growth", "UTC").await;
+    let (status, _) = admin_call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/health/{tenant}/throttle"),
+        Some(json!({"limitRpm": 120})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (responses, refilled) = timed_burst(&[&app], &key, 60, 120).await;
+    let accepted = responses.iter().filter(|r| r.status() == 200).count();
+    assert!(
+        (60..=60 + refilled).contains(&accepted),
+        "{accepted} accepted"
+    );
+}
+
 /// A redis-server of this test's own on a free port; killed on drop.
 struct PrivateRedis {
     url: String,

@@ -164,6 +164,7 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         job_runners: 2,
         record_retention_hours: 24,
         record_cache_mb: 64,
+        default_rate_limit_rpm: 0,
         terminated_purge_delay_secs: 0,
         session_idle_minutes: 30,
         session_max_hours: 12,

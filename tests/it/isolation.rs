@@ -566,6 +566,7 @@ async fn migrations_over_grpc_and_the_refusals() {
     .await;
     assert_eq!(status, 409, "{body}");
     assert_error_body(&body, 409, "Conflict");
+    assert_eq!(body["reason"], "MIGRATION_ACTIVE", "{body}");
 
     // Refusals, each with the documented status and nothing started.
     let cases = [
