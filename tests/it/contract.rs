@@ -58,7 +58,7 @@ fn documented_routes() -> Vec<(Method, String, &'static str, u16)> {
             Method::POST,
             "/api/v1/isolation/migrate".into(),
             "either",
-            400,
+            422,
         ),
         (
             Method::GET,
