@@ -1,8 +1,9 @@
 //! Idempotent records (`scripts/bench.sh records`): lock → save → get
-//! cycles over REST with 64 connections, each on its own key, beside the
-//! machine's floor (`GET /healthz` on the same connections) in interleaved
-//! rounds, then at a fixed rate below saturation (BENCH_RECORDS_RATE
-//! cycles/s, default 2,000). Prints cycles/s and p50/p99 per call.
+//! cycles with 64 connections, each on its own key, over REST and over
+//! native gRPC (64 HTTP/2 connections), beside the machine's floor
+//! (`GET /healthz` on the REST connections) in interleaved rounds, then
+//! over REST at a fixed rate below saturation (BENCH_RECORDS_RATE cycles/s,
+//! default 2,000). Prints cycles/s and p50/p99 per call.
 //! BENCH_SECONDS (default 10) sets the length of each measurement.
 
 mod common;
@@ -14,6 +15,8 @@ use std::{
 
 use common::{Bench, load, report};
 use serde_json::{Value, json};
+use tenlyr::proto::v1::{self, record_service_client::RecordServiceClient};
+use tonic::transport::Channel;
 
 const CONNECTIONS: usize = 64;
 const ROUNDS: u32 = 3;
@@ -54,6 +57,17 @@ async fn main() -> anyhow::Result<()> {
     let (mut samples, mut cycles, mut time) = (Vec::new(), 0, Duration::ZERO);
     // Per call: lock, save, get.
     let calls: Arc<Mutex<[Vec<Duration>; 3]>> = Arc::default();
+    // The same over gRPC: one HTTP/2 connection per caller.
+    let mut channels = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        channels.push(
+            Channel::from_shared(bench.base_url.clone())?
+                .connect()
+                .await?,
+        );
+    }
+    let (mut grpc_samples, mut grpc_cycles, mut grpc_time) = (Vec::new(), 0, Duration::ZERO);
+    let grpc_calls: Arc<Mutex<[Vec<Duration>; 3]>> = Arc::default();
     for round in 0..ROUNDS {
         let url = format!("{}/healthz", bench.base_url);
         let floor_http = http.clone();
@@ -69,10 +83,14 @@ async fn main() -> anyhow::Result<()> {
         .await;
         (floor_calls, floor_time) = (floor_calls + n, floor_time + t);
 
-        let (base, keys, http) = (bench.base_url.clone(), keys.clone(), http.clone());
+        let (base, rest_keys, rest_http) = (bench.base_url.clone(), keys.clone(), http.clone());
         let per_call = calls.clone();
         let (s, n, t) = load(CONNECTIONS, slice, move |c, n| {
-            let (base, key, http) = (base.clone(), keys[c % keys.len()].clone(), http.clone());
+            let (base, key, http) = (
+                base.clone(),
+                rest_keys[c % rest_keys.len()].clone(),
+                rest_http.clone(),
+            );
             let calls = per_call.clone();
             async move {
                 let record = format!("r{round}-c{c}-n{n}");
@@ -87,6 +105,26 @@ async fn main() -> anyhow::Result<()> {
         .await;
         samples.extend(s);
         (cycles, time) = (cycles + n, time + t);
+
+        let (grpc_channels, grpc_keys) = (channels.clone(), keys.clone());
+        let per_call = grpc_calls.clone();
+        let (s, n, t) = load(CONNECTIONS, slice, move |c, n| {
+            let client = RecordServiceClient::new(grpc_channels[c].clone());
+            let key = grpc_keys[c % grpc_keys.len()].clone();
+            let calls = per_call.clone();
+            async move {
+                let record = format!("g{round}-c{c}-n{n}");
+                let took = grpc_cycle(client, &key, &record).await;
+                let mut calls = calls.lock().unwrap();
+                for (all, took) in calls.iter_mut().zip(took) {
+                    all.push(took);
+                }
+                1
+            }
+        })
+        .await;
+        grpc_samples.extend(s);
+        (grpc_cycles, grpc_time) = (grpc_cycles + n, grpc_time + t);
     }
     let floor = floor_calls as f64 / floor_time.as_secs_f64();
     let per_sec = cycles as f64 / time.as_secs_f64();
@@ -99,6 +137,22 @@ async fn main() -> anyhow::Result<()> {
     );
     report("  latency per cycle (3 calls)", samples);
     let [locks, saves, gets] = std::mem::take(&mut *calls.lock().unwrap());
+    report(
+        "  latency per call",
+        locks.iter().chain(&saves).chain(&gets).copied().collect(),
+    );
+    report("    lock", locks);
+    report("    save", saves);
+    report("    get", gets);
+    let grpc_per_sec = grpc_cycles as f64 / grpc_time.as_secs_f64();
+    println!(
+        "{:<52} {grpc_per_sec:>10.0} cycles/s ({:.0} calls/s, {:.0} % of the floor's calls)",
+        "records over gRPC: Lock -> Save -> Get",
+        grpc_per_sec * 3.0,
+        grpc_per_sec * 3.0 / floor * 100.0
+    );
+    report("  latency per cycle (3 calls)", grpc_samples);
+    let [locks, saves, gets] = std::mem::take(&mut *grpc_calls.lock().unwrap());
     report(
         "  latency per call",
         locks.iter().chain(&saves).chain(&gets).copied().collect(),
@@ -199,5 +253,78 @@ async fn cycle(
         .unwrap();
     assert_eq!(r.status(), 200);
     let _ = r.bytes().await;
+    [lock_time, save_time, started.elapsed()]
+}
+
+/// One Lock → Save → Get over native gRPC; each call's latency.
+async fn grpc_cycle(
+    mut client: RecordServiceClient<Channel>,
+    key: &str,
+    record: &str,
+) -> [Duration; 3] {
+    let auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {key}").parse().unwrap();
+    fn with<T>(
+        message: T,
+        auth: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    ) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert("authorization", auth.clone());
+        request
+    }
+    let started = Instant::now();
+    let locked = client
+        .lock(with(
+            v1::LockRequest {
+                key: record.to_owned(),
+                ..Default::default()
+            },
+            &auth,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let lock_time = started.elapsed();
+    assert!(!locked.lock_token.is_empty(), "locked");
+    let data = prost_types::Struct {
+        fields: [
+            (
+                "chargeId".to_owned(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue(record.to_owned())),
+                },
+            ),
+            (
+                "amount".to_owned(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::NumberValue(12.5)),
+                },
+            ),
+        ]
+        .into(),
+    };
+    let started = Instant::now();
+    client
+        .save(with(
+            v1::SaveRequest {
+                key: record.to_owned(),
+                lock_token: locked.lock_token,
+                data: Some(data),
+            },
+            &auth,
+        ))
+        .await
+        .unwrap();
+    let save_time = started.elapsed();
+    let started = Instant::now();
+    client
+        .get(with(
+            v1::GetRequest {
+                key: record.to_owned(),
+            },
+            &auth,
+        ))
+        .await
+        .unwrap();
     [lock_time, save_time, started.elapsed()]
 }
