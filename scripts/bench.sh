@@ -5,6 +5,7 @@
 #                                # usage.metrics against /healthz
 #   scripts/bench.sh jobs        # job queue: jobs/s, enqueue-to-start latency
 #   scripts/bench.sh records     # /v1/record lock -> save -> get cycles/s, p99 per call
+#                                # (REST and gRPC)
 #   scripts/bench.sh webhooks    # deliveries/s, event commit -> receipt p50/p99
 #   scripts/bench.sh inbound     # signed provider webhooks/s (64 connections) and the
 #                                # 200's p50/p99; forwarding backlog at 1,000/s
