@@ -127,39 +127,19 @@ async fn main() -> anyhow::Result<()> {
         (grpc_cycles, grpc_time) = (grpc_cycles + n, grpc_time + t);
     }
     let floor = floor_calls as f64 / floor_time.as_secs_f64();
-    let per_sec = cycles as f64 / time.as_secs_f64();
     println!("{:<52} {floor:>10.0} calls/s", "floor: GET /healthz");
-    println!(
-        "{:<52} {per_sec:>10.0} cycles/s ({:.0} calls/s, {:.0} % of the floor's calls)",
+    summarize(
         "records: lock -> save -> get",
-        per_sec * 3.0,
-        per_sec * 3.0 / floor * 100.0
+        (cycles, time, samples),
+        &calls,
+        floor,
     );
-    report("  latency per cycle (3 calls)", samples);
-    let [locks, saves, gets] = std::mem::take(&mut *calls.lock().unwrap());
-    report(
-        "  latency per call",
-        locks.iter().chain(&saves).chain(&gets).copied().collect(),
-    );
-    report("    lock", locks);
-    report("    save", saves);
-    report("    get", gets);
-    let grpc_per_sec = grpc_cycles as f64 / grpc_time.as_secs_f64();
-    println!(
-        "{:<52} {grpc_per_sec:>10.0} cycles/s ({:.0} calls/s, {:.0} % of the floor's calls)",
+    summarize(
         "records over gRPC: Lock -> Save -> Get",
-        grpc_per_sec * 3.0,
-        grpc_per_sec * 3.0 / floor * 100.0
+        (grpc_cycles, grpc_time, grpc_samples),
+        &grpc_calls,
+        floor,
     );
-    report("  latency per cycle (3 calls)", grpc_samples);
-    let [locks, saves, gets] = std::mem::take(&mut *grpc_calls.lock().unwrap());
-    report(
-        "  latency per call",
-        locks.iter().chain(&saves).chain(&gets).copied().collect(),
-    );
-    report("    lock", locks);
-    report("    save", saves);
-    report("    get", gets);
 
     // A fixed rate below saturation: the latency a caller sees at that
     // load, without the closed loop's queue. Each connection starts a
@@ -210,6 +190,31 @@ async fn main() -> anyhow::Result<()> {
         fixed.iter().flatten().copied().collect(),
     );
     bench.finish().await
+}
+
+/// Prints one protocol's cycles/s beside the floor's calls/s, then the
+/// latency per cycle, per call and of each call.
+fn summarize(
+    name: &str,
+    (cycles, time, samples): (usize, Duration, Vec<Duration>),
+    calls: &Mutex<[Vec<Duration>; 3]>,
+    floor: f64,
+) {
+    let per_sec = cycles as f64 / time.as_secs_f64();
+    println!(
+        "{name:<52} {per_sec:>10.0} cycles/s ({:.0} calls/s, {:.0} % of the floor's calls)",
+        per_sec * 3.0,
+        per_sec * 3.0 / floor * 100.0
+    );
+    report("  latency per cycle (3 calls)", samples);
+    let [locks, saves, gets] = std::mem::take(&mut *calls.lock().unwrap());
+    report(
+        "  latency per call",
+        locks.iter().chain(&saves).chain(&gets).copied().collect(),
+    );
+    report("    lock", locks);
+    report("    save", saves);
+    report("    get", gets);
 }
 
 /// One lock → save → get over REST; each call's latency, the lock's
