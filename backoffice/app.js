@@ -498,10 +498,11 @@ function tenantsPage() {
 async function tenantPage(_query, id) {
   const tenant = await api("GET", `/api/v1/tenants/${id}`);
   const tz = tenant.timeZone;
-  const [billing, health, usage] = await Promise.all([
+  const [billing, health, usage, limits] = await Promise.all([
     api("GET", `/api/v1/billing/tenants/${id}`).catch((e) => e),
     api("GET", `/api/v1/health/${id}`).catch((e) => e),
     api("GET", "/api/v1/usage/metrics", { query: { tenantId: id } }).catch((e) => e),
+    api("GET", `/api/v1/tenants/${id}/limits`).catch((e) => e),
   ]);
   return h(
     "div",
@@ -524,12 +525,46 @@ async function tenantPage(_query, id) {
         ? stat("API calls", "unavailable", usage.message)
         : stat("API calls this period", usage.apiCalls, usage.apiCallLimit ? `of ${usage.apiCallLimit}` : "no limit"),
     ),
+    h("h2", {}, "Plan and limits"),
+    limits instanceof Error ? errorBox(limits) : planSection(tenant, limits),
     h("h2", {}, "Users"),
     usersSection(id, tz, ["owner", "developer", "viewer"]),
     h("h2", {}, "API keys"),
     keysSection(id, tz),
     h("p", {}, h("a", { href: `#/audit?tenantId=${id}` }, "Audit log of this tenant →")),
   );
+}
+
+// The tenant's plan and its own limits (enterprise's custom ones; on
+// another plan they override the plan's). An empty limit is the plan's.
+function planSection(tenant, limits) {
+  const shown = h("div");
+  const own = (name, label, value) =>
+    field(label, h("input", { name, type: "number", min: 0, step: 1, value: value ?? "", placeholder: "the plan's" }));
+  const or = (v, set, unset) => (v === null || v === undefined ? unset : `${v} ${set}`);
+  const inForce = (l) =>
+    `In force each period: ${or(l.apiCallLimit, "API calls", "unlimited API calls")}, ` +
+    `${or(l.storageGbLimit, "GB of storage", "unlimited storage")}, ${or(l.seatsLimit, "seats", "unlimited seats")}.`;
+  const current = h("p", { class: "muted", "data-testid": "limits-in-force" }, inForce(limits));
+  const fields = [
+    field("Plan", select("plan", PLANS, tenant.plan)),
+    own("apiCalls", "Own API call limit", limits.ownApiCalls),
+    own("storageGb", "Own storage limit (GB)", limits.ownStorageGb),
+    own("seats", "Own seat limit", limits.ownSeats),
+    current,
+  ];
+  const save = async (data) => {
+    if (data.get("plan") !== tenant.plan) {
+      tenant.plan = (await api("PATCH", `/api/v1/tenants/${tenant.id}/plan`, { body: { plan: data.get("plan") } })).plan;
+    }
+    const num = (k) => (data.get(k) === "" ? null : Number(data.get(k)));
+    const saved = await api("PUT", `/api/v1/tenants/${tenant.id}/limits`, {
+      body: { apiCalls: num("apiCalls"), storageGb: num("storageGb"), seats: num("seats") },
+    });
+    current.textContent = inForce(saved);
+    shown.replaceChildren(h("div", { class: "notice", role: "status", "data-testid": "limits-saved" }, `Plan ${saved.plan} and limits saved.`));
+  };
+  return h("div", { class: "card" }, form(fields, "Save plan and limits", save, { testid: "plan-limits" }), shown);
 }
 
 function usersSection(tenantId, tz, roles) {

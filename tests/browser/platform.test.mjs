@@ -203,6 +203,29 @@ test("platform webhooks and the live dashboard, in Chromium", { timeout: 240_000
     await admin.getByRole("heading", { name: `Dash ${run}` }).waitFor();
     assert.equal(admin.url().split("#")[1], tenantLink.slice(1));
 
+    // ------------------------------------------------ plan and own limits
+    // Enterprise with an own limit of 7 calls: the 7 tracked above fill it.
+    const limits = admin.getByTestId("plan-limits");
+    await limits.getByLabel("Plan").selectOption("enterprise");
+    await limits.getByLabel("Own API call limit").fill("7");
+    await limits.getByRole("button", { name: "Save plan and limits" }).click();
+    await admin.getByTestId("limits-saved").waitFor();
+    assert.match(await admin.getByTestId("limits-in-force").textContent(), /In force each period: 7 API calls, unlimited storage, unlimited seats/);
+    const over = await fetch(`${BASE}/api/v1/usage/track`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${tenantKey}`, "content-type": "application/json" },
+      body: JSON.stringify({ metric: "api_call", value: 1 }),
+    });
+    assert.equal(over.status, 400, "the own limit holds");
+    assert.equal((await over.json()).reason, "PLAN_LIMIT_EXCEEDED");
+    await screenshot(admin, "plan-limits");
+    // Cleared: enterprise has no limit of its own plan.
+    await limits.getByLabel("Own API call limit").fill("");
+    await limits.getByRole("button", { name: "Save plan and limits" }).click();
+    await until("the cleared limit", async () =>
+      /In force each period: unlimited API calls/.test(await admin.getByTestId("limits-in-force").textContent()),
+    );
+
     // ------------------------------------------------ not for tenant users
     const addUser = admin.getByTestId("add-user");
     await addUser.getByLabel("Email").fill(`viewer+${run}@dash.test`);
