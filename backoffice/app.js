@@ -558,9 +558,14 @@ function planSection(tenant, limits) {
       tenant.plan = (await api("PATCH", `/api/v1/tenants/${tenant.id}/plan`, { body: { plan: data.get("plan") } })).plan;
     }
     const num = (k) => (data.get(k) === "" ? null : Number(data.get(k)));
-    const saved = await api("PUT", `/api/v1/tenants/${tenant.id}/limits`, {
-      body: { apiCalls: num("apiCalls"), storageGb: num("storageGb"), seats: num("seats") },
-    });
+    const wanted = { apiCalls: num("apiCalls"), storageGb: num("storageGb"), seats: num("seats") };
+    const had = { apiCalls: limits.ownApiCalls, storageGb: limits.ownStorageGb, seats: limits.ownSeats };
+    // Only a changed limit is written (a plan change alone leaves them).
+    const changed = Object.keys(wanted).some((k) => wanted[k] !== (had[k] === null ? null : Number(had[k])));
+    const saved = changed
+      ? await api("PUT", `/api/v1/tenants/${tenant.id}/limits`, { body: wanted })
+      : await api("GET", `/api/v1/tenants/${tenant.id}/limits`);
+    limits = saved;
     current.textContent = inForce(saved);
     shown.replaceChildren(h("div", { class: "notice", role: "status", "data-testid": "limits-saved" }, `Plan ${saved.plan} and limits saved.`));
   };

@@ -295,7 +295,7 @@ impl Records {
                 return Ok(LockOutcome::Locked(record));
             }
             rules::refuse_lock(&record, fingerprint, now)?;
-            self.saved.remember(tenant, &record);
+            self.saved.remember(tenant, &record, self.clock.now());
             return Ok(LockOutcome::Saved(record));
         }
         Err(RecordError::Locked {
@@ -355,7 +355,7 @@ impl Records {
             .await?;
         let (saved_now, record) = found.ok_or(RecordError::NotFound)?;
         rules::refuse_save(&record, saved_now)?;
-        self.saved.remember(tenant, &record);
+        self.saved.remember(tenant, &record, self.clock.now());
         Ok(record)
     }
 
@@ -371,7 +371,7 @@ impl Records {
             })
             .await?;
         let (_, record) = found.ok_or(RecordError::NotFound)?;
-        self.saved.remember(tenant, &record);
+        self.saved.remember(tenant, &record, self.clock.now());
         Ok(record)
     }
 }

@@ -325,7 +325,7 @@ async fn throttled(throttle: &Throttle, principal: &Principal) -> Option<ApiErro
     let reset = decision.wait.as_secs() + u64::from(decision.wait.subsec_nanos() > 0);
     let (message, reason, policy) = if default {
         (
-            format!("this tenant's keys are limited to {limit} requests per minute"),
+            format!("this tenant is limited to {limit} requests per minute"),
             "RATE_LIMITED",
             "default",
         )
