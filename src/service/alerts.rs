@@ -6,7 +6,7 @@
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Actor, Principal, events::Outbox};
+use super::{Actor, events::Outbox};
 use crate::{
     domain::tenant::violation,
     error::{ApiError, FieldViolation},
@@ -55,25 +55,13 @@ impl Alerts {
         Self { db, outbox, clock }
     }
 
-    /// The tenant an admin filter or a tenant key names. A tenant key
-    /// naming another tenant is refused.
-    fn tenant_filter(actor: &Actor, requested: Option<Uuid>) -> Result<Option<Uuid>, ApiError> {
-        match (&actor.principal, requested) {
-            (Principal::Tenant { tenant_id, .. }, Some(other)) if other != *tenant_id => Err(
-                ApiError::permission_denied("a tenant key can only access its own alerts"),
-            ),
-            (Principal::Tenant { tenant_id, .. }, _) => Ok(Some(*tenant_id)),
-            (_, requested) => Ok(requested),
-        }
-    }
-
     pub async fn list(
         &self,
         actor: &Actor,
         tenant: Option<Uuid>,
         unresolved: bool,
     ) -> Result<Vec<AlertRow>, ApiError> {
-        let tenant = Self::tenant_filter(actor, tenant)?;
+        let tenant = actor.named_tenant(tenant)?;
         let tx = self.db.begin(actor.scope()?).await?;
         let rows = repo::alerts(&tx, tenant, unresolved, LIST_LIMIT).await?;
         tx.commit().await?;
@@ -81,7 +69,7 @@ impl Alerts {
     }
 
     pub async fn create(&self, actor: &Actor, input: NewAlert) -> Result<AlertRow, ApiError> {
-        let tenant = Self::tenant_filter(actor, input.tenant_id)?;
+        let tenant = actor.named_tenant(input.tenant_id)?;
         let alert_type = input.alert_type.trim();
         let message = input.message.trim();
         let mut violations: Vec<FieldViolation> = Vec::new();
@@ -161,7 +149,7 @@ impl Alerts {
     }
 
     pub async fn resolve_all(&self, actor: &Actor, tenant: Option<Uuid>) -> Result<u64, ApiError> {
-        let tenant = Self::tenant_filter(actor, tenant)?;
+        let tenant = actor.named_tenant(tenant)?;
         let tx = self.db.begin(actor.scope()?).await?;
         let resolved = repo::resolve_all(&tx, tenant, self.clock.now()).await?;
         for row in &resolved {

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use uuid::Uuid;
 
-use super::{Actor, Principal};
+use super::Actor;
 use crate::{
     error::ApiError,
     storage::{
@@ -76,15 +76,7 @@ impl AuditLog {
     }
 
     pub async fn list(&self, actor: &Actor, query: AuditQuery) -> Result<AuditPage, ApiError> {
-        let tenant = match (&actor.principal, query.tenant_id) {
-            (Principal::Tenant { tenant_id, .. }, Some(other)) if other != *tenant_id => {
-                return Err(ApiError::permission_denied(
-                    "a tenant key can only read its own tenant's audit log",
-                ));
-            }
-            (Principal::Tenant { tenant_id, .. }, _) => Some(*tenant_id),
-            (_, requested) => requested,
-        };
+        let tenant = actor.named_tenant(query.tenant_id)?;
         let limit = query.limit.unwrap_or(DEFAULT_PAGE);
         if !(1..=MAX_PAGE).contains(&limit) {
             return Err(ApiError::bad_field(

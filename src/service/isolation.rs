@@ -68,28 +68,12 @@ impl Isolation {
         tenant_id: Option<Uuid>,
         target: Option<IsolationLevel>,
     ) -> Result<MigrationRow, ApiError> {
-        let tenant_id = match (&actor.principal, tenant_id) {
-            (Principal::Admin { .. }, Some(id)) => id,
-            (Principal::Admin { .. }, None) => {
-                return Err(ApiError::validation(vec![FieldViolation {
-                    field: "tenantId".into(),
-                    description: "is required with an admin key".into(),
-                }]));
-            }
-            (Principal::Tenant { tenant_id, .. }, None) => *tenant_id,
-            (Principal::Tenant { tenant_id, .. }, Some(id)) if id == *tenant_id => id,
-            (Principal::Tenant { .. }, Some(_)) => {
-                return Err(ApiError::permission_denied(
-                    "a tenant key can only migrate its own tenant",
-                ));
-            }
-            (Principal::Anonymous, _) => {
-                return Err(ApiError::new(
-                    ErrorCode::Unauthenticated,
-                    "an API key is required",
-                ));
-            }
-        };
+        let tenant_id = actor.named_tenant(tenant_id)?.ok_or_else(|| {
+            ApiError::validation(vec![FieldViolation {
+                field: "tenantId".into(),
+                description: "is required with an admin key".into(),
+            }])
+        })?;
         let now = self.clock.now();
         let tx = self.db.begin(Scope::Platform).await?;
         let tenant = tenant_repo::find_for_update(&tx, tenant_id)

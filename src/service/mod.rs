@@ -140,6 +140,24 @@ impl Actor {
         }
     }
 
+    /// The tenant a request names (`tenantId`), as this actor may name it:
+    /// a tenant key names its own (naming none means its own; naming
+    /// another is 403, answered before any lookup, so it says nothing of
+    /// that tenant); an admin whichever it names (`None`: none). 401
+    /// without a key.
+    pub fn named_tenant(&self, named: Option<Uuid>) -> Result<Option<Uuid>, ApiError> {
+        match (&self.principal, named) {
+            (Principal::Tenant { tenant_id, .. }, Some(other)) if other != *tenant_id => Err(
+                ApiError::permission_denied("a tenant key can only name its own tenant"),
+            ),
+            (Principal::Tenant { tenant_id, .. }, _) => Ok(Some(*tenant_id)),
+            (Principal::Admin { .. }, named) => Ok(named),
+            (Principal::Anonymous, _) => {
+                Err(ApiError::unauthenticated("this method needs an API key"))
+            }
+        }
+    }
+
     pub fn credential(&self) -> Option<&Credential> {
         match &self.principal {
             Principal::Admin { via } | Principal::Tenant { via, .. } => Some(via),

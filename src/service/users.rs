@@ -635,19 +635,10 @@ impl Users {
             }
             return Ok(None);
         }
-        match (&actor.principal, named) {
-            (Principal::Admin { .. }, Some(id)) => Ok(Some(id)),
-            (Principal::Admin { .. }, None) => Err(ApiError::bad_field(
-                "tenantId",
-                "is required for a tenant role",
-            )),
-            (Principal::Tenant { tenant_id, .. }, None) => Ok(Some(*tenant_id)),
-            (Principal::Tenant { tenant_id, .. }, Some(id)) if id == *tenant_id => Ok(Some(id)),
-            (Principal::Tenant { .. }, Some(_)) => Err(ApiError::permission_denied(
-                "a tenant key can only name its own tenant",
-            )),
-            (Principal::Anonymous, _) => Err(ApiError::unauthenticated("sign in first")),
-        }
+        actor
+            .named_tenant(named)?
+            .ok_or_else(|| ApiError::bad_field("tenantId", "is required for a tenant role"))
+            .map(Some)
     }
 
     async fn issue(

@@ -218,31 +218,15 @@ impl v1::metering_service_server::MeteringService for MeteringApi {
         let named = (!named.is_empty())
             .then(|| super::parse_id("tenantId", named))
             .transpose()?;
-        let (tenant_id, facts) = match (&actor.principal, named) {
-            (Principal::Tenant { tenant_id, .. }, Some(other)) if other != *tenant_id => {
-                return Err(ApiError::permission_denied(
-                    "a tenant key can only read its own tenant's usage",
-                )
-                .into());
-            }
-            (
-                Principal::Tenant {
-                    tenant_id, tenant, ..
-                },
-                _,
-            ) => (*tenant_id, tenant.clone()),
-            (Principal::Admin { .. }, Some(id)) => {
-                let tenant = self.state.tenants.get(&actor, id).await?;
-                (id, std::sync::Arc::new(TenantFacts::of(&tenant)))
-            }
-            (Principal::Admin { .. }, None) => {
-                return Err(
-                    ApiError::bad_field("tenantId", "is required with an admin key").into(),
-                );
-            }
-            (Principal::Anonymous, _) => {
-                return Err(ApiError::unauthenticated("this method needs an API key").into());
-            }
+        let tenant_id = actor
+            .named_tenant(named)?
+            .ok_or_else(|| ApiError::bad_field("tenantId", "is required with an admin key"))?;
+        // A tenant key carries its tenant's facts; an admin's are read.
+        let facts = match &actor.principal {
+            Principal::Tenant { tenant, .. } => tenant.clone(),
+            _ => std::sync::Arc::new(TenantFacts::of(
+                &self.state.tenants.get(&actor, tenant_id).await?,
+            )),
         };
         let usage = self.state.metering.current(tenant_id, &facts).await?;
         Ok(Response::new(usage_to_proto(tenant_id, &usage)))

@@ -12,7 +12,6 @@ use crate::{
     proto::v1,
     service::billing::View,
     service::{
-        Actor, Principal,
         keys::TenantFacts,
         metering::PeriodUsage,
         tenants::{NewTenantInput, TenantChanges},
@@ -151,17 +150,6 @@ fn key_to_proto(k: &api_key::Model) -> v1::ApiKey {
         last_used_at: k.last_used_at.map(timestamp),
         revoked_at: k.revoked_at.map(timestamp),
         primary: k.is_primary,
-    }
-}
-
-/// A tenant key may act on its own tenant only; no principal at all is 401.
-fn own_tenant(actor: &Actor, tenant_id: Uuid) -> Result<(), ApiError> {
-    match actor.principal {
-        Principal::Tenant { tenant_id: own, .. } if own != tenant_id => Err(
-            ApiError::permission_denied("a tenant key can only access its own tenant"),
-        ),
-        Principal::Anonymous => Err(ApiError::unauthenticated("this method needs an API key")),
-        _ => Ok(()),
     }
 }
 
@@ -449,7 +437,7 @@ impl v1::tenant_service_server::TenantService for TenantApi {
     ) -> ApiResult<v1::CreateApiKeyResponse> {
         let actor = actor(&request)?;
         let tenant_id = parse_id("tenantId", &request.get_ref().tenant_id)?;
-        own_tenant(&actor, tenant_id)?;
+        actor.named_tenant(Some(tenant_id))?;
         let (key, api_key) = self
             .state
             .tenants
@@ -467,7 +455,7 @@ impl v1::tenant_service_server::TenantService for TenantApi {
     ) -> ApiResult<v1::ListApiKeysResponse> {
         let actor = actor(&request)?;
         let tenant_id = parse_id("tenantId", &request.get_ref().tenant_id)?;
-        own_tenant(&actor, tenant_id)?;
+        actor.named_tenant(Some(tenant_id))?;
         let keys = self.state.tenants.list_keys(&actor, tenant_id).await?;
         Ok(Response::new(v1::ListApiKeysResponse {
             data: keys.iter().map(key_to_proto).collect(),
@@ -481,7 +469,7 @@ impl v1::tenant_service_server::TenantService for TenantApi {
         let actor = actor(&request)?;
         let tenant_id = parse_id("tenantId", &request.get_ref().tenant_id)?;
         let key_id = parse_id("keyId", &request.get_ref().key_id)?;
-        own_tenant(&actor, tenant_id)?;
+        actor.named_tenant(Some(tenant_id))?;
         Ok(Response::new(key_to_proto(
             &self
                 .state
