@@ -18,7 +18,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicI64, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -63,30 +63,63 @@ const QUEUE: usize = 8192;
 pub const DEFAULT_PAGE: u64 = 50;
 pub const MAX_PAGE: u64 = 200;
 
-/// Whether the gateway is saturated: [`PRESSURE_GROUP`] or more verified
-/// webhooks queued behind one log commit within the last [`PRESSURE_HOLD`]. The delivery dispatcher reads
-/// it and holds forwarding to a few requests in flight meanwhile:
-/// acknowledging providers (who time out and retry) comes first, and the
-/// forwarding backlog is sent once the burst is over.
+/// Whether the gateway is saturated: the webhooks found queued behind each
+/// log commit, averaged over the last commits, reached [`PRESSURE_GROUP`]
+/// within the last [`PRESSURE_HOLD`]. The delivery dispatcher reads it and
+/// forwards in paced batches meanwhile: acknowledging providers (who time
+/// out and retry) comes first, and the forwarding backlog is sent once the
+/// burst is over.
+///
+/// An average, not one commit: a single stall of the machine (15-20 ms at
+/// 1,000 webhooks/s) leaves one large group behind it, and pacing
+/// forwarding for each such stall left it behind a steady 1,000/s.
 #[derive(Debug, Clone, Default)]
-pub struct Pressure(Arc<AtomicI64>);
+pub struct Pressure(Arc<PressureState>);
+
+#[derive(Debug, Default)]
+struct PressureState {
+    /// Unix millis until which the gateway counts as saturated.
+    until: AtomicI64,
+    /// Moving average of the webhooks per commit, in 1/16ths.
+    average: AtomicU32,
+}
 
 /// How long one sign of saturation counts.
 pub const PRESSURE_HOLD: Duration = Duration::from_millis(250);
-/// Webhooks that queued behind one commit that mean saturation (at 1,000/s
-/// a commit finds one or two).
-const PRESSURE_GROUP: usize = 8;
+/// The average webhooks per commit that means saturation (at 1,000/s a
+/// commit finds one or two).
+const PRESSURE_GROUP: u32 = 8;
+/// The moving average's weight of the newest commit: 1/8.
+const PRESSURE_WEIGHT_SHIFT: u32 = 3;
 
 impl Pressure {
     /// Marks the gateway saturated for [`PRESSURE_HOLD`] (the gateway calls
     /// it; a test holds it to drive the dispatcher's paced batches).
     pub fn raise(&self) {
         let until = Utc::now().timestamp_millis() + PRESSURE_HOLD.as_millis() as i64;
-        self.0.store(until, Ordering::Relaxed);
+        self.0.until.store(until, Ordering::Relaxed);
+    }
+
+    /// Counts one commit of `webhooks` into the average; raises the
+    /// pressure when the average reaches [`PRESSURE_GROUP`].
+    pub fn observe(&self, webhooks: usize) {
+        let sample = u32::try_from(webhooks).unwrap_or(u32::MAX).min(1 << 20) << 4;
+        let step = |avg: u32| {
+            let moved = (i64::from(sample) - i64::from(avg)) >> PRESSURE_WEIGHT_SHIFT;
+            Some((i64::from(avg) + moved) as u32)
+        };
+        let before = self
+            .0
+            .average
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, step)
+            .unwrap_or_default();
+        if step(before).unwrap_or_default() >= PRESSURE_GROUP << 4 {
+            self.raise();
+        }
     }
 
     pub fn active(&self) -> bool {
-        Utc::now().timestamp_millis() < self.0.load(Ordering::Relaxed)
+        Utc::now().timestamp_millis() < self.0.until.load(Ordering::Relaxed)
     }
 }
 
@@ -640,9 +673,7 @@ impl Gateway {
 impl Committer {
     /// Logs one batch; the answer for each submission.
     pub(crate) async fn commit(&self, group: Vec<LogSubmission>) {
-        if group.len() >= PRESSURE_GROUP {
-            self.pressure.raise();
-        }
+        self.pressure.observe(group.len());
         let now_ms = Utc::now().timestamp_millis();
         let rows: Vec<InboundRow> = group.iter().map(|s| s.row.clone()).collect();
         let result = if now_ms < self.down_until.load(Ordering::Relaxed) {
@@ -879,5 +910,46 @@ impl WebhookEvents {
             .ok_or_else(|| ApiError::not_found("Webhook event not found"))?;
         tx.commit().await?;
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pressure;
+
+    #[test]
+    fn one_stall_does_not_pace_forwarding_but_saturation_does() {
+        let pressure = Pressure::default();
+        // A steady 1,000/s: one or two webhooks per commit, then one commit
+        // that found 40 behind a stall of the machine, then steady again.
+        for _ in 0..50 {
+            pressure.observe(2);
+        }
+        pressure.observe(40);
+        assert!(!pressure.active(), "one stall is not saturation");
+        for _ in 0..5 {
+            pressure.observe(1);
+        }
+        assert!(!pressure.active());
+        // Saturated: every commit finds dozens queued.
+        pressure.observe(30);
+        pressure.observe(30);
+        assert!(pressure.active(), "two full commits in a row are");
+    }
+
+    #[test]
+    fn the_average_comes_back_down_once_the_burst_is_over() {
+        let pressure = Pressure::default();
+        for _ in 0..20 {
+            pressure.observe(100);
+        }
+        for _ in 0..40 {
+            pressure.observe(1);
+        }
+        let average = pressure
+            .0
+            .average
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(average < 2 << 4, "average {average}/16 after the burst");
     }
 }
