@@ -37,6 +37,9 @@ use self::login::AppLogin;
 /// The role requests run as.
 pub const APP_ROLE: &str = "tenlyr_app";
 
+/// A pooled connection idle this long is pinged before it is handed out.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Debug)]
 pub struct Db {
     app: DatabaseConnection,
@@ -71,6 +74,21 @@ impl Db {
             .max_connections(pool_size)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(5))
+            // sqlx pings every connection it hands out by default: one more
+            // round trip before each transaction, on top of the ping it
+            // makes when a connection comes back. A connection that was
+            // just returned (and pinged) has nothing to find; one idle for
+            // a while may have lost its server (a restart, a failover), so
+            // only that one is pinged, and dropped if it fails.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(options);
         Ok(Self {
             app: SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
