@@ -18,7 +18,8 @@ use std::{
 };
 
 use axum::{extract::Request, http::StatusCode};
-use common::{Bench, load, report};
+use common::{Bench, Connections, load, report};
+use http::Method;
 use ring::hmac;
 use serde_json::{Value, json};
 
@@ -67,27 +68,27 @@ async fn start_sink(received: Arc<AtomicUsize>) -> anyhow::Result<String> {
     Ok(format!("http://{addr}/callback"))
 }
 
-/// Sends one signed webhook with a unique event id; whether it was 200.
-async fn send(http: &reqwest::Client, url: &str, id: &str) -> bool {
+/// Caller `c` sends one signed webhook with a unique event id to `path`;
+/// whether it was 200.
+async fn send(conns: &Connections, c: usize, path: &str, id: &str) -> bool {
     let body = json!({"id": id, "type": "charge.succeeded", "created": 1_771_815_596,
         "data": {"object": {"id": format!("ch_{id}"), "amount": 1250, "currency": "usd"}}})
     .to_string();
     let sig = stripe_signature(&body);
-    let r = http
-        .post(url)
-        .header("content-type", "application/json")
-        .header("stripe-signature", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let ok = r.status() == 200;
-    let _ = r.bytes().await;
-    ok
+    let (status, _) = conns
+        .send(
+            c,
+            Method::POST,
+            path,
+            &[("stripe-signature", sig.as_str())],
+            Some(body),
+        )
+        .await;
+    status == 200
 }
 
 /// Provisions the tenants of one phase with Stripe enabled (and the
-/// callback URL, if given); their slug URLs.
+/// callback URL, if given); their slug routes' paths.
 async fn tenants(
     bench: &Bench,
     http: &reqwest::Client,
@@ -118,7 +119,7 @@ async fn tenants(
             .json()
             .await?;
         let slug = tenant["slug"].as_str().unwrap_or_default();
-        urls.push(format!("{}/v1/t/{slug}/webhooks/stripe", bench.base_url));
+        urls.push(format!("/v1/t/{slug}/webhooks/stripe"));
     }
     Ok(urls)
 }
@@ -134,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
     let callback = start_sink(received.clone()).await?;
     let urls = Arc::new(tenants(&bench, &http, "inbound", Some(&callback)).await?);
     let quiet = Arc::new(tenants(&bench, &http, "logonly", None).await?);
+    let conns = Connections::open(&bench.base_url, CONNECTIONS).await?;
     println!(
         "tenlyr inbound gateway benchmark: {CONNECTIONS} connections, {TENANTS} tenants, \
          {} s per measurement in {ROUNDS} rounds, forwarding to a loopback receiver",
@@ -144,38 +146,36 @@ async fn main() -> anyhow::Result<()> {
     let (mut samples, mut accepted, mut time) = (Vec::new(), 0, Duration::ZERO);
     let (mut quiet_samples, mut quiet_accepted, mut quiet_time) = (Vec::new(), 0, Duration::ZERO);
     for round in 0..ROUNDS {
-        let url = format!("{}/healthz", bench.base_url);
-        let floor_http = http.clone();
-        let (_, n, t) = load(CONNECTIONS, slice, move |_, _| {
-            let (http, url) = (floor_http.clone(), url.clone());
+        let floor_conns = conns.clone();
+        let (_, n, t) = load(CONNECTIONS, slice, move |c, _| {
+            let conns = floor_conns.clone();
             async move {
-                let r = http.get(&url).send().await.unwrap();
-                assert_eq!(r.status(), 200);
-                let _ = r.bytes().await;
+                let (status, _) = conns.send(c, Method::GET, "/healthz", &[], None).await;
+                assert_eq!(status, 200);
                 1
             }
         })
         .await;
         (floor_calls, floor_time) = (floor_calls + n, floor_time + t);
 
-        let (forwarded, client) = (urls.clone(), http.clone());
+        let (forwarded, client) = (urls.clone(), conns.clone());
         let (s, n, t) = load(CONNECTIONS, slice, move |c, n| {
-            let (urls, http) = (forwarded.clone(), client.clone());
+            let (urls, conns) = (forwarded.clone(), client.clone());
             async move {
                 let id = format!("evt_r{round}_c{c}_n{n}");
-                usize::from(send(&http, &urls[c % urls.len()], &id).await)
+                usize::from(send(&conns, c, &urls[c % urls.len()], &id).await)
             }
         })
         .await;
         samples.extend(s);
         (accepted, time) = (accepted + n, time + t);
 
-        let (logged_only, client) = (quiet.clone(), http.clone());
+        let (logged_only, client) = (quiet.clone(), conns.clone());
         let (s, n, t) = load(CONNECTIONS, slice, move |c, n| {
-            let (urls, http) = (logged_only.clone(), client.clone());
+            let (urls, conns) = (logged_only.clone(), client.clone());
             async move {
                 let id = format!("evt_q{round}_c{c}_n{n}");
-                usize::from(send(&http, &urls[c % urls.len()], &id).await)
+                usize::from(send(&conns, c, &urls[c % urls.len()], &id).await)
             }
         })
         .await;
@@ -220,10 +220,11 @@ async fn main() -> anyhow::Result<()> {
     let mut backlog = Vec::new();
     for i in 0..rate * seconds {
         ticker.tick().await;
-        let (http, url) = (http.clone(), urls[i as usize % urls.len()].clone());
+        let (conns, path) = (conns.clone(), urls[i as usize % urls.len()].clone());
+        let c = i as usize % CONNECTIONS;
         tasks.push(tokio::spawn(async move {
             let started = Instant::now();
-            let ok = send(&http, &url, &format!("evt_rate_{i}")).await;
+            let ok = send(&conns, c, &path, &format!("evt_rate_{i}")).await;
             (ok, started.elapsed())
         }));
         if i % rate == rate - 1 {

@@ -13,7 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Bench, load, report};
+use common::{Bench, Connections, load, report};
+use http::Method;
 use serde_json::{Value, json};
 use tenlyr::proto::v1::{self, record_service_client::RecordServiceClient};
 use tonic::transport::Channel;
@@ -57,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
     let (mut samples, mut cycles, mut time) = (Vec::new(), 0, Duration::ZERO);
     // Per call: lock, save, get.
     let calls: Arc<Mutex<[Vec<Duration>; 3]>> = Arc::default();
+    let conns = Connections::open(&bench.base_url, CONNECTIONS).await?;
     // The same over gRPC: one HTTP/2 connection per caller.
     let mut channels = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS {
@@ -69,32 +71,26 @@ async fn main() -> anyhow::Result<()> {
     let (mut grpc_samples, mut grpc_cycles, mut grpc_time) = (Vec::new(), 0, Duration::ZERO);
     let grpc_calls: Arc<Mutex<[Vec<Duration>; 3]>> = Arc::default();
     for round in 0..ROUNDS {
-        let url = format!("{}/healthz", bench.base_url);
-        let floor_http = http.clone();
-        let (_, n, t) = load(CONNECTIONS, slice, move |_, _| {
-            let (http, url) = (floor_http.clone(), url.clone());
+        let floor_conns = conns.clone();
+        let (_, n, t) = load(CONNECTIONS, slice, move |c, _| {
+            let conns = floor_conns.clone();
             async move {
-                let r = http.get(&url).send().await.unwrap();
-                assert_eq!(r.status(), 200);
-                let _ = r.bytes().await;
+                let (status, _) = conns.send(c, Method::GET, "/healthz", &[], None).await;
+                assert_eq!(status, 200);
                 1
             }
         })
         .await;
         (floor_calls, floor_time) = (floor_calls + n, floor_time + t);
 
-        let (base, rest_keys, rest_http) = (bench.base_url.clone(), keys.clone(), http.clone());
+        let (rest_keys, rest_conns) = (keys.clone(), conns.clone());
         let per_call = calls.clone();
         let (s, n, t) = load(CONNECTIONS, slice, move |c, n| {
-            let (base, key, http) = (
-                base.clone(),
-                rest_keys[c % rest_keys.len()].clone(),
-                rest_http.clone(),
-            );
+            let (key, conns) = (rest_keys[c % rest_keys.len()].clone(), rest_conns.clone());
             let calls = per_call.clone();
             async move {
                 let record = format!("r{round}-c{c}-n{n}");
-                let took = cycle(&http, &base, &key, &record, Instant::now()).await;
+                let took = cycle(&conns, c, &key, &record, Instant::now()).await;
                 let mut calls = calls.lock().unwrap();
                 for (all, took) in calls.iter_mut().zip(took) {
                     all.push(took);
@@ -154,11 +150,7 @@ async fn main() -> anyhow::Result<()> {
     let deadline = began + phase();
     let mut tasks = Vec::new();
     for c in 0..CONNECTIONS {
-        let (base, key, http) = (
-            bench.base_url.clone(),
-            keys[c % keys.len()].clone(),
-            http.clone(),
-        );
+        let (key, conns) = (keys[c % keys.len()].clone(), conns.clone());
         let first = began + every.mul_f64(c as f64 / CONNECTIONS as f64);
         tasks.push(tokio::spawn(async move {
             let mut ticks = tokio::time::interval_at(first, every);
@@ -169,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
                     break;
                 }
                 let record = format!("fixed-c{c}-n{n}");
-                took.push(cycle(&http, &base, &key, &record, due.into_std()).await);
+                took.push(cycle(&conns, c, &key, &record, due.into_std()).await);
             }
             took
         }));
@@ -220,44 +212,52 @@ fn summarize(
 /// One lock → save → get over REST; each call's latency, the lock's
 /// counted from `due` (when it should have been sent).
 async fn cycle(
-    http: &reqwest::Client,
-    base: &str,
+    conns: &Connections,
+    c: usize,
     key: &str,
     record: &str,
     due: Instant,
 ) -> [Duration; 3] {
-    let locked: Value = http
-        .post(format!("{base}/v1/record/lock"))
-        .bearer_auth(key)
-        .json(&json!({"key": record}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let auth = format!("Bearer {key}");
+    let headers = [("authorization", auth.as_str())];
+    let (status, body) = conns
+        .send(
+            c,
+            Method::POST,
+            "/v1/record/lock",
+            &headers,
+            Some(json!({"key": record}).to_string()),
+        )
+        .await;
+    assert_eq!(status, 200);
     let lock_time = due.elapsed();
-    let token = locked["lockToken"].as_str().expect("locked").to_owned();
+    let locked: Value = serde_json::from_slice(&body).unwrap();
+    let token = locked["lockToken"].as_str().expect("locked");
     let started = Instant::now();
-    let r = http
-        .post(format!("{base}/v1/record/save"))
-        .bearer_auth(key)
-        .json(&json!({"key": record, "lockToken": token, "data": {"chargeId": record, "amount": 12.5}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let _ = r.bytes().await;
+    let data =
+        json!({"key": record, "lockToken": token, "data": {"chargeId": record, "amount": 12.5}});
+    let (status, _) = conns
+        .send(
+            c,
+            Method::POST,
+            "/v1/record/save",
+            &headers,
+            Some(data.to_string()),
+        )
+        .await;
+    assert_eq!(status, 200);
     let save_time = started.elapsed();
     let started = Instant::now();
-    let r = http
-        .get(format!("{base}/v1/record/{record}"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let _ = r.bytes().await;
+    let (status, _) = conns
+        .send(
+            c,
+            Method::GET,
+            &format!("/v1/record/{record}"),
+            &headers,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
     [lock_time, save_time, started.elapsed()]
 }
 

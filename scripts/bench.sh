@@ -14,7 +14,7 @@
 #                                # latency, tracks/s throttled vs not
 #   scripts/bench.sh isolation   # a tenant with 1,000,000 events moved to its own schema, then database
 #                                # under 500 tracks/s: time, refused, lost, barrier p99
-# BENCH_TENANTS (default 500) sets how many tenants are provisioned.
+# BENCH_TENANTS (default 2000) sets how many tenants are provisioned.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh

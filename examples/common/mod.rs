@@ -3,7 +3,15 @@
 
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 
 use sqlx::{Connection, Executor};
 use tenlyr::{
@@ -69,6 +77,76 @@ where
     (samples, events, started.elapsed())
 }
 
+/// The load's HTTP/1.1 connections, one per caller: hyper's bare client
+/// connection with requests built once per call, not reqwest (whose pool
+/// checkout and URL parsing per request took about as much CPU as the
+/// server on these two shared cores). Caller `c` uses connection `c` only,
+/// so its lock is never contended.
+#[derive(Clone)]
+pub struct Connections {
+    host: http::HeaderValue,
+    conns: Arc<[tokio::sync::Mutex<SendRequest<Full<Bytes>>>]>,
+}
+
+impl Connections {
+    /// Opens `n` connections to `base_url` (`http://host:port`).
+    pub async fn open(base_url: &str, n: usize) -> anyhow::Result<Self> {
+        let addr = base_url
+            .strip_prefix("http://")
+            .ok_or_else(|| anyhow::anyhow!("not an http:// URL: {base_url}"))?;
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            conns.push(tokio::sync::Mutex::new(send));
+        }
+        Ok(Self {
+            host: http::HeaderValue::from_str(addr)?,
+            conns: conns.into(),
+        })
+    }
+
+    /// Caller `c`'s request: `path` with `headers` and, when given, a JSON
+    /// body.
+    pub async fn send(
+        &self,
+        c: usize,
+        method: http::Method,
+        path: &str,
+        headers: &[(&'static str, &str)],
+        json: Option<String>,
+    ) -> (http::StatusCode, Bytes) {
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, self.host.clone());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let body = match json {
+            Some(json) => {
+                request = request.header(http::header::CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(json))
+            }
+            None => Full::default(),
+        };
+        let request = request.body(body).expect("a valid request");
+        let mut conn = self.conns[c].lock().await;
+        conn.ready().await.expect("the connection is open");
+        let response = conn.send_request(request).await.expect("a response");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a whole body")
+            .to_bytes();
+        (status, body)
+    }
+}
+
 /// Provisions `n` enterprise tenants over REST (`<tag>{i}@bench.test`);
 /// their ids and primary keys.
 pub async fn provision(
@@ -110,7 +188,46 @@ pub struct Bench {
     db_name: String,
     admin: sqlx::PgConnection,
     stop: tokio::sync::oneshot::Sender<()>,
-    running: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The server's thread says how its run ended.
+    done: tokio::sync::oneshot::Receiver<anyhow::Result<()>>,
+}
+
+/// What the server's runtime hands back once it listens: its database, its
+/// state, its address and an admin key.
+type Started = (Db, tenlyr::app::AppState, String, String);
+
+/// Runs in the server's runtime: connects, binds and serves until `stopped`,
+/// then closes its pools (before the runtime that drives them ends).
+async fn serve(
+    config: ServeConfig,
+    url: String,
+    started: tokio::sync::oneshot::Sender<anyhow::Result<Started>>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    let bound = async {
+        let (db, hasher) = tenlyr::app::connect(&config.storage, &url, 8).await?;
+        let admin_key = admin_keys::create(db.app(), &hasher, "bench").await?;
+        let server = Server::bind(&config, &url).await?;
+        let base_url = format!("http://{}", server.local_addr()?);
+        anyhow::Ok((db, admin_key, server, base_url))
+    }
+    .await;
+    let (db, admin_key, server, base_url) = match bound {
+        Ok(bound) => bound,
+        Err(err) => {
+            let _ = started.send(Err(err));
+            return Ok(());
+        }
+    };
+    let state = server.state().clone();
+    let _ = started.send(Ok((db.clone(), state, base_url, admin_key)));
+    let result = server
+        .run(async move {
+            let _ = stopped.await;
+        })
+        .await;
+    db.close().await;
+    result
 }
 
 impl Bench {
@@ -185,15 +302,33 @@ impl Bench {
         };
         let mut config = config;
         adjust(&mut config);
-        let (db, hasher) = tenlyr::app::connect(&config.storage, &url, 8).await?;
-        let admin_key = admin_keys::create(db.app(), &hasher, "bench").await?;
-        let server = Server::bind(&config, &url).await?;
-        let state = server.state().clone();
-        let base_url = format!("http://{}", server.local_addr()?);
+        let (started, ready) = tokio::sync::oneshot::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn(server.run(async move {
-            let _ = stopped.await;
-        }));
+        let (ended, done) = tokio::sync::oneshot::channel();
+        let server_url = url.clone();
+        // The server gets a runtime of its own, as under `tenlyr serve`
+        // (one worker per core), beside the load's: the load's tasks do
+        // not queue in the server's scheduler, and a profile tells the two
+        // apart by thread name.
+        std::thread::Builder::new()
+            .name("bench-server".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .thread_name("tenlyr-server")
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        let _ = started.send(Err(err.into()));
+                        return;
+                    }
+                };
+                let result = runtime.block_on(serve(config, server_url, started, stopped));
+                drop(runtime);
+                let _ = ended.send(result);
+            })?;
+        let (db, state, base_url, admin_key) = ready.await??;
         Ok(Self {
             db,
             state,
@@ -204,15 +339,14 @@ impl Bench {
             db_name,
             admin,
             stop,
-            running,
+            done,
         })
     }
 
     /// Stops the server and drops the database.
     pub async fn finish(mut self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
-        self.running.await??;
-        self.db.close().await;
+        self.done.await??;
         self.admin
             .execute(sqlx::AssertSqlSafe(format!(
                 "DROP DATABASE {} WITH (FORCE)",
