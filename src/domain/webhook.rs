@@ -34,6 +34,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "tenant.reactivated",
     "tenant.terminated",
     "tenant.plan_changed",
+    "tenant.limits_changed",
     "tenant.key_rotated",
     "tenant.deleted",
     "health.critical",

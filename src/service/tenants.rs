@@ -510,17 +510,28 @@ impl Tenants {
         let updated = model.update(&tx).await?;
         // Key lookups carry the limits (GetMetrics): forget them.
         let digests = live_digests(&tx, id).await?;
+        let to = json!({
+            "apiCalls": own.api_calls, "storageGb": own.storage_gb, "seats": own.seats,
+        });
         Self::audit(
             &tx,
             actor,
             id,
             "tenant.set_limits",
             Some(id),
-            json!({"from": from, "to": {
-                "apiCalls": own.api_calls, "storageGb": own.storage_gb, "seats": own.seats,
-            }}),
+            json!({"from": from, "to": to}),
         )
         .await?;
+        if from != to {
+            self.outbox
+                .emit_in(
+                    &tx,
+                    "tenant.limits_changed",
+                    Some(id),
+                    json!({"tenantId": id, "from": from, "to": to}),
+                )
+                .await?;
+        }
         tx.commit().await?;
         self.keys.invalidate(digests).await;
         Ok(updated)

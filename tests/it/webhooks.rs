@@ -535,6 +535,17 @@ async fn tenant_events_arrive_signed_for_both_verifiers_and_filtered() {
             format!("{base}/plan"),
             Some(json!({"plan": "enterprise"})),
         ),
+        (
+            Method::PUT,
+            format!("{base}/limits"),
+            Some(json!({"apiCalls": 7})),
+        ),
+        // The same limits again: nothing changed, no event.
+        (
+            Method::PUT,
+            format!("{base}/limits"),
+            Some(json!({"apiCalls": 7})),
+        ),
         (Method::POST, format!("{base}/rotate-key"), Some(json!({}))),
         (Method::POST, format!("{base}/terminate"), Some(json!({}))),
         (Method::DELETE, base.clone(), None),
@@ -542,18 +553,22 @@ async fn tenant_events_arrive_signed_for_both_verifiers_and_filtered() {
         let (status, reply) = admin_call(&app, method, &path, body).await;
         assert_eq!(status, 200, "{path}: {reply}");
     }
-    let got = all.wait_for(7).await;
+    let got = all.wait_for(8).await;
+    // The second, unchanged PUT of the limits sent nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(all.received().len(), 8);
     let mut types: Vec<String> = got
         .iter()
         .map(|r| r.json()["type"].as_str().unwrap().to_owned())
         .collect();
-    // Deliveries run concurrently; each event is one of the seven.
+    // Deliveries run concurrently; each event is one of the eight.
     types.sort();
     let mut expected = vec![
         "tenant.provisioned",
         "tenant.suspended",
         "tenant.reactivated",
         "tenant.plan_changed",
+        "tenant.limits_changed",
         "tenant.key_rotated",
         "tenant.terminated",
         "tenant.deleted",
@@ -597,6 +612,17 @@ async fn tenant_events_arrive_signed_for_both_verifiers_and_filtered() {
         .json();
     assert_eq!(changed["data"]["fromPlan"], "growth");
     assert_eq!(changed["data"]["toPlan"], "enterprise");
+    let limits = got
+        .iter()
+        .find(|r| r.json()["type"] == "tenant.limits_changed")
+        .unwrap()
+        .json();
+    assert_eq!(
+        limits["data"],
+        json!({"tenantId": tenant,
+               "from": {"apiCalls": null, "storageGb": null, "seats": null},
+               "to": {"apiCalls": 7, "storageGb": null, "seats": null}})
+    );
 
     // Headers: both schemes, the webhook id is the event id.
     assert_eq!(provisioned.headers["content-type"], "application/json");
