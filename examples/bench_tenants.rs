@@ -5,8 +5,8 @@
 //! Prints:
 //! - provisioning latency over REST (`POST /api/v1/tenants`), sequential and
 //!   with concurrent clients, p50/p99/max; the sequential calls alternate
-//!   without and with an `Idempotency-Key`, and the difference at p99 is
-//!   printed;
+//!   without and with an `Idempotency-Key`, and the difference at p50 and
+//!   at p99 is printed;
 //! - authentication on a cache hit: the time `authenticate` adds to a
 //!   request (key format check, HMAC, cache lookup), measured in-process
 //!   over many calls, and end to end: the same authenticated GET against
