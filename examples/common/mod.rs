@@ -80,8 +80,10 @@ where
 /// The load's HTTP/1.1 connections, one per caller: hyper's bare client
 /// connection with requests built once per call, not reqwest (whose pool
 /// checkout and URL parsing per request took about as much CPU as the
-/// server on these two shared cores). Caller `c` uses connection `c` only,
-/// so its lock is never contended.
+/// server on these two shared cores). In the closed loops caller `c` uses
+/// connection `c` only, so its lock is never contended; in a fixed-rate
+/// phase a request waits for its connection's previous one, and that wait
+/// counts in its latency.
 #[derive(Clone)]
 pub struct Connections {
     host: http::HeaderValue,

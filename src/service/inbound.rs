@@ -104,8 +104,16 @@ impl Pressure {
     /// pressure when the average reaches [`PRESSURE_GROUP`].
     pub fn observe(&self, webhooks: usize) {
         let sample = u32::try_from(webhooks).unwrap_or(u32::MAX).min(1 << 20) << 4;
+        // A step of 1/8 of the gap, rounded away from the average, so it
+        // reaches the sample in either direction (rounding down stalled a
+        // steady 8 per commit at 7.56, below the threshold).
         let step = |avg: u32| {
-            let moved = (i64::from(sample) - i64::from(avg)) >> PRESSURE_WEIGHT_SHIFT;
+            let gap = i64::from(sample) - i64::from(avg);
+            let moved = if gap > 0 {
+                (gap + (1 << PRESSURE_WEIGHT_SHIFT) - 1) >> PRESSURE_WEIGHT_SHIFT
+            } else {
+                gap >> PRESSURE_WEIGHT_SHIFT
+            };
             Some((i64::from(avg) + moved) as u32)
         };
         let before = self
@@ -930,11 +938,24 @@ mod tests {
         for _ in 0..5 {
             pressure.observe(1);
         }
-        assert!(!pressure.active());
         // Saturated: every commit finds dozens queued.
         pressure.observe(30);
         pressure.observe(30);
         assert!(pressure.active(), "two full commits in a row are");
+    }
+
+    #[test]
+    fn a_steady_eight_per_commit_is_saturation() {
+        let pressure = Pressure::default();
+        for _ in 0..40 {
+            pressure.observe(8);
+        }
+        assert!(pressure.active());
+        let average = pressure
+            .0
+            .average
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(average, 8 << 4);
     }
 
     #[test]
@@ -943,6 +964,11 @@ mod tests {
         for _ in 0..20 {
             pressure.observe(100);
         }
+        let average = pressure
+            .0
+            .average
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(average >= 90 << 4, "average {average}/16 in the burst");
         for _ in 0..40 {
             pressure.observe(1);
         }

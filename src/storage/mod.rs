@@ -79,7 +79,9 @@ impl Db {
             // makes when a connection comes back. A connection that was
             // just returned (and pinged) has nothing to find; one idle for
             // a while may have lost its server (a restart, a failover), so
-            // only that one is pinged, and dropped if it fails.
+            // only that one is pinged, and replaced if it fails. A restart
+            // under load still fails the statements that were using, or
+            // next take, a busy connection: each such connection once.
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {

@@ -649,7 +649,7 @@ async fn tenant_events_arrive_signed_for_both_verifiers_and_filtered() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(health_only.received().is_empty());
     let list = deliveries(&app, &all_id).await;
-    assert_eq!(list.len(), 7);
+    assert_eq!(list.len(), 8);
     assert!(list.iter().all(|d| d["status"] == "delivered"), "{list:?}");
     // Newest first, with the attempt.
     let d = delivery(&app, &all_id, list[0]["id"].as_str().unwrap()).await;
