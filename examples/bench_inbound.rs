@@ -146,16 +146,7 @@ async fn main() -> anyhow::Result<()> {
     let (mut samples, mut accepted, mut time) = (Vec::new(), 0, Duration::ZERO);
     let (mut quiet_samples, mut quiet_accepted, mut quiet_time) = (Vec::new(), 0, Duration::ZERO);
     for round in 0..ROUNDS {
-        let floor_conns = conns.clone();
-        let (_, n, t) = load(CONNECTIONS, slice, move |c, _| {
-            let conns = floor_conns.clone();
-            async move {
-                let (status, _) = conns.send(c, Method::GET, "/healthz", &[], None).await;
-                assert_eq!(status, 200);
-                1
-            }
-        })
-        .await;
+        let (n, t) = conns.floor(slice).await;
         (floor_calls, floor_time) = (floor_calls + n, floor_time + t);
 
         let (forwarded, client) = (urls.clone(), conns.clone());

@@ -71,16 +71,7 @@ async fn main() -> anyhow::Result<()> {
     let (mut grpc_samples, mut grpc_cycles, mut grpc_time) = (Vec::new(), 0, Duration::ZERO);
     let grpc_calls: Arc<Mutex<[Vec<Duration>; 3]>> = Arc::default();
     for round in 0..ROUNDS {
-        let floor_conns = conns.clone();
-        let (_, n, t) = load(CONNECTIONS, slice, move |c, _| {
-            let conns = floor_conns.clone();
-            async move {
-                let (status, _) = conns.send(c, Method::GET, "/healthz", &[], None).await;
-                assert_eq!(status, 200);
-                1
-            }
-        })
-        .await;
+        let (n, t) = conns.floor(slice).await;
         (floor_calls, floor_time) = (floor_calls + n, floor_time + t);
 
         let (rest_keys, rest_conns) = (keys.clone(), conns.clone());
@@ -90,11 +81,10 @@ async fn main() -> anyhow::Result<()> {
             let calls = per_call.clone();
             async move {
                 let record = format!("r{round}-c{c}-n{n}");
-                let took = cycle(&conns, c, &key, &record, Instant::now()).await;
-                let mut calls = calls.lock().unwrap();
-                for (all, took) in calls.iter_mut().zip(took) {
-                    all.push(took);
-                }
+                tally(
+                    &calls,
+                    cycle(&conns, c, &key, &record, Instant::now()).await,
+                );
                 1
             }
         })
@@ -110,11 +100,7 @@ async fn main() -> anyhow::Result<()> {
             let calls = per_call.clone();
             async move {
                 let record = format!("g{round}-c{c}-n{n}");
-                let took = grpc_cycle(client, &key, &record).await;
-                let mut calls = calls.lock().unwrap();
-                for (all, took) in calls.iter_mut().zip(took) {
-                    all.push(took);
-                }
+                tally(&calls, grpc_cycle(client, &key, &record).await);
                 1
             }
         })
@@ -182,6 +168,14 @@ async fn main() -> anyhow::Result<()> {
         fixed.iter().flatten().copied().collect(),
     );
     bench.finish().await
+}
+
+/// Adds one cycle's lock, save and get latencies to the per-call lists.
+fn tally(calls: &Mutex<[Vec<Duration>; 3]>, took: [Duration; 3]) {
+    let mut calls = calls.lock().unwrap();
+    for (all, took) in calls.iter_mut().zip(took) {
+        all.push(took);
+    }
 }
 
 /// Prints one protocol's cycles/s beside the floor's calls/s, then the
