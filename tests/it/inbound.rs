@@ -1375,3 +1375,53 @@ async fn a_batch_row_of_a_deleted_tenant_is_skipped_not_fatal() {
     assert_eq!(logged, vec![live.id]);
     assert_eq!(events(&app, &key, "").await.len(), 1);
 }
+
+/// Item 6's retention: a logged event and its dedup key are kept for
+/// `TENLYR_EVENT_RETENTION_DAYS` (30 by default) and then forgotten by the
+/// event-retention worker, after which the same provider event id is a new
+/// event again (time moved by an injected clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logged_events_and_their_dedup_keys_are_forgotten_after_the_retention() {
+    use tenlyr::workers::{
+        Clock, Context, ManualClock, periodic::Tick, webhook_delivery::EventRetention,
+    };
+    let clock = ManualClock::new(chrono::Utc::now());
+    let app = TestApp::spawn_with_clock(clock.clone()).await;
+    let (_, key, slug, _) = tenant_with(
+        &app,
+        "retention@inbound.test",
+        None,
+        json!([{"provider": "stripe", "enabled": true, "secret": STRIPE_SECRET}]),
+    )
+    .await;
+    let path = format!("/v1/t/{slug}/webhooks/stripe");
+    let body = json!({"id": "evt_kept", "type": "charge.succeeded"}).to_string();
+    // Signed at the server's (moved) time, so the 300 s tolerance holds.
+    let send = || async {
+        let sig = timestamped(STRIPE_SECRET, clock.now().timestamp(), &body);
+        post(&app, &path, &[("stripe-signature", sig)], body.clone()).await
+    };
+    assert_eq!(send().await, (200, json!({"ok": true})));
+    assert_eq!(send().await, (200, json!({"ok": true, "cached": true})));
+    let retention = EventRetention {
+        retention: chrono::Duration::days(i64::from(
+            serve_config(&app.db.url).event_retention_days,
+        )),
+    };
+    let ctx = Context::new(app_db(&app.db.url, 1).await, Arc::new(clock.clone()));
+
+    // A day short of the retention: kept, and still a duplicate.
+    clock.advance(chrono::Duration::days(29));
+    retention.tick(&ctx).await.unwrap();
+    assert_eq!(events(&app, &key, "").await.len(), 1);
+    assert_eq!(send().await, (200, json!({"ok": true, "cached": true})));
+
+    // Past it: the log row and the dedup key are gone; the id is new again.
+    clock.advance(chrono::Duration::days(2));
+    retention.tick(&ctx).await.unwrap();
+    assert_eq!(events(&app, &key, "").await.len(), 0);
+    assert_eq!(send().await, (200, json!({"ok": true})));
+    let logged = events(&app, &key, "").await;
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0]["providerEventId"], "evt_kept");
+}
