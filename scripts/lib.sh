@@ -124,23 +124,41 @@ start_localstripe() {
 # one tenant; sets API_URL, API_ADMIN_KEY, API_TENANT_KEY,
 # API_PID and API_DATA (stop_api_server stops it).
 start_api_server() {
-    local port
-    port=$(free_port)
+    local port attempt ready
     API_DATA=$(mktemp -d)
-    "$PRIVATE_BINDIR/psql" "$PRIVATE_PG_URL" -qc "CREATE DATABASE tenlyr_api_tests" >/dev/null
-    DATABASE_URL="${PRIVATE_PG_URL%/*}/tenlyr_api_tests" TENLYR_LISTEN="127.0.0.1:$port" \
-        TENLYR_DATA_DIR="$API_DATA" TENLYR_KEY_PEPPER=api-tests-pepper-0123456789 \
-        TENLYR_SECRETS_KEY=api-tests-secrets-key-0123456789abcdef RUST_LOG=warn \
-        TENLYR_WEBHOOK_ALLOWED_CIDRS=127.0.0.0/8 TENLYR_BCRYPT_COST=4 \
-        "${CARGO_TARGET_DIR:-target}/debug/tenlyr" serve >"$API_DATA/stdout" 2>"$API_DATA/stderr" &
-    API_PID=$!
-    API_URL="http://127.0.0.1:$port"
-    for _ in $(seq 1 100); do
-        curl -fs "$API_URL/readyz" >/dev/null 2>&1 && break
-        sleep 0.2
+    # free_port's port is free when asked, not when the server binds it:
+    # another process may take it in between ("Address already in use"),
+    # so a server that exits before it is ready is started again on another
+    # port, on a new database (the first admin key is printed only once).
+    for attempt in 1 2 3; do
+        "$PRIVATE_BINDIR/psql" "$PRIVATE_PG_URL" -q -c "SET client_min_messages = warning" \
+            -c "DROP DATABASE IF EXISTS tenlyr_api_tests" \
+            -c "CREATE DATABASE tenlyr_api_tests" >/dev/null
+        port=$(free_port)
+        DATABASE_URL="${PRIVATE_PG_URL%/*}/tenlyr_api_tests" TENLYR_LISTEN="127.0.0.1:$port" \
+            TENLYR_DATA_DIR="$API_DATA" TENLYR_KEY_PEPPER=api-tests-pepper-0123456789 \
+            TENLYR_SECRETS_KEY=api-tests-secrets-key-0123456789abcdef RUST_LOG=warn \
+            TENLYR_WEBHOOK_ALLOWED_CIDRS=127.0.0.0/8 TENLYR_BCRYPT_COST=4 \
+            "${CARGO_TARGET_DIR:-target}/debug/tenlyr" serve >"$API_DATA/stdout" 2>"$API_DATA/stderr" &
+        API_PID=$!
+        API_URL="http://127.0.0.1:$port"
+        ready=
+        for _ in $(seq 1 100); do
+            if curl -fs "$API_URL/readyz" >/dev/null 2>&1; then
+                ready=1
+                break
+            fi
+            kill -0 "$API_PID" 2>/dev/null || break
+            sleep 0.2
+        done
+        [ -n "$ready" ] && break
+        kill "$API_PID" 2>/dev/null || true
+        wait "$API_PID" 2>/dev/null || true
+        grep -q "Address already in use" "$API_DATA/stderr" || break
+        echo "port $port was taken before the API server bound it; trying another ($attempt)" >&2
     done
     API_ADMIN_KEY=$(head -1 "$API_DATA/stdout")
-    if [ -z "$API_ADMIN_KEY" ]; then
+    if [ -z "$ready" ] || [ -z "$API_ADMIN_KEY" ]; then
         echo "the API server did not start:" >&2
         grep -m3 -A3 -i "panicked\|error" "$API_DATA/stderr" >&2 || tail -20 "$API_DATA/stderr" >&2
         kill "$API_PID" 2>/dev/null || true
