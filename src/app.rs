@@ -529,7 +529,7 @@ impl Server {
             grace,
             runtime,
         } = self;
-        let health = transport.health.clone();
+        let (health, idempotency) = (transport.health.clone(), transport.idempotency.clone());
         health
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
@@ -585,6 +585,13 @@ impl Server {
             }
         };
         trigger.abort();
+        // Responses already sent are stored before the pools close.
+        if tokio::time::timeout(grace, idempotency.finish())
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over; idempotent responses still being stored");
+        }
         // The ingest committers commit what is queued; flushers flush.
         runtime.shutdown(tokio::time::Instant::now() + grace).await;
         if let Some(redis) = redis {

@@ -11,6 +11,17 @@
 //! message, 422. A server error (INTERNAL, UNAVAILABLE …) is not stored: a
 //! retry runs again. The first request runs to its end even if its client
 //! went away, so a retry after a dropped connection finds its response.
+//!
+//! The response goes out while it is being stored: its commit is off the
+//! caller's path. A retry in that moment, on any replica, waits for the
+//! store (the store's UPDATE holds the key's row, which the retry's claim
+//! needs) and is replayed; only one arriving in the ~0.1 ms before the
+//! store reaches the database gets the 409 of a request still running. A
+//! crash in the window loses no more than one just before the reply
+//! would: in both, the call's effects are committed and its key is still
+//! in flight (taken over after 5 minutes) — but here the caller has its
+//! answer.
+//!
 //! Stored messages are encrypted (AES-256-GCM under a key derived from the
 //! pepper): a create-tenant response holds the tenant's key.
 
@@ -26,6 +37,7 @@ use bytes::Bytes;
 use futures_util::stream;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Limited, StreamBody};
+use tokio_util::task::TaskTracker;
 
 use crate::{
     domain::secrets::SecretBox,
@@ -55,6 +67,8 @@ pub struct Idempotency {
     pub methods: Arc<HashSet<String>>,
     pub max_body_bytes: usize,
     secrets: SecretBox,
+    /// The stores in flight; shutdown waits for them (`finish`).
+    stores: TaskTracker,
 }
 
 impl Idempotency {
@@ -71,7 +85,15 @@ impl Idempotency {
             methods: Arc::new(methods),
             max_body_bytes,
             secrets: SecretBox::new(secret),
+            stores: TaskTracker::new(),
         }
+    }
+
+    /// Waits for the responses already sent to be stored (on shutdown,
+    /// after the last request has been answered).
+    pub async fn finish(&self) {
+        self.stores.close();
+        self.stores.wait().await;
     }
 }
 
@@ -282,16 +304,20 @@ async fn claim_and_run(
                 .map_or(serde_json::Value::Null, headers_to_json),
         ))
     };
-    let finished = idempotency::finish(
-        state.db.pool(),
-        owner,
-        &key,
-        stored.as_ref().map(|(h, b, t)| (h, b.as_slice(), t)),
-    )
-    .await;
-    if let Err(err) = finished {
-        tracing::warn!(error = %err, "storing an idempotent response failed; the key is released when it goes stale");
-    }
+    // Stored while the response goes out (see the module's doc).
+    let pool = state.db.pool().clone();
+    state.stores.spawn(async move {
+        let finished = idempotency::finish(
+            &pool,
+            owner,
+            &key,
+            stored.as_ref().map(|(h, b, t)| (h, b.as_slice(), t)),
+        )
+        .await;
+        if let Err(err) = finished {
+            tracing::warn!(error = %err, "storing an idempotent response failed; the key is released when it goes stale");
+        }
+    });
     rebuild(parts.headers, data, trailers)
 }
 

@@ -91,6 +91,9 @@ pub fn openapi_document() -> anyhow::Result<serde_json::Value> {
 pub struct Transport {
     pub router: Router,
     pub health: tonic_health::server::HealthReporter,
+    /// Stores idempotent responses after they are sent: shutdown waits
+    /// for it (`Idempotency::finish`).
+    pub idempotency: idempotency::Idempotency,
 }
 
 /// Builds the one router for gRPC, gRPC-Web, REST and the probes. Fails if
@@ -161,7 +164,7 @@ pub fn build(state: &AppState) -> anyhow::Result<Transport> {
         .prepare()
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(
-            idempotency,
+            idempotency.clone(),
             idempotency::layer,
         ))
         .layer(axum::middleware::from_fn_with_state(
@@ -216,7 +219,11 @@ pub fn build(state: &AppState) -> anyhow::Result<Transport> {
                 .on_failure(()),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
-    Ok(Transport { router, health })
+    Ok(Transport {
+        router,
+        health,
+        idempotency,
+    })
 }
 
 #[derive(Clone)]

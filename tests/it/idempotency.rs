@@ -112,6 +112,84 @@ async fn a_create_retried_after_a_dropped_connection_runs_once() {
     assert_eq!(status, 409);
 }
 
+/// The answer goes out while it is stored; a retry in that moment, on
+/// either replica, waits for the store and is replayed, not refused. (The
+/// store is slowed to 300 ms here, so the retry lands inside it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_while_the_answer_is_being_stored_waits_and_is_replayed() {
+    let (app, other) = TestApp::spawn_pair().await;
+    let mut conn = app.db.connect().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_store() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$; \
+         CREATE TRIGGER slow_store BEFORE UPDATE ON idempotency_keys \
+             FOR EACH ROW EXECUTE FUNCTION slow_store();",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let stored = |key: &'static str| {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE idempotency_key = $1 AND state = 'done')",
+        )
+        .bind(key)
+    };
+    let body = json!({"name": "Prompt", "ownerEmail": "ops@prompt.test"});
+    let began = Instant::now();
+    let (status, first, replayed) = create(&app, "prompt", &body).await;
+    assert_eq!((status, replayed), (200, false), "{first}");
+    assert!(
+        began.elapsed() < Duration::from_millis(300),
+        "the answer did not wait for its store"
+    );
+    assert!(!stored("prompt").fetch_one(&mut conn).await.unwrap());
+    let (status, again, replayed) = create(&app, "prompt", &body).await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    assert_eq!(again, first);
+    assert!(stored("prompt").fetch_one(&mut conn).await.unwrap());
+
+    // Another replica in that moment waits for the store the same way.
+    let body = json!({"name": "Elsewhere", "ownerEmail": "ops@elsewhere.test"});
+    let (status, first, _) = create(&app, "elsewhere", &body).await;
+    assert_eq!(status, 200, "{first}");
+    assert!(!stored("elsewhere").fetch_one(&mut conn).await.unwrap());
+    let (status, again, replayed) = create(&other, "elsewhere", &body).await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    assert_eq!(again, first);
+    let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(tenants, 2);
+}
+
+/// A graceful shutdown right after an answer still stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_waits_for_the_answers_being_stored() {
+    let mut app = TestApp::spawn().await;
+    let mut conn = app.db.connect().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_store() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$; \
+         CREATE TRIGGER slow_store BEFORE UPDATE ON idempotency_keys \
+             FOR EACH ROW EXECUTE FUNCTION slow_store();",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let body = json!({"name": "Last", "ownerEmail": "ops@last.test"});
+    let (status, _, _) = create(&app, "last", &body).await;
+    assert_eq!(status, 200);
+    app.begin_shutdown();
+    app.stopped().await.unwrap();
+    let state: String =
+        sqlx::query_scalar("SELECT state FROM idempotency_keys WHERE idempotency_key = 'last'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(state, "done");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_reused_for_another_request_or_still_running_is_refused() {
     let app = TestApp::spawn().await;
@@ -194,7 +272,9 @@ async fn replays_cross_replicas_and_protocols() {
     let body = json!({"name": "Replicated", "ownerEmail": "ops@replicas.test"});
     let (status, first, _) = create(&a, "across", &body).await;
     assert_eq!(status, 200);
-    let (status, second, replayed) = create(&b, "across", &body).await;
+    // The answer goes out while replica a stores it: b may see the key
+    // still running for that moment (409, Retry-After), then the replay.
+    let (status, second, replayed) = retry(&b, "across", &body).await;
     assert_eq!((status, replayed), (200, true));
     assert_eq!(second, first);
 
