@@ -30,8 +30,15 @@ cargo build --release --quiet --example "bench_$which"
 # without it ~500 MB of dirty data piled up and was flushed in one burst
 # when the file's oldest page expired (30 s), and WAL flushes waited behind
 # it (batch calls of 0.6-1.0 s in 4 of 6 runs; with it, at most 0.37 s).
-# BENCH_PG_OPTIONS replaces these.
-PRIVATE_PG_OPTIONS="${BENCH_PG_OPTIONS--c max_wal_size=4GB -c backend_flush_after=512kB}" start_private_services
+# min_wal_size keeps 1 GB of used WAL segments for reuse, and
+# warm_up_wal fills them before the run: a fresh cluster has none, so each
+# 16 MB of WAL made a committing backend create and zero-fill a new segment
+# while holding WALWriteLock, and every commit waited behind it for ~55 ms
+# (seen as WALInitWrite in pg_stat_activity; in the records benchmark all
+# 64 connections stalled every ~5 s). A server that has run for a while
+# reuses its segments. BENCH_PG_OPTIONS replaces these.
+PRIVATE_PG_OPTIONS="${BENCH_PG_OPTIONS--c max_wal_size=4GB -c min_wal_size=1GB -c backend_flush_after=512kB}" start_private_services
+warm_up_wal
 if [ "$which" = billing ]; then
     ensure_deps python
     start_localstripe

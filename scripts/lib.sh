@@ -91,6 +91,19 @@ start_private_services() {
     echo "Redis on 127.0.0.1:$redis_port" >&2
 }
 
+# Has the private cluster write and recycle 72 WAL segments (1.1 GB), as a
+# server that has run a while has: with min_wal_size they are kept for
+# reuse, so commits do not wait while a new segment is zero-filled.
+warm_up_wal() {
+    {
+        echo "CREATE TABLE tenlyr_wal_warm_up (n int);"
+        for i in $(seq 1 72); do
+            echo "INSERT INTO tenlyr_wal_warm_up VALUES ($i); SELECT pg_switch_wal();"
+        done
+        echo "DROP TABLE tenlyr_wal_warm_up; CHECKPOINT; CHECKPOINT;"
+    } | "$PRIVATE_BINDIR/psql" "$PRIVATE_PG_URL" -q >/dev/null
+}
+
 stop_private_services() {
     "${PRIVATE_AS_PG[@]}" "$PRIVATE_BINDIR/pg_ctl" -D "$PRIVATE_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
     if [ -f "$PRIVATE_DIR/redis.pid" ]; then kill "$(cat "$PRIVATE_DIR/redis.pid")" 2>/dev/null || true; fi
