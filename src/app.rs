@@ -514,8 +514,9 @@ impl Server {
     /// Serves until `shutdown` resolves; then, in order: `/readyz` answers
     /// 503 (requests are still served for the shutdown delay), the listener
     /// closes and requests still arriving get 503, in-flight requests drain
-    /// (bounded by the grace period), every worker stops (one deadline for
-    /// all, the grace period again), the pools close.
+    /// (bounded by the grace period), the idempotent responses already sent
+    /// are stored (the grace period again), every worker stops (one
+    /// deadline for all, the grace period again), the pools close.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
