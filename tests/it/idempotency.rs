@@ -112,6 +112,20 @@ async fn a_create_retried_after_a_dropped_connection_runs_once() {
     assert_eq!(status, 409);
 }
 
+/// Makes every store of a response (the key row's `UPDATE`) take 300 ms,
+/// through a trigger on this test's database.
+async fn slow_the_stores(conn: &mut sqlx::PgConnection) {
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_store() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$; \
+         CREATE TRIGGER slow_store BEFORE UPDATE ON idempotency_keys \
+             FOR EACH ROW EXECUTE FUNCTION slow_store();",
+    )
+    .execute(conn)
+    .await
+    .unwrap();
+}
+
 /// The answer goes out while it is stored; a retry in that moment, on
 /// either replica, waits for the store and is replayed, not refused. (The
 /// store is slowed to 300 ms here, so the retry lands inside it.)
@@ -119,15 +133,7 @@ async fn a_create_retried_after_a_dropped_connection_runs_once() {
 async fn a_retry_while_the_answer_is_being_stored_waits_and_is_replayed() {
     let (app, other) = TestApp::spawn_pair().await;
     let mut conn = app.db.connect().await;
-    sqlx::raw_sql(
-        "CREATE FUNCTION slow_store() RETURNS trigger LANGUAGE plpgsql AS \
-             $$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$; \
-         CREATE TRIGGER slow_store BEFORE UPDATE ON idempotency_keys \
-             FOR EACH ROW EXECUTE FUNCTION slow_store();",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    slow_the_stores(&mut conn).await;
     let stored = |key: &'static str| {
         sqlx::query_scalar::<_, bool>(
             "SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE idempotency_key = $1 AND state = 'done')",
@@ -168,15 +174,7 @@ async fn a_retry_while_the_answer_is_being_stored_waits_and_is_replayed() {
 async fn a_shutdown_waits_for_the_answers_being_stored() {
     let mut app = TestApp::spawn().await;
     let mut conn = app.db.connect().await;
-    sqlx::raw_sql(
-        "CREATE FUNCTION slow_store() RETURNS trigger LANGUAGE plpgsql AS \
-             $$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$; \
-         CREATE TRIGGER slow_store BEFORE UPDATE ON idempotency_keys \
-             FOR EACH ROW EXECUTE FUNCTION slow_store();",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    slow_the_stores(&mut conn).await;
     let body = json!({"name": "Last", "ownerEmail": "ops@last.test"});
     let (status, _, _) = create(&app, "last", &body).await;
     assert_eq!(status, 200);
